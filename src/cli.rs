@@ -1,0 +1,212 @@
+//! The command line: `messenger-gateway serve`, logging, signals.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use crate::delivery::{Deliverer, RetryPolicy};
+use crate::graph::{Account, GraphClient};
+use crate::server::{ServeOptions, serve};
+use crate::{config, sandbox};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "messenger-gateway",
+    version,
+    about = "A gRPC gateway for sending Instagram direct messages"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve messenger.v1.Messenger. Credentials come from the INSTAGRAM_*
+    /// variables; with none set, the built-in sandbox stands in for Graph.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address for gRPC.
+    #[arg(
+        long,
+        env = "MESSENGER_GATEWAY_LISTEN",
+        default_value = "0.0.0.0:50051"
+    )]
+    listen: SocketAddr,
+    /// Send to the built-in sandbox even if credentials are set.
+    #[arg(long, conflicts_with = "no_sandbox")]
+    sandbox: bool,
+    /// Never fall back to the sandbox: without credentials, refuse to start.
+    /// Use this in production.
+    #[arg(long, env = "MESSENGER_GATEWAY_NO_SANDBOX")]
+    no_sandbox: bool,
+    /// Address of the sandbox's HTTP endpoint (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sandbox_listen: SocketAddr,
+    /// Graph calls per send, retries included (1 disables retries).
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    max_attempts: u32,
+    /// The longest one Graph call may take, such as 10s or 2500ms.
+    #[arg(long, env = "MESSENGER_GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    upstream_timeout: Duration,
+    /// How long sends in flight may take to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "MESSENGER_GATEWAY_SHUTDOWN_GRACE", default_value = "15s",
+          value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log lines as text for people or JSON for machines.
+    #[arg(long, env = "MESSENGER_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The binary's whole body: parse, set up, serve, and say why if it stops.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("messenger-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(args: ServeArgs) -> ExitCode {
+    // Each send in flight holds a connection to Graph; the default soft limit
+    // of open files would cap concurrency long before memory does.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    let from_env = if args.sandbox {
+        Ok(None)
+    } else {
+        config::account_from_env(|name| std::env::var(name).ok())
+    };
+    let (account, sandbox) = match from_env {
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            return ExitCode::from(2);
+        }
+        Ok(Some(account)) => (account, None),
+        Ok(None) if args.no_sandbox => {
+            eprintln!(
+                "messenger-gateway: invalid configuration: no credentials: set INSTAGRAM_ACCESS_TOKEN and INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID (--no-sandbox forbids the sandbox)"
+            );
+            return ExitCode::from(2);
+        }
+        Ok(None) => match sandbox::start(args.sandbox_listen).await {
+            Ok(running) => (running.account.clone(), Some(running)),
+            Err(e) => {
+                eprintln!(
+                    "messenger-gateway: cannot start the sandbox on {}: {e}",
+                    args.sandbox_listen
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("messenger-gateway: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(args.listen);
+    announce(local, &account, sandbox.as_ref());
+
+    let policy = RetryPolicy {
+        max_attempts: args.max_attempts,
+        upstream_timeout: args.upstream_timeout,
+        ..RetryPolicy::default()
+    };
+    let connect_timeout = args.upstream_timeout.min(Duration::from_secs(5));
+    let deliverer = Deliverer::new(GraphClient::new(connect_timeout), account, policy);
+    let options = ServeOptions {
+        shutdown_grace: args.shutdown_grace,
+    };
+    match serve(listener, deliverer, options, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a person needs to start using the gateway, on stdout.
+fn announce(local: SocketAddr, account: &Account, sandbox: Option<&sandbox::RunningSandbox>) {
+    let target = if local.ip().is_unspecified() {
+        format!("localhost:{}", local.port())
+    } else {
+        local.to_string()
+    };
+    println!("messenger-gateway listening on {local} (gRPC)");
+    match sandbox {
+        Some(s) => {
+            tracing::warn!(
+                "no Instagram credentials: sending to the built-in sandbox, not to Instagram"
+            );
+            println!(
+                "sandbox Graph API at {} (received messages: {})",
+                s.base_url,
+                s.messages_log_url()
+            );
+            println!(
+                "try: grpcurl -plaintext -d '{{\"recipient_id\":\"{}\",\"text\":\"Hello from my app\"}}' {target} messenger.v1.Messenger/Send",
+                sandbox::DEMO_RECIPIENT
+            );
+        }
+        None => println!(
+            "sending as account {} via {}",
+            account.account_id, account.base_url
+        ),
+    }
+    tracing::info!(%local, graph = %account.base_url, account = %account.account_id, "ready");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM can be watched");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,207 @@
+//! Settings from the environment, read exactly as the Instagram starter kit
+//! reads them, and checked all at once so one message names every problem.
+
+use crate::graph::{AccessToken, Account};
+
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.instagram.com/v25.0";
+
+/// Every variable the gateway reads; none set at all means "use the sandbox".
+pub const VARIABLES: [&str; 5] = [
+    "INSTAGRAM_API_URL",
+    "INSTAGRAM_GRAPH_API_URL",
+    "INSTAGRAM_ACCOUNT_ID",
+    "INSTAGRAM_USER_ID",
+    "INSTAGRAM_ACCESS_TOKEN",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .problems.join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// The account to send as, or `None` when no Instagram variable is set.
+///
+/// An empty variable counts as unset, so `INSTAGRAM_API_URL=` in an env file
+/// falls through to `INSTAGRAM_GRAPH_API_URL` instead of breaking the URL.
+pub fn account_from_env(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Account>, ConfigError> {
+    let get = |name: &'static str| var(name).filter(|v| !v.is_empty()).map(|v| (name, v));
+    if VARIABLES.iter().all(|name| get(name).is_none()) {
+        return Ok(None);
+    }
+    let mut problems = Vec::new();
+
+    let base = get("INSTAGRAM_API_URL").or_else(|| get("INSTAGRAM_GRAPH_API_URL"));
+    let base_url = match base {
+        None => Some(DEFAULT_GRAPH_URL.to_owned()),
+        Some((name, value)) => match url::Url::parse(&value) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Some(value)
+            }
+            _ => {
+                problems.push(format!(
+                    "{name} must be an http(s) URL without query or fragment, such as {DEFAULT_GRAPH_URL} (got {value:?})"
+                ));
+                None
+            }
+        },
+    };
+
+    let account_id = match get("INSTAGRAM_ACCOUNT_ID").or_else(|| get("INSTAGRAM_USER_ID")) {
+        None => {
+            problems.push(
+                "INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID must be set to the account's Instagram user id".to_owned(),
+            );
+            None
+        }
+        Some((_, value)) if value == "me" || value.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(value)
+        }
+        Some((name, value)) => {
+            problems.push(format!("{name} must be digits or \"me\" (got {value:?})"));
+            None
+        }
+    };
+
+    let token = match get("INSTAGRAM_ACCESS_TOKEN") {
+        None => {
+            problems.push("INSTAGRAM_ACCESS_TOKEN must be set".to_owned());
+            None
+        }
+        // Never echo the token, not even a bad one.
+        Some((name, value)) if value.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            problems.push(format!(
+                "{name} must not contain spaces or control characters"
+            ));
+            None
+        }
+        Some((_, value)) => Some(AccessToken::new(value)),
+    };
+
+    match (base_url, account_id, token) {
+        (Some(base_url), Some(account_id), Some(token)) if problems.is_empty() => {
+            Account::new(&base_url, &account_id, &token)
+                .map(Some)
+                .map_err(|e| ConfigError {
+                    problems: vec![format!("INSTAGRAM_ACCESS_TOKEN: {e}")],
+                })
+        }
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn nothing_set_means_no_account() {
+        assert_eq!(
+            account_from_env(env(&[])).unwrap().map(|a| a.base_url),
+            None
+        );
+        assert!(
+            account_from_env(env(&[("INSTAGRAM_API_URL", "")]))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_sandbox_pair_wins_over_the_real_account_pair() {
+        let account = account_from_env(env(&[
+            ("INSTAGRAM_API_URL", "http://127.0.0.1:9/sandbox/v25.0/"),
+            (
+                "INSTAGRAM_GRAPH_API_URL",
+                "https://graph.instagram.com/v25.0",
+            ),
+            ("INSTAGRAM_ACCOUNT_ID", "111"),
+            ("INSTAGRAM_USER_ID", "222"),
+            ("INSTAGRAM_ACCESS_TOKEN", "tok"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            account.messages_url(),
+            "http://127.0.0.1:9/sandbox/v25.0/111/messages"
+        );
+    }
+
+    #[test]
+    fn the_real_account_pair_is_used_when_the_sandbox_pair_is_absent() {
+        let account = account_from_env(env(&[
+            ("INSTAGRAM_API_URL", ""),
+            (
+                "INSTAGRAM_GRAPH_API_URL",
+                "https://graph.instagram.com/v24.0",
+            ),
+            ("INSTAGRAM_USER_ID", "222"),
+            ("INSTAGRAM_ACCESS_TOKEN", "tok"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            account.messages_url(),
+            "https://graph.instagram.com/v24.0/222/messages"
+        );
+    }
+
+    #[test]
+    fn the_base_url_defaults_to_graph_instagram_com() {
+        let account = account_from_env(env(&[
+            ("INSTAGRAM_USER_ID", "me"),
+            ("INSTAGRAM_ACCESS_TOKEN", "tok"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            account.messages_url(),
+            "https://graph.instagram.com/v25.0/me/messages"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_at_once_and_the_token_is_never_echoed() {
+        let err = account_from_env(env(&[
+            ("INSTAGRAM_API_URL", "ftp://x"),
+            ("INSTAGRAM_ACCOUNT_ID", "jane"),
+            ("INSTAGRAM_ACCESS_TOKEN", "secret value"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        for name in [
+            "INSTAGRAM_API_URL",
+            "INSTAGRAM_ACCOUNT_ID",
+            "INSTAGRAM_ACCESS_TOKEN",
+        ] {
+            assert!(text.contains(name), "{text}");
+        }
+        assert!(!text.contains("secret"), "{text}");
+
+        let err = account_from_env(env(&[(
+            "INSTAGRAM_GRAPH_API_URL",
+            "https://graph.instagram.com/v25.0",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2);
+        assert!(err.problems[0].contains("INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID"));
+        assert!(err.problems[1].contains("INSTAGRAM_ACCESS_TOKEN"));
+    }
+}

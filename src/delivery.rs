@@ -1,0 +1,237 @@
+//! Delivering one message: the Graph call, retried only when that is safe,
+//! bounded by the caller's deadline, and logged once with its outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+
+use crate::error::{Reason, SendError};
+use crate::graph::{self, Account, GraphClient};
+use crate::message::{OutgoingAction, OutgoingMessage, Sent};
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Graph calls per send, the first included.
+    pub max_attempts: u32,
+    /// The first backoff; each next one doubles, with jitter.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// The most one Graph call may take.
+    pub upstream_timeout: Duration,
+    /// RetryInfo for rate limits when Graph gives no estimate.
+    pub rate_limit_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(10),
+            rate_limit_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with "equal jitter": half fixed, half random, so
+    /// callers that failed together do not retry together.
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1 << failed_attempts.saturating_sub(1).min(16))
+            .min(self.max_delay);
+        let half = exp / 2;
+        half + rand::rng().random_range(Duration::ZERO..=half)
+    }
+}
+
+/// Sends as one account through one Graph client. Cheap to share behind an
+/// `Arc`; the account is a value so several can follow.
+#[derive(Debug)]
+pub struct Deliverer {
+    graph: GraphClient,
+    account: Account,
+    policy: RetryPolicy,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Deliverer {
+    pub fn new(graph: GraphClient, account: Account, policy: RetryPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            graph,
+            account,
+            policy,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// From now on, sends already under way make no further attempts, so a
+    /// shutdown waits at most for one Graph call.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub async fn send_message(
+        &self,
+        message: &OutgoingMessage,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        let started = Instant::now();
+        let result = self.deliver(graph::encode_message(message), deadline).await;
+        log_outcome(
+            "message",
+            message.recipient.as_str(),
+            started,
+            result.as_ref(),
+        );
+        result
+    }
+
+    pub async fn send_action(
+        &self,
+        action: &OutgoingAction,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        let started = Instant::now();
+        let result = self.deliver(graph::encode_action(action), deadline).await;
+        log_outcome(
+            "action",
+            action.recipient.as_str(),
+            started,
+            result.as_ref(),
+        );
+        result
+    }
+
+    async fn deliver(&self, body: Bytes, deadline: Option<Instant>) -> Result<Sent, SendError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _guard = InFlight(&self.in_flight);
+        let policy = &self.policy;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let timeout = match deadline {
+                Some(d) => policy
+                    .upstream_timeout
+                    .min(d.saturating_duration_since(Instant::now())),
+                None => policy.upstream_timeout,
+            };
+            let error = match self
+                .graph
+                .post_messages(&self.account, body.clone(), timeout)
+                .await
+            {
+                Ok(reply) => {
+                    return Ok(Sent {
+                        message_id: reply.message_id,
+                        recipient_id: reply.recipient_id,
+                        graph_calls: attempts,
+                    });
+                }
+                Err(error) => error,
+            };
+            let delay = policy.backoff(attempts);
+            let fits_deadline = deadline.is_none_or(|d| Instant::now() + delay < d);
+            let retry = error.failure.is_retryable()
+                && attempts < policy.max_attempts
+                && fits_deadline
+                && !self.draining.load(Ordering::SeqCst);
+            if !retry {
+                let retry_after = match error.failure.reason() {
+                    Reason::RateLimited => {
+                        Some(error.retry_after.unwrap_or(policy.rate_limit_delay))
+                    }
+                    Reason::UpstreamUnavailable => Some(error.retry_after.unwrap_or(delay)),
+                    _ => None,
+                };
+                return Err(SendError::Failed {
+                    failure: error.failure,
+                    attempts,
+                    retry_after,
+                });
+            }
+            tracing::debug!(attempt = attempts, delay_ms = delay.as_millis() as u64, failure = %error.failure.message(), "retrying a transient Graph failure");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The one log line per send.
+pub fn log_outcome(
+    kind: &str,
+    recipient: &str,
+    started: Instant,
+    result: Result<&Sent, &SendError>,
+) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(sent) => tracing::info!(
+            kind,
+            recipient,
+            outcome = "OK",
+            attempts = sent.graph_calls,
+            latency_ms,
+            message_id = sent.message_id.as_deref().unwrap_or(""),
+            "sent"
+        ),
+        Err(error) => {
+            let graph = error.failure().and_then(|f| f.graph_error());
+            tracing::warn!(
+                kind,
+                recipient,
+                outcome = error.reason().as_str(),
+                graph_code = graph.and_then(|g| g.code),
+                graph_subcode = graph.and_then(|g| g.subcode),
+                fbtrace_id = graph.and_then(|g| g.fbtrace_id.as_deref()),
+                attempts = error.attempts(),
+                latency_ms,
+                error = %error,
+                "send failed"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..RetryPolicy::default()
+        };
+        for _ in 0..100 {
+            let first = policy.backoff(1);
+            assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+            let third = policy.backoff(3);
+            assert!((Duration::from_millis(200)..=Duration::from_millis(400)).contains(&third));
+            assert!(policy.backoff(30) <= Duration::from_millis(1000));
+        }
+    }
+}

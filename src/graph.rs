@@ -1,0 +1,797 @@
+//! The Instagram Graph API send endpoint: one small client around one HTTP
+//! call, and the JSON bodies it posts.
+//!
+//! The client knows nothing of retries or gRPC; it makes one attempt and
+//! says exactly how it ended (see [`Failure`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Failure, GraphError};
+use crate::message::{
+    AttachmentKind, Button, Content, MediaSource, OutgoingAction, OutgoingMessage, Recipient,
+    SenderAction, TemplateElement,
+};
+
+/// The access token. Never printed: `Debug` shows a placeholder and there is
+/// no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    /// Kept out of `Display` on purpose: use only to build the header.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// One Instagram professional account the gateway sends as: a value handed
+/// to the client per call, so several accounts can share one client.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// Where Graph lives, without a trailing slash (`https://graph.instagram.com/v25.0`).
+    pub base_url: String,
+    /// The account's Instagram user id, or `me`.
+    pub account_id: String,
+    messages_url: String,
+    authorization: HeaderValue,
+}
+
+impl Account {
+    /// Fails only if the token cannot be an HTTP header value.
+    pub fn new(base_url: &str, account_id: &str, token: &AccessToken) -> Result<Self, String> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let messages_url = format!("{base_url}/{account_id}/messages");
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| "the access token contains characters not allowed in a header")?;
+        // Keeps the token out of hyper's and reqwest's debug output.
+        authorization.set_sensitive(true);
+        Ok(Self {
+            base_url,
+            account_id: account_id.to_owned(),
+            messages_url,
+            authorization,
+        })
+    }
+
+    pub fn messages_url(&self) -> &str {
+        &self.messages_url
+    }
+}
+
+/// What Graph answered to a successful call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GraphReply {
+    pub recipient_id: String,
+    pub message_id: Option<String>,
+}
+
+/// How one attempt failed, with any hint Graph gave about when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptError {
+    pub failure: Failure,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Failure> for AttemptError {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            retry_after: None,
+        }
+    }
+}
+
+/// Graph answers are small; anything bigger is not Graph and is not read whole.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct GraphClient {
+    http: reqwest::Client,
+}
+
+impl GraphClient {
+    /// One connection pool for the process; `connect_timeout` bounds the part
+    /// of an attempt during which nothing has been sent yet.
+    pub fn new(connect_timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("messenger-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client's fixed settings are valid");
+        Self { http }
+    }
+
+    /// Posts one pre-encoded body to `{base}/{account}/messages`.
+    pub async fn post_messages(
+        &self,
+        account: &Account,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<GraphReply, AttemptError> {
+        let attempt = async {
+            let mut response = self
+                .http
+                .post(account.messages_url())
+                .header(AUTHORIZATION, account.authorization.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(transport_failure)?;
+            let status = response.status().as_u16();
+            let retry_after = retry_hint(response.headers());
+            let mut raw = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
+                if raw.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(Failure::UnexpectedResponse {
+                        http_status: status,
+                        detail: format!("a body over {MAX_RESPONSE_BYTES} bytes"),
+                    }
+                    .into());
+                }
+                raw.extend_from_slice(&chunk);
+            }
+            interpret(status, &raw).map_err(|failure| AttemptError {
+                failure,
+                retry_after,
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::NoAnswerBeforeDeadline {
+                detail: format!("waited {} ms", timeout.as_millis()),
+            }
+            .into()),
+        }
+    }
+}
+
+fn transport_failure(e: reqwest::Error) -> AttemptError {
+    let detail = error_chain(&e);
+    let failure = if e.is_connect() {
+        Failure::Connect { detail }
+    } else if e.is_timeout() {
+        Failure::NoAnswerBeforeDeadline { detail }
+    } else {
+        Failure::ConnectionLost { detail }
+    };
+    failure.into()
+}
+
+/// The causes, without reqwest's own message (which repeats the URL).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        parts.push(cause.to_string());
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: GraphError,
+}
+
+/// Reads Graph's answer by its body, never by the status alone.
+fn interpret(http_status: u16, raw: &[u8]) -> Result<GraphReply, Failure> {
+    if let Ok(ErrorEnvelope { error }) = serde_json::from_slice(raw) {
+        return Err(Failure::Graph { http_status, error });
+    }
+    if (200..300).contains(&http_status) {
+        return serde_json::from_slice::<GraphReply>(raw).map_err(|_| {
+            Failure::UnexpectedResponse {
+                http_status,
+                detail: "a body without recipient_id (the message may have been sent)".into(),
+            }
+        });
+    }
+    let detail = if serde_json::from_slice::<serde_json::Value>(raw).is_ok() {
+        "JSON that is not a Graph error"
+    } else if raw.is_empty() {
+        "an empty body"
+    } else {
+        "a body that is not JSON"
+    };
+    Err(Failure::UnexpectedResponse {
+        http_status,
+        detail: detail.into(),
+    })
+}
+
+/// `Retry-After` (seconds), or the longest `estimated_time_to_regain_access`
+/// (minutes) in `X-Business-Use-Case-Usage`.
+fn retry_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if let Some(secs) = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return Some(Duration::from_secs(secs));
+    }
+    let usage: serde_json::Value = headers
+        .get("x-business-use-case-usage")
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())?;
+    let minutes = usage
+        .as_object()?
+        .values()
+        .filter_map(|v| v.as_array())
+        .flatten()
+        .filter_map(|u| u.get("estimated_time_to_regain_access")?.as_u64())
+        .max()?;
+    (minutes > 0).then(|| Duration::from_secs(minutes * 60))
+}
+
+// ---- request bodies: borrowed views of the validated message ----
+
+#[derive(Serialize)]
+struct WireRecipient<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comment_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireSend<'a> {
+    recipient: WireRecipient<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messaging_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'static str>,
+    message: WireMessage<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<WireMid<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireMid<'a> {
+    mid: &'a str,
+}
+
+#[derive(Serialize, Default)]
+struct WireMessage<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    quick_replies: Vec<WireQuickReply<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attachment: Option<WireAttachment<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<WireAttachment<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireQuickReply<'a> {
+    content_type: &'static str,
+    title: &'a str,
+    payload: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireAttachment<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<WirePayload<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WirePayload<'a> {
+    Url {
+        url: &'a str,
+    },
+    AttachmentId {
+        attachment_id: &'a str,
+    },
+    Post {
+        id: &'a str,
+    },
+    Template {
+        template_type: &'static str,
+        elements: Vec<WireElement<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct WireElement<'a> {
+    title: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subtitle: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_action: Option<WireDefaultAction<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    buttons: Vec<WireButton<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireDefaultAction<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireButton<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireAction<'a> {
+    recipient: WireRecipient<'a>,
+    sender_action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<WireReaction<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireReaction<'a> {
+    message_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reaction: Option<&'a str>,
+}
+
+fn attachment_kind(kind: AttachmentKind) -> &'static str {
+    match kind {
+        AttachmentKind::Image => "image",
+        AttachmentKind::Video => "video",
+        AttachmentKind::Audio => "audio",
+        AttachmentKind::File => "file",
+    }
+}
+
+fn element(e: &TemplateElement) -> WireElement<'_> {
+    WireElement {
+        title: e.title.as_str(),
+        subtitle: e.subtitle.as_ref().map(|s| s.as_str()),
+        image_url: e.image_url.as_ref().map(|u| u.as_str()),
+        default_action: e.default_action_url.as_ref().map(|u| WireDefaultAction {
+            kind: "web_url",
+            url: u.as_str(),
+        }),
+        buttons: e
+            .buttons
+            .iter()
+            .map(|b| match b {
+                Button::WebUrl { title, url } => WireButton {
+                    kind: "web_url",
+                    title: title.as_str(),
+                    url: Some(url.as_str()),
+                    payload: None,
+                },
+                Button::Postback { title, payload } => WireButton {
+                    kind: "postback",
+                    title: title.as_str(),
+                    url: None,
+                    payload: Some(payload.as_str()),
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The JSON body Graph expects for a message.
+pub fn encode_message(m: &OutgoingMessage) -> Bytes {
+    let recipient = match &m.recipient {
+        Recipient::User(id) => WireRecipient {
+            id: Some(id.as_str()),
+            comment_id: None,
+        },
+        Recipient::Comment(id) => WireRecipient {
+            id: None,
+            comment_id: Some(id.as_str()),
+        },
+    };
+    let mut message = WireMessage::default();
+    let mut messaging_type = None;
+    match &m.content {
+        Content::Text {
+            text,
+            quick_replies,
+        } => {
+            message.text = Some(text.as_str());
+            if !quick_replies.is_empty() {
+                messaging_type = Some("RESPONSE");
+            }
+            message.quick_replies = quick_replies
+                .iter()
+                .map(|q| WireQuickReply {
+                    content_type: "text",
+                    title: q.title.as_str(),
+                    payload: q.payload.as_str(),
+                })
+                .collect();
+        }
+        Content::Attachments(list) => {
+            let mut wire: Vec<_> = list
+                .iter()
+                .map(|a| WireAttachment {
+                    kind: attachment_kind(a.kind),
+                    payload: Some(match &a.source {
+                        MediaSource::Url(u) => WirePayload::Url { url: u.as_str() },
+                        MediaSource::Id(id) => WirePayload::AttachmentId {
+                            attachment_id: id.as_str(),
+                        },
+                    }),
+                })
+                .collect();
+            // One attachment goes as `attachment`; several images as `attachments`.
+            if wire.len() == 1 {
+                message.attachment = wire.pop();
+            } else {
+                message.attachments = wire;
+            }
+        }
+        Content::LikeHeartSticker => {
+            message.attachment = Some(WireAttachment {
+                kind: "like_heart",
+                payload: None,
+            });
+        }
+        Content::MediaShare { post_id } => {
+            message.attachment = Some(WireAttachment {
+                kind: "MEDIA_SHARE",
+                payload: Some(WirePayload::Post {
+                    id: post_id.as_str(),
+                }),
+            });
+        }
+        Content::GenericTemplate(elements) => {
+            message.attachment = Some(WireAttachment {
+                kind: "template",
+                payload: Some(WirePayload::Template {
+                    template_type: "generic",
+                    elements: elements.iter().map(element).collect(),
+                }),
+            });
+        }
+    }
+    let tag = m.human_agent.then_some("HUMAN_AGENT");
+    if tag.is_some() {
+        messaging_type = Some("MESSAGE_TAG");
+    }
+    let body = WireSend {
+        recipient,
+        messaging_type,
+        tag,
+        message,
+        reply_to: m.reply_to.as_ref().map(|id| WireMid { mid: id.as_str() }),
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("borrowed strings always serialize"))
+}
+
+/// The JSON body Graph expects for a sender action.
+pub fn encode_action(a: &OutgoingAction) -> Bytes {
+    let (sender_action, payload) = match &a.action {
+        SenderAction::TypingOn => ("typing_on", None),
+        SenderAction::TypingOff => ("typing_off", None),
+        SenderAction::MarkSeen => ("mark_seen", None),
+        SenderAction::React {
+            message_id,
+            reaction,
+        } => (
+            "react",
+            Some(WireReaction {
+                message_id: message_id.as_str(),
+                reaction: Some(reaction.as_str()),
+            }),
+        ),
+        SenderAction::Unreact { message_id } => (
+            "unreact",
+            Some(WireReaction {
+                message_id: message_id.as_str(),
+                reaction: None,
+            }),
+        ),
+    };
+    let body = WireAction {
+        recipient: WireRecipient {
+            id: Some(a.recipient.as_str()),
+            comment_id: None,
+        },
+        sender_action,
+        payload,
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("borrowed strings always serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::*;
+    use serde_json::{Value, json};
+
+    fn user() -> Recipient {
+        Recipient::User(Igsid::parse("17841400000000000").unwrap())
+    }
+
+    fn message(content: Content) -> OutgoingMessage {
+        OutgoingMessage {
+            recipient: user(),
+            content,
+            reply_to: None,
+            human_agent: false,
+        }
+    }
+
+    fn json_of(body: Bytes) -> Value {
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn text(s: &str) -> Content {
+        Content::Text {
+            text: Text::parse(s).unwrap(),
+            quick_replies: vec![],
+        }
+    }
+
+    #[test]
+    fn text_encodes_to_the_starter_kit_body() {
+        assert_eq!(
+            json_of(encode_message(&message(text("Hello from my app")))),
+            json!({"recipient":{"id":"17841400000000000"},"message":{"text":"Hello from my app"}})
+        );
+    }
+
+    #[test]
+    fn quick_replies_encode_with_messaging_type_response() {
+        let content = Content::Text {
+            text: Text::parse("Pick one").unwrap(),
+            quick_replies: vec![QuickReply {
+                title: Label::parse("Red", 20).unwrap(),
+                payload: Payload::parse("RED").unwrap(),
+            }],
+        };
+        assert_eq!(
+            json_of(encode_message(&message(content))),
+            json!({"recipient":{"id":"17841400000000000"},"messaging_type":"RESPONSE",
+                   "message":{"text":"Pick one","quick_replies":[
+                       {"content_type":"text","title":"Red","payload":"RED"}]}})
+        );
+    }
+
+    #[test]
+    fn one_attachment_encodes_as_attachment_and_several_as_attachments() {
+        let image = |u: &str| Attachment {
+            kind: AttachmentKind::Image,
+            source: MediaSource::Url(HttpUrl::parse(u).unwrap()),
+        };
+        assert_eq!(
+            json_of(encode_message(&message(Content::Attachments(vec![image(
+                "https://x.test/a.png"
+            )])))),
+            json!({"recipient":{"id":"17841400000000000"},
+                   "message":{"attachment":{"type":"image","payload":{"url":"https://x.test/a.png"}}}})
+        );
+        assert_eq!(
+            json_of(encode_message(&message(Content::Attachments(vec![
+                image("https://x.test/a.png"),
+                image("https://x.test/b.png")
+            ])))),
+            json!({"recipient":{"id":"17841400000000000"},
+                   "message":{"attachments":[
+                       {"type":"image","payload":{"url":"https://x.test/a.png"}},
+                       {"type":"image","payload":{"url":"https://x.test/b.png"}}]}})
+        );
+    }
+
+    #[test]
+    fn attachments_by_id_and_of_every_kind_encode() {
+        for (kind, name) in [
+            (AttachmentKind::Video, "video"),
+            (AttachmentKind::Audio, "audio"),
+            (AttachmentKind::File, "file"),
+            (AttachmentKind::Image, "image"),
+        ] {
+            let content = Content::Attachments(vec![Attachment {
+                kind,
+                source: MediaSource::Id(GraphId::parse("998877").unwrap()),
+            }]);
+            assert_eq!(
+                json_of(encode_message(&message(content))),
+                json!({"recipient":{"id":"17841400000000000"},
+                       "message":{"attachment":{"type":name,"payload":{"attachment_id":"998877"}}}})
+            );
+        }
+    }
+
+    #[test]
+    fn sticker_and_post_share_encode() {
+        assert_eq!(
+            json_of(encode_message(&message(Content::LikeHeartSticker))),
+            json!({"recipient":{"id":"17841400000000000"},"message":{"attachment":{"type":"like_heart"}}})
+        );
+        assert_eq!(
+            json_of(encode_message(&message(Content::MediaShare {
+                post_id: GraphId::parse("18000000000000001").unwrap()
+            }))),
+            json!({"recipient":{"id":"17841400000000000"},
+                   "message":{"attachment":{"type":"MEDIA_SHARE","payload":{"id":"18000000000000001"}}}})
+        );
+    }
+
+    #[test]
+    fn generic_template_encodes_elements_and_buttons() {
+        let element = TemplateElement {
+            title: Label::parse("Shoes", 80).unwrap(),
+            subtitle: Some(Label::parse("New in", 80).unwrap()),
+            image_url: Some(HttpUrl::parse("https://x.test/s.png").unwrap()),
+            default_action_url: Some(HttpUrl::parse("https://x.test/s").unwrap()),
+            buttons: vec![
+                Button::WebUrl {
+                    title: Label::parse("Shop", 80).unwrap(),
+                    url: HttpUrl::parse("https://x.test/shop").unwrap(),
+                },
+                Button::Postback {
+                    title: Label::parse("More", 80).unwrap(),
+                    payload: Payload::parse("MORE").unwrap(),
+                },
+            ],
+        };
+        assert_eq!(
+            json_of(encode_message(&message(Content::GenericTemplate(vec![
+                element
+            ])))),
+            json!({"recipient":{"id":"17841400000000000"},
+                   "message":{"attachment":{"type":"template","payload":{
+                       "template_type":"generic",
+                       "elements":[{"title":"Shoes","subtitle":"New in",
+                           "image_url":"https://x.test/s.png",
+                           "default_action":{"type":"web_url","url":"https://x.test/s"},
+                           "buttons":[
+                               {"type":"web_url","title":"Shop","url":"https://x.test/shop"},
+                               {"type":"postback","title":"More","payload":"MORE"}]}]}}}})
+        );
+    }
+
+    #[test]
+    fn reply_to_human_agent_and_private_replies_encode() {
+        let mut m = message(text("hi"));
+        m.reply_to = Some(GraphId::parse("aWdfbWlk").unwrap());
+        m.human_agent = true;
+        assert_eq!(
+            json_of(encode_message(&m)),
+            json!({"recipient":{"id":"17841400000000000"},
+                   "messaging_type":"MESSAGE_TAG","tag":"HUMAN_AGENT",
+                   "message":{"text":"hi"},"reply_to":{"mid":"aWdfbWlk"}})
+        );
+        let mut m = message(text("thanks for your comment"));
+        m.recipient = Recipient::Comment(CommentId::parse("17900000000000001").unwrap());
+        assert_eq!(
+            json_of(encode_message(&m)),
+            json!({"recipient":{"comment_id":"17900000000000001"},
+                   "message":{"text":"thanks for your comment"}})
+        );
+    }
+
+    #[test]
+    fn sender_actions_encode() {
+        let action = |action| OutgoingAction {
+            recipient: Igsid::parse("17841400000000000").unwrap(),
+            action,
+        };
+        let mid = || GraphId::parse("aWdfbWlk").unwrap();
+        let r = json!({"id":"17841400000000000"});
+        assert_eq!(
+            json_of(encode_action(&action(SenderAction::TypingOn))),
+            json!({"recipient":r,"sender_action":"typing_on"})
+        );
+        assert_eq!(
+            json_of(encode_action(&action(SenderAction::TypingOff))),
+            json!({"recipient":r,"sender_action":"typing_off"})
+        );
+        assert_eq!(
+            json_of(encode_action(&action(SenderAction::MarkSeen))),
+            json!({"recipient":r,"sender_action":"mark_seen"})
+        );
+        assert_eq!(
+            json_of(encode_action(&action(SenderAction::React {
+                message_id: mid(),
+                reaction: "love".into()
+            }))),
+            json!({"recipient":r,"sender_action":"react","payload":{"message_id":"aWdfbWlk","reaction":"love"}})
+        );
+        assert_eq!(
+            json_of(encode_action(&action(SenderAction::Unreact {
+                message_id: mid()
+            }))),
+            json!({"recipient":r,"sender_action":"unreact","payload":{"message_id":"aWdfbWlk"}})
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_read_whatever_the_status() {
+        let body = br#"{"error":{"message":"(#10) outside window","type":"OAuthException","code":10,"error_subcode":2534022,"fbtrace_id":"AbC"}}"#;
+        for status in [400, 403, 200] {
+            match interpret(status, body) {
+                Err(Failure::Graph { http_status, error }) => {
+                    assert_eq!(http_status, status);
+                    assert_eq!(error.code, Some(10));
+                    assert_eq!(error.subcode, Some(2534022));
+                    assert_eq!(error.fbtrace_id.as_deref(), Some("AbC"));
+                    assert_eq!(error.kind.as_deref(), Some("OAuthException"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_graph_bodies_are_unexpected_responses() {
+        assert!(matches!(
+            interpret(502, b"<html>bad gateway</html>"),
+            Err(Failure::UnexpectedResponse {
+                http_status: 502,
+                ..
+            })
+        ));
+        assert!(matches!(
+            interpret(200, b"{}"),
+            Err(Failure::UnexpectedResponse {
+                http_status: 200,
+                ..
+            })
+        ));
+        assert_eq!(
+            interpret(200, br#"{"recipient_id":"1","message_id":"m"}"#).unwrap(),
+            GraphReply {
+                recipient_id: "1".into(),
+                message_id: Some("m".into())
+            }
+        );
+    }
+
+    #[test]
+    fn retry_hints_come_from_retry_after_or_business_usage() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_hint(&h), None);
+        h.insert(
+            "x-business-use-case-usage",
+            HeaderValue::from_static(
+                r#"{"178414":[{"type":"instagram","call_count":100,"estimated_time_to_regain_access":5}]}"#,
+            ),
+        );
+        assert_eq!(retry_hint(&h), Some(Duration::from_secs(300)));
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_hint(&h), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let token = AccessToken::new("IGQVJ-secret-token");
+        let account = Account::new("http://127.0.0.1:1/v25.0/", "me", &token).unwrap();
+        assert_eq!(
+            account.messages_url(),
+            "http://127.0.0.1:1/v25.0/me/messages"
+        );
+        assert!(!format!("{token:?}{account:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,390 @@
+//! A stand-in for the Instagram Graph API send endpoint, served in-process on a
+//! loopback port, so the gateway runs end to end with no credentials.
+//!
+//! It checks what Graph checks (bearer token, account, JSON shape, text
+//! length), answers with Graph-shaped ids and errors, keeps what it received
+//! for inspection, and has documented recipient ids that fail on purpose.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+use crate::graph::{AccessToken, Account};
+use crate::message::limits;
+
+/// The sandbox's own account id; `me` works too.
+pub const ACCOUNT_ID: &str = "17841400000000001";
+/// The Graph version in the sandbox's base URL.
+pub const VERSION: &str = "v25.0";
+/// The IGSID the README's examples send to: always succeeds.
+pub const DEMO_RECIPIENT: &str = "17841400000000000";
+/// How many received requests the sandbox keeps for inspection.
+const KEEP: usize = 1000;
+
+/// A recipient id that makes the sandbox fail the way Graph does.
+pub struct Scenario {
+    pub recipient_id: &'static str,
+    pub outcome: &'static str,
+    http_status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    kind: &'static str,
+    message: &'static str,
+    is_transient: bool,
+}
+
+/// Recipients that fail on purpose: each answers like Graph for that case.
+pub const SCENARIOS: [Scenario; 9] = [
+    Scenario {
+        recipient_id: "10000000000000001",
+        outcome: "OUTSIDE_MESSAGING_WINDOW",
+        http_status: 400,
+        code: 10,
+        subcode: Some(2534022),
+        kind: "OAuthException",
+        message: "(#10) This message is sent outside of allowed window.",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000002",
+        outcome: "RECIPIENT_UNAVAILABLE",
+        http_status: 400,
+        code: 551,
+        subcode: Some(1545041),
+        kind: "OAuthException",
+        message: "(#551) This person isn't available right now.",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000003",
+        outcome: "RECIPIENT_NOT_FOUND",
+        http_status: 400,
+        code: 100,
+        subcode: Some(2534014),
+        kind: "IGApiException",
+        message: "No matching user found",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000004",
+        outcome: "RATE_LIMITED",
+        http_status: 400,
+        code: 613,
+        subcode: None,
+        kind: "OAuthException",
+        message: "(#613) Calls to this api have exceeded the rate limit.",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000005",
+        outcome: "ACCESS_TOKEN_INVALID",
+        http_status: 400,
+        code: 190,
+        subcode: Some(463),
+        kind: "OAuthException",
+        message: "Error validating access token: Session has expired.",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000006",
+        outcome: "PERMISSION_MISSING",
+        http_status: 403,
+        code: 10,
+        subcode: None,
+        kind: "OAuthException",
+        message: "(#10) Application does not have permission for this action",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000007",
+        outcome: "REJECTED_BY_GRAPH",
+        http_status: 400,
+        code: 100,
+        subcode: Some(2018047),
+        kind: "OAuthException",
+        message: "(#100) Upload attachment failure.",
+        is_transient: false,
+    },
+    Scenario {
+        recipient_id: "10000000000000008",
+        outcome: "UPSTREAM_UNAVAILABLE",
+        http_status: 500,
+        code: 2,
+        subcode: None,
+        kind: "OAuthException",
+        message: "An unexpected error has occurred. Please retry your request later.",
+        is_transient: true,
+    },
+    Scenario {
+        recipient_id: "10000000000000011",
+        outcome: "GRAPH_ERROR",
+        http_status: 400,
+        code: 1609005,
+        subcode: None,
+        kind: "OAuthException",
+        message: "(#1609005) Error posting message.",
+        is_transient: false,
+    },
+];
+
+/// Fails every other call with a transient error, so a send succeeds on its
+/// second Graph call (`graph_calls: 2`).
+pub const FLAKY_RECIPIENT: &str = "10000000000000009";
+/// Answers only after this long: a caller's deadline, or the upstream
+/// timeout, runs out first (`DELIVERY_UNKNOWN`).
+pub const SLOW_RECIPIENT: &str = "10000000000000010";
+const SLOW_DELAY: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Store {
+    received: VecDeque<Value>,
+    calls_by_recipient: HashMap<String, u64>,
+}
+
+struct Sandbox {
+    token: String,
+    store: Mutex<Store>,
+    next_id: AtomicU64,
+}
+
+/// A running sandbox, and the account that sends to it.
+pub struct RunningSandbox {
+    pub addr: SocketAddr,
+    pub account: Account,
+    pub base_url: String,
+}
+
+impl RunningSandbox {
+    pub fn messages_log_url(&self) -> String {
+        format!("http://{}/sandbox/messages", self.addr)
+    }
+}
+
+/// Binds `listen` (use a loopback address) and serves until the runtime ends.
+pub async fn start(listen: SocketAddr) -> std::io::Result<RunningSandbox> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let token = format!("sandbox-{:032x}", rand::random::<u128>());
+    let base_url = format!("http://{addr}/{VERSION}");
+    let account = Account::new(&base_url, ACCOUNT_ID, &AccessToken::new(token.clone()))
+        .expect("a generated token is a valid header");
+    let app = router(token);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the sandbox stopped");
+        }
+    });
+    Ok(RunningSandbox {
+        addr,
+        account,
+        base_url,
+    })
+}
+
+fn router(token: String) -> Router {
+    let state = Arc::new(Sandbox {
+        token,
+        store: Mutex::new(Store::default()),
+        next_id: AtomicU64::new(1),
+    });
+    Router::new()
+        .route("/{version}/{account}/messages", post(send))
+        .route("/sandbox/messages", get(list).delete(clear))
+        .route("/sandbox/recipients", get(recipients))
+        .with_state(state)
+}
+
+fn graph_error(
+    status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    kind: &str,
+    message: &str,
+) -> Response {
+    graph_error_with(status, code, subcode, kind, message, false)
+}
+
+fn graph_error_with(
+    status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    kind: &str,
+    message: &str,
+    is_transient: bool,
+) -> Response {
+    let mut error = json!({
+        "message": message,
+        "type": kind,
+        "code": code,
+        "is_transient": is_transient,
+        "fbtrace_id": format!("Sbx{:x}", rand::random::<u64>()),
+    });
+    if let Some(subcode) = subcode {
+        error["error_subcode"] = json!(subcode);
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+fn invalid_parameter(message: &str) -> Response {
+    graph_error(400, 100, None, "OAuthException", message)
+}
+
+async fn send(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path((version, account)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer != Some(sandbox.token.as_str()) {
+        return graph_error(
+            400,
+            190,
+            None,
+            "OAuthException",
+            "Invalid OAuth access token - Cannot parse access token",
+        );
+    }
+    if version != VERSION || (account != ACCOUNT_ID && account != "me") {
+        return invalid_parameter(&format!(
+            "Unsupported post request. Object with ID '{account}' does not exist, cannot be loaded due to missing permissions, or does not support this operation"
+        ));
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return invalid_parameter("(#100) The request body is not valid JSON");
+    };
+    let recipient = &body["recipient"];
+    let (recipient_id, is_comment) =
+        match (recipient["id"].as_str(), recipient["comment_id"].as_str()) {
+            (Some(id), None) => (id.to_owned(), false),
+            (None, Some(id)) => (id.to_owned(), true),
+            _ => return invalid_parameter("(#100) The parameter recipient is required"),
+        };
+    let has_message = body["message"].is_object();
+    let sender_action = body["sender_action"].as_str();
+    if has_message == sender_action.is_some() {
+        return invalid_parameter("(#100) Exactly one of message or sender_action is required");
+    }
+    if let Some(text) = body["message"]["text"].as_str()
+        && text.len() > limits::TEXT_BYTES
+    {
+        return invalid_parameter(
+            "(#100) Length of param message[text] must be less than or equal to 1000",
+        );
+    }
+    if has_message && body["message"].as_object().is_some_and(|m| m.is_empty()) {
+        return invalid_parameter("(#100) param message must be non-empty");
+    }
+
+    if let Some(s) = SCENARIOS.iter().find(|s| s.recipient_id == recipient_id) {
+        return graph_error_with(
+            s.http_status,
+            s.code,
+            s.subcode,
+            s.kind,
+            s.message,
+            s.is_transient,
+        );
+    }
+    let calls = {
+        let mut store = sandbox.store.lock().await;
+        let calls = store
+            .calls_by_recipient
+            .entry(recipient_id.clone())
+            .or_default();
+        *calls += 1;
+        *calls
+    };
+    if recipient_id == FLAKY_RECIPIENT && calls % 2 == 1 {
+        return graph_error_with(
+            500,
+            1,
+            None,
+            "OAuthException",
+            "An unknown error occurred",
+            true,
+        );
+    }
+    if recipient_id == SLOW_RECIPIENT {
+        tokio::time::sleep(SLOW_DELAY).await;
+    }
+
+    let serial = sandbox.next_id.fetch_add(1, Ordering::Relaxed);
+    let message_id = has_message.then(|| {
+        // Real ids are base64 of an `ig_message...` item key.
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+            "ig_message_item:1:IGMessageThread:{ACCOUNT_ID}:{recipient_id}:{serial}"
+        ))
+    });
+    // A private reply lands with the commenter, whose IGSID we make up.
+    let delivered_to = if is_comment {
+        format!("1784140{:010}", serial)
+    } else {
+        recipient_id
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    {
+        let mut store = sandbox.store.lock().await;
+        if store.received.len() == KEEP {
+            store.received.pop_front();
+        }
+        store.received.push_back(json!({
+            "received_at_ms": now_ms,
+            "account_id": account,
+            "message_id": message_id,
+            "body": body,
+        }));
+    }
+    let mut answer = json!({ "recipient_id": delivered_to });
+    if let Some(id) = message_id {
+        answer["message_id"] = json!(id);
+    }
+    Json(answer).into_response()
+}
+
+async fn list(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {
+    let store = sandbox.store.lock().await;
+    Json(json!({ "messages": store.received }))
+}
+
+async fn clear(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
+    let mut store = sandbox.store.lock().await;
+    store.received.clear();
+    store.calls_by_recipient.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn recipients() -> Json<Value> {
+    let mut list: Vec<Value> = vec![json!({"recipient_id": DEMO_RECIPIENT, "outcome": "OK"})];
+    list.extend(SCENARIOS.iter().map(|s| {
+        json!({"recipient_id": s.recipient_id, "outcome": s.outcome, "graph_code": s.code, "graph_subcode": s.subcode})
+    }));
+    list.push(
+        json!({"recipient_id": FLAKY_RECIPIENT, "outcome": "OK after one retry (graph_calls: 2)"}),
+    );
+    list.push(
+        json!({"recipient_id": SLOW_RECIPIENT, "outcome": "DELIVERY_UNKNOWN (answers after 30 s)"}),
+    );
+    Json(json!({ "recipients": list }))
+}

@@ -1,0 +1,118 @@
+//! Serving: the Messenger service beside health and reflection, and a
+//! shutdown that drains sends under way within a grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::delivery::Deliverer;
+use crate::grpc::{MessengerServer, MessengerService, pb};
+
+/// The service name health reports on, besides "" for the whole server.
+const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How long in-flight sends may take to finish once shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection could not load the descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` resolves, then: health goes NOT_SERVING, sends under
+/// way stop retrying, new calls are refused, and the call returns once the
+/// sends in flight finish or the grace period ends.
+pub async fn serve(
+    listener: TcpListener,
+    deliverer: Arc<Deliverer>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    // The google.rpc types are registered so grpcurl can decode error details.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(MessengerService::new(deliverer.clone()).into_server());
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
+
+    tokio::select! {
+        result = &mut server => return flatten(result),
+        () = shutdown => {}
+    }
+
+    tracing::info!(
+        in_flight = deliverer.in_flight(),
+        "shutting down: draining sends in flight"
+    );
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+        // Ends open Watch streams, which would otherwise hold the drain open.
+        health.clear_service_status(name).await;
+    }
+    deliverer.start_draining();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+        Ok(result) => {
+            tracing::info!("shut down cleanly");
+            flatten(result)
+        }
+        Err(_) => {
+            tracing::error!(
+                in_flight = deliverer.in_flight(),
+                grace_ms = options.shutdown_grace.as_millis() as u64,
+                "grace period over: abandoning sends still in flight"
+            );
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+fn flatten(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match joined {
+        Ok(result) => Ok(result?),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
