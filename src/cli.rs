@@ -95,6 +95,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -172,7 +173,6 @@ fn announce(local: SocketAddr, account: &Account, sandbox: Option<&sandbox::Runn
     } else {
         local.to_string()
     };
-    println!("messenger-gateway listening on {local} (gRPC)");
     match sandbox {
         Some(s) => {
             tracing::warn!(
@@ -193,6 +193,8 @@ fn announce(local: SocketAddr, account: &Account, sandbox: Option<&sandbox::Runn
             account.account_id, account.base_url
         ),
     }
+    // Last, so a script that waits for it knows the banner is complete.
+    println!("messenger-gateway listening on {local} (gRPC)");
     tracing::info!(%local, graph = %account.base_url, account = %account.account_id, "ready");
 }
 

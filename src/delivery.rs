@@ -186,7 +186,7 @@ pub fn log_outcome(
     started: Instant,
     result: Result<&Sent, &SendError>,
 ) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     match result {
         Ok(sent) => tracing::info!(
             kind,

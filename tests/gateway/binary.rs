@@ -1,0 +1,190 @@
+//! The real binary, as an operator runs it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+
+fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for name in messenger_gateway::config::VARIABLES {
+        cmd.env_remove(name);
+    }
+    cmd.env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits (at most 30 s) for the banner line that names the gRPC address.
+fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            seen.push(line.clone());
+            if !sent && line.starts_with("messenger-gateway listening on ") {
+                let _ = tx.send(seen.clone());
+                sent = true;
+            }
+        }
+    });
+    let Ok(seen) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("the gateway printed no banner");
+    };
+    let last = seen.last().unwrap();
+    let addr = last["messenger-gateway listening on ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    (addr, seen)
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the gateway did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_binary_refuses_bad_settings_naming_each_variable() {
+    let out = gateway(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("INSTAGRAM_API_URL", "not a url"),
+            ("INSTAGRAM_ACCOUNT_ID", "jane.doe"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "INSTAGRAM_API_URL",
+        "INSTAGRAM_ACCOUNT_ID",
+        "INSTAGRAM_ACCESS_TOKEN",
+    ] {
+        assert!(stderr.contains(name), "{stderr}");
+    }
+}
+
+#[test]
+fn no_sandbox_without_credentials_refuses_to_start() {
+    let out = gateway(&["serve", "--listen", "127.0.0.1:0", "--no-sandbox"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INSTAGRAM_ACCESS_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_credentials_the_binary_serves_the_sandbox_and_exits_0_on_sigterm() {
+    let mut child = gateway(&["serve", "--listen", "127.0.0.1:0"], &[])
+        .spawn()
+        .unwrap();
+    let (addr, banner) = listening_addr(&mut child);
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.starts_with("sandbox Graph API at http://127.0.0.1:"))
+    );
+    let mut client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let reply = client
+        .send(text_to("17841400000000000", "Hello from my app"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.message_id.is_empty());
+    let status = client
+        .send(text_to("10000000000000001", "too late"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).0, "OUTSIDE_MESSAGING_WINDOW");
+    drop(client);
+    sigterm(&child);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
+    let gw = TestGateway::start().await; // only for its Graph fake
+    gw.graph_answers(ok_reply()).await;
+    let base = format!("{}/v25.0", gw.graph.uri());
+    let mut child = gateway(
+        &["serve", "--listen", "127.0.0.1:0", "--log-format", "json"],
+        &[
+            ("INSTAGRAM_GRAPH_API_URL", &base),
+            ("INSTAGRAM_USER_ID", ACCOUNT),
+            ("INSTAGRAM_ACCESS_TOKEN", TOKEN),
+            ("RUST_LOG", "trace"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    // Trace logging is loud: drain it as it comes so the pipe never fills.
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        stderr.read_to_string(&mut logs).unwrap();
+        logs
+    });
+    let (addr, _) = listening_addr(&mut child);
+    let mut client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client.send(text_to(USER, "hi")).await.unwrap();
+    client.send(text_to("bad", "hi")).await.unwrap_err();
+    drop(client);
+    sigterm(&child);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+    let logs = logs.join().unwrap();
+    assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+    let sends: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "message")
+        .collect();
+    assert_eq!(sends.len(), 2, "{logs}");
+    assert_eq!(sends[0]["outcome"], "OK");
+    assert_eq!(sends[0]["recipient"], USER);
+    assert_eq!(sends[0]["attempts"], 1);
+    assert!(sends[0]["latency_ms"].is_number());
+    assert_eq!(sends[1]["outcome"], "INVALID_REQUEST");
+    assert_eq!(gw.graph_calls().await, 1);
+    let request = &gw.graph.received_requests().await.unwrap()[0];
+    assert_eq!(request.url.path(), MESSAGES_PATH);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: a real tonic server on a loopback port, a real HTTP fake
+//! of the Graph API (wiremock), and real gRPC clients.
+
+mod binary;
+mod errors;
+mod retries;
+mod send;
+mod shutdown;
+mod support;

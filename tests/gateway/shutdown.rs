@@ -1,0 +1,110 @@
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::server::ServeOptions;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn shutdown_lets_sends_in_flight_finish_and_refuses_new_calls() {
+    let mut gw = TestGateway::start().await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(600)))
+        .await;
+    let mut client = gw.client().await;
+    let in_flight = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.send(text_to(USER, "sent before SIGTERM")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // New calls are refused, on the open connection and on new ones.
+    assert!(client.send(text_to(USER, "too late")).await.is_err());
+    assert!(
+        MessengerClient::connect(format!("http://{}", gw.addr))
+            .await
+            .is_err(),
+        "the listener is closed"
+    );
+
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the send in flight completes");
+    assert_eq!(reply.into_inner().message_id, "aWdfbWlkLTE");
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    assert_eq!(
+        gw.graph_calls().await,
+        1,
+        "only the send made before shutdown reached Graph"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_sends_that_outlast_the_grace_period() {
+    let options = ServeOptions {
+        shutdown_grace: Duration::from_millis(300),
+    };
+    let mut gw = TestGateway::start_with(quick_policy(), options).await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_secs(10)))
+        .await;
+    let mut client = gw.client().await;
+    tokio::spawn(async move { client.send(text_to(USER, "slow")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    gw.begin_shutdown();
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_on_shutdown_and_watchers_are_released() {
+    let mut gw = TestGateway::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["", "messenger.v1.Messenger"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32);
+    }
+    let mut watch = health
+        .watch(check("messenger.v1.Messenger"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    gw.begin_shutdown();
+    let mut seen = Vec::new();
+    while let Ok(Some(update)) = watch.message().await {
+        seen.push(update.status);
+    }
+    assert_eq!(seen.last(), Some(&(ServingStatus::NotServing as i32)));
+    tokio::time::timeout(Duration::from_secs(2), gw.served.take().unwrap())
+        .await
+        .expect("an open Watch does not hold the drain open")
+        .unwrap()
+        .unwrap();
+}
