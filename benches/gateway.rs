@@ -1,1 +1,371 @@
-fn main() {}
+//! Load generator and fast fake Graph upstream: `cargo bench --bench gateway`.
+//!
+//! Every figure is a ratio to a baseline measured in the same run, because
+//! these machines are shared and noisy:
+//! 1. added median latency at 1 caller: gRPC through the gateway vs. a direct
+//!    HTTP client posting the same JSON to the same upstream;
+//! 2. throughput with 64 concurrent callers, same two paths, zero-latency
+//!    upstream;
+//! 3. 10,000 sends in flight against an upstream answering in 200 ms: errors,
+//!    the peak concurrency the upstream saw, and the gateway's peak memory
+//!    against its own idle memory.
+//!
+//! The gateway under test is the real binary in its own process, so its
+//! memory is its own. Set `BENCH_SECONDS` to change the throughput window.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+const ACCOUNT: &str = "17841400000000001";
+const TOKEN: &str = "bench-token";
+const RECIPIENT: &str = "17841400000000000";
+const TEXT: &str = "Hello from my app";
+const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
+
+/// Counts requests in flight at the upstream, and the most seen at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// A minimal HTTP/1.1 Graph stand-in: reads the body, waits `delay`,
+/// answers a fixed success.
+async fn start_upstream(delay: Duration) -> (SocketAddr, Arc<Gauge>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gauge = Arc::new(Gauge::default());
+    let g = gauge.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let g = g.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let g = g.clone();
+                    async move {
+                        let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+                        g.peak.fetch_max(n, Ordering::SeqCst);
+                        let _ = req.into_body().collect().await;
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        g.now.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(REPLY)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, gauge)
+}
+
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Gateway {
+    fn start(upstream: SocketAddr) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &addr])
+            .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
+            .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+            .env("INSTAGRAM_ACCESS_TOKEN", TOKEN)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Default logging stays on, as in production; it costs what it costs.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the gateway binary starts");
+        Self { child, addr }
+    }
+
+    async fn channel(&self) -> Channel {
+        for _ in 0..200 {
+            if let Ok(ch) = Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .tcp_nodelay(true)
+                .connect()
+                .await
+            {
+                return ch;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the gateway did not come up");
+    }
+
+    /// (VmRSS, VmHWM) in KiB, from /proc.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request() -> pb::SendRequest {
+    pb::SendRequest {
+        recipient_id: RECIPIENT.into(),
+        text: TEXT.into(),
+        ..Default::default()
+    }
+}
+
+#[derive(Clone)]
+struct Direct {
+    http: reqwest::Client,
+    url: String,
+    body: Bytes,
+}
+
+impl Direct {
+    fn new(upstream: SocketAddr) -> Self {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "recipient": {"id": RECIPIENT}, "message": {"text": TEXT}
+        }))
+        .unwrap();
+        Self {
+            http: reqwest::Client::builder().tcp_nodelay(true).build().unwrap(),
+            url: format!("http://{upstream}/v25.0/{ACCOUNT}/messages"),
+            body: Bytes::from(body),
+        }
+    }
+
+    async fn send(&self) -> bool {
+        match self
+            .http
+            .post(&self.url)
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(self.body.clone())
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn latency_direct(d: &Direct, n: usize) -> Duration {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        assert!(d.send().await);
+        samples.push(t.elapsed());
+    }
+    median(samples)
+}
+
+async fn latency_gateway(c: &mut MessengerClient<Channel>, n: usize) -> Duration {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.send(request()).await.expect("send succeeds");
+        samples.push(t.elapsed());
+    }
+    median(samples)
+}
+
+/// Sends per second from `callers` loops over `window`, and the errors.
+async fn throughput<F, Fut>(callers: usize, window: Duration, call: F) -> (f64, usize)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + window;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (ok, failed, call) = (ok.clone(), failed.clone(), call.clone());
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    if call().await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (
+        ok.load(Ordering::Relaxed) as f64 / secs,
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+fn main() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open-file limit: {e}");
+    }
+    let window = Duration::from_secs(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(window));
+}
+
+async fn run(window: Duration) {
+    let (fast, _) = start_upstream(Duration::ZERO).await;
+    let direct = Direct::new(fast);
+    let gateway = Gateway::start(fast);
+    let channel = gateway.channel().await;
+    let mut client = MessengerClient::new(channel.clone());
+
+    // Warm up both paths (connections, pools, caches).
+    latency_direct(&direct, 500).await;
+    latency_gateway(&mut client, 500).await;
+
+    // 1. Latency at one caller, interleaved in rounds so drift hits both.
+    let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        d_all.push(latency_direct(&direct, 1000).await);
+        g_all.push(latency_gateway(&mut client, 1000).await);
+    }
+    let d_lat = median(d_all);
+    let g_lat = median(g_all);
+    let added = g_lat.saturating_sub(d_lat);
+
+    // 2. Throughput at 64 callers.
+    let d = direct.clone();
+    let (d_rps, d_err) = throughput(64, window, move || {
+        let d = d.clone();
+        async move { d.send().await }
+    })
+    .await;
+    let ch = channel.clone();
+    let (g_rps, g_err) = throughput(64, window, move || {
+        let mut c = MessengerClient::new(ch.clone());
+        async move { c.send(request()).await.is_ok() }
+    })
+    .await;
+    drop(gateway);
+
+    println!("## messenger-gateway benchmark\n");
+    println!("| measure | direct HTTP (baseline) | through the gateway | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| median latency, 1 caller | {:.1} µs | {:.1} µs | added {:.1} µs ({:.2}×) |",
+        micros(d_lat),
+        micros(g_lat),
+        micros(added),
+        g_lat.as_secs_f64() / d_lat.as_secs_f64()
+    );
+    println!(
+        "| throughput, 64 callers, {} s | {:.0} sends/s ({} errors) | {:.0} sends/s ({} errors) | {:.2}× |",
+        window.as_secs(),
+        d_rps,
+        d_err,
+        g_rps,
+        g_err,
+        g_rps / d_rps
+    );
+
+    // 3. 10,000 in flight against a 200 ms upstream, on a fresh gateway.
+    let (slow, gauge) = start_upstream(Duration::from_millis(200)).await;
+    let gateway = Gateway::start(slow);
+    let first = gateway.channel().await;
+    let mut warm = MessengerClient::new(first);
+    latency_gateway(&mut warm, 20).await;
+    let (idle_rss, _) = gateway.memory_kib();
+    // Many callers, many connections: 50 connections of 200 streams each.
+    let mut channels = Vec::new();
+    for _ in 0..50 {
+        channels.push(gateway.channel().await);
+    }
+    let started = Instant::now();
+    let calls: Vec<_> = (0..10_000)
+        .map(|i| {
+            let mut c = MessengerClient::new(channels[i % channels.len()].clone());
+            tokio::spawn(async move { c.send(request()).await.is_ok() })
+        })
+        .collect();
+    let mut errors = 0;
+    for c in calls {
+        if !c.await.unwrap() {
+            errors += 1;
+        }
+    }
+    let took = started.elapsed();
+    let (_, peak) = gateway.memory_kib();
+    println!(
+        "| 10,000 sends in flight, 200 ms upstream | idle RSS {:.1} MiB | peak RSS {:.1} MiB, {} errors, upstream saw {} at once, all done in {:.2} s | {:.1}× idle, {:.1} KiB per send in flight |",
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        errors,
+        gauge.peak.load(Ordering::SeqCst),
+        took.as_secs_f64(),
+        peak as f64 / idle_rss.max(1) as f64,
+        (peak.saturating_sub(idle_rss)) as f64 / 10_000.0
+    );
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}

