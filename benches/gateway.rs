@@ -27,7 +27,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
@@ -47,7 +46,10 @@ struct Gauge {
 /// A minimal HTTP/1.1 Graph stand-in: reads the body, waits `delay`,
 /// answers a fixed success.
 async fn start_upstream(delay: Duration) -> (SocketAddr, Arc<Gauge>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A deep accept queue: 10,000 connections arrive at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16_384).unwrap();
     let addr = listener.local_addr().unwrap();
     let gauge = Arc::new(Gauge::default());
     let g = gauge.clone();
@@ -104,6 +106,8 @@ impl Gateway {
             .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
             .env("INSTAGRAM_ACCESS_TOKEN", TOKEN)
             .env_remove("RUST_LOG")
+            .envs(std::env::var("BENCH_GATEWAY_RUST_LOG").map(|v| ("RUST_LOG", v)))
+            .envs(std::env::var("BENCH_GATEWAY_WORKERS").map(|v| ("TOKIO_WORKER_THREADS", v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Default logging stays on, as in production; it costs what it costs.
@@ -173,7 +177,10 @@ impl Direct {
         }))
         .unwrap();
         Self {
-            http: reqwest::Client::builder().tcp_nodelay(true).build().unwrap(),
+            http: reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .build()
+                .unwrap(),
             url: format!("http://{upstream}/v25.0/{ACCOUNT}/messages"),
             body: Bytes::from(body),
         }
@@ -288,6 +295,18 @@ async fn run(window: Duration) {
         d_all.push(latency_direct(&direct, 1000).await);
         g_all.push(latency_gateway(&mut client, 1000).await);
     }
+    if std::env::var("BENCH_HOP").is_ok() {
+        let mut hop = Vec::new();
+        for _ in 0..3000 {
+            let t = Instant::now();
+            let _ = client.send(pb::SendRequest::default()).await;
+            hop.push(t.elapsed());
+        }
+        println!(
+            "grpc hop alone (rejected request): {:.1} µs",
+            micros(median(hop))
+        );
+    }
     let d_lat = median(d_all);
     let g_lat = median(g_all);
     let added = g_lat.saturating_sub(d_lat);
@@ -327,6 +346,9 @@ async fn run(window: Duration) {
         g_rps / d_rps
     );
 
+    if std::env::var("BENCH_SKIP_IN_FLIGHT").is_ok() {
+        return;
+    }
     // 3. 10,000 in flight against a 200 ms upstream, on a fresh gateway.
     let (slow, gauge) = start_upstream(Duration::from_millis(200)).await;
     let gateway = Gateway::start(slow);

@@ -76,7 +76,8 @@ enum LogFormat {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
-    init_logging(args.log_format);
+    // Held to the end so the last log lines are flushed.
+    let _log_guard = init_logging(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,17 +91,29 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(args))
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines go to stderr from a background thread that batches writes, so a
+/// send never waits on the terminal or a pipe. Not lossy: under a flood the
+/// writer applies back-pressure rather than dropping a send's line.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 async fn run(args: ServeArgs) -> ExitCode {
