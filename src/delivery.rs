@@ -91,15 +91,9 @@ impl Deliverer {
         message: &OutgoingMessage,
         deadline: Option<Instant>,
     ) -> Result<Sent, SendError> {
-        let started = Instant::now();
-        let result = self.deliver(graph::encode_message(message), deadline).await;
-        log_outcome(
-            "message",
-            message.recipient.as_str(),
-            started,
-            result.as_ref(),
-        );
-        result
+        let body = graph::encode_message(message);
+        self.send_logged("message", message.recipient.as_str(), body, deadline)
+            .await
     }
 
     pub async fn send_action(
@@ -107,14 +101,21 @@ impl Deliverer {
         action: &OutgoingAction,
         deadline: Option<Instant>,
     ) -> Result<Sent, SendError> {
+        let body = graph::encode_action(action);
+        self.send_logged("action", action.recipient.as_str(), body, deadline)
+            .await
+    }
+
+    async fn send_logged(
+        &self,
+        kind: &str,
+        recipient: &str,
+        body: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
         let started = Instant::now();
-        let result = self.deliver(graph::encode_action(action), deadline).await;
-        log_outcome(
-            "action",
-            action.recipient.as_str(),
-            started,
-            result.as_ref(),
-        );
+        let result = self.deliver(body, deadline).await;
+        log_outcome(kind, recipient, started, result.as_ref());
         result
     }
 
