@@ -89,9 +89,7 @@ pub fn account_from_env(
         (Some(base_url), Some(account_id), Some(token)) if problems.is_empty() => {
             Account::new(&base_url, &account_id, &token)
                 .map(Some)
-                .map_err(|e| ConfigError {
-                    problems: vec![format!("INSTAGRAM_ACCESS_TOKEN: {e}")],
-                })
+                .map_err(|e| ConfigError { problems: vec![e] })
         }
         _ => Err(ConfigError { problems }),
     }

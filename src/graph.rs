@@ -45,17 +45,19 @@ pub struct Account {
     pub base_url: String,
     /// The account's Instagram user id, or `me`.
     pub account_id: String,
-    messages_url: String,
+    /// Parsed once: reqwest would otherwise parse (and IDNA-check) it per call.
+    messages_url: reqwest::Url,
     authorization: HeaderValue,
 }
 
 impl Account {
-    /// Fails only if the token cannot be an HTTP header value.
+    /// Fails if the pieces do not form a URL or the token cannot be a header.
     pub fn new(base_url: &str, account_id: &str, token: &AccessToken) -> Result<Self, String> {
         let base_url = base_url.trim_end_matches('/').to_owned();
-        let messages_url = format!("{base_url}/{account_id}/messages");
+        let messages_url = reqwest::Url::parse(&format!("{base_url}/{account_id}/messages"))
+            .map_err(|e| format!("the base URL and account id do not form a URL: {e}"))?;
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| "the access token contains characters not allowed in a header")?;
+            .map_err(|_| "INSTAGRAM_ACCESS_TOKEN contains characters not allowed in a header")?;
         // Keeps the token out of hyper's and reqwest's debug output.
         authorization.set_sensitive(true);
         Ok(Self {
@@ -67,7 +69,7 @@ impl Account {
     }
 
     pub fn messages_url(&self) -> &str {
-        &self.messages_url
+        self.messages_url.as_str()
     }
 }
 
@@ -126,7 +128,7 @@ impl GraphClient {
         let attempt = async {
             let mut response = self
                 .http
-                .post(account.messages_url())
+                .post(account.messages_url.clone())
                 .header(AUTHORIZATION, account.authorization.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body)
