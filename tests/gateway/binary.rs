@@ -55,6 +55,30 @@ fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
     (addr, seen)
 }
 
+/// Kills the gateway if a test fails before it exits, so no process outlives
+/// the test run.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -111,9 +135,10 @@ fn no_sandbox_without_credentials_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_no_credentials_the_binary_serves_the_sandbox_and_exits_0_on_sigterm() {
-    let mut child = gateway(&["serve", "--listen", "127.0.0.1:0"], &[])
+    let child = gateway(&["serve", "--listen", "127.0.0.1:0"], &[])
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     let (addr, banner) = listening_addr(&mut child);
     assert!(
         banner
@@ -144,7 +169,7 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     let gw = TestGateway::start().await; // only for its Graph fake
     gw.graph_answers(ok_reply()).await;
     let base = format!("{}/v25.0", gw.graph.uri());
-    let mut child = gateway(
+    let child = gateway(
         &["serve", "--listen", "127.0.0.1:0", "--log-format", "json"],
         &[
             ("INSTAGRAM_GRAPH_API_URL", &base),
@@ -155,6 +180,7 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     )
     .spawn()
     .unwrap();
+    let mut child = KillOnDrop(child);
     // Trace logging is loud: drain it as it comes so the pipe never fills.
     let mut stderr = child.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {

@@ -4,6 +4,7 @@
 mod binary;
 mod errors;
 mod retries;
+mod sandbox;
 mod send;
 mod shutdown;
 mod support;

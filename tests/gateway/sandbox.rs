@@ -1,0 +1,123 @@
+//! The built-in sandbox answers like Graph: it checks what Graph checks.
+
+use std::net::SocketAddr;
+
+use messenger_gateway::sandbox;
+use serde_json::{Value, json};
+
+async fn post(url: &str, token: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn start() -> (sandbox::RunningSandbox, String) {
+    let running = sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = running.account.messages_url().to_owned();
+    (running, url)
+}
+
+#[tokio::test]
+async fn the_sandbox_refuses_a_wrong_token_like_graph_does() {
+    let (_running, url) = start().await;
+    let (status, body) = post(
+        &url,
+        "not-the-token",
+        r#"{"recipient":{"id":"1"},"message":{"text":"hi"}}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], 190);
+    assert_eq!(body["error"]["type"], "OAuthException");
+    assert!(body["error"]["fbtrace_id"].is_string());
+}
+
+#[tokio::test]
+async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts() {
+    use messenger_gateway::delivery::{Deliverer, RetryPolicy};
+    use messenger_gateway::graph::GraphClient;
+    use messenger_gateway::message::*;
+
+    let (running, _) = start().await;
+    let deliverer = Deliverer::new(
+        GraphClient::new(std::time::Duration::from_secs(1)),
+        running.account.clone(),
+        RetryPolicy::default(),
+    );
+    let to = |text: &str| OutgoingMessage {
+        recipient: Recipient::User(Igsid::parse(sandbox::DEMO_RECIPIENT).unwrap()),
+        content: Content::Text {
+            text: Text::parse(text).unwrap(),
+            quick_replies: vec![],
+        },
+        reply_to: None,
+        human_agent: false,
+    };
+    let sent = deliverer
+        .send_message(&to("hello sandbox"), None)
+        .await
+        .unwrap();
+    assert!(
+        sent.message_id.unwrap().starts_with("aWdf"),
+        "Graph-shaped id"
+    );
+
+    // What the gateway would never send, the sandbox still refuses as Graph does.
+    let client = GraphClient::new(std::time::Duration::from_secs(1));
+    let long = json!({"recipient":{"id":"1"},"message":{"text":"a".repeat(1001)}});
+    let refused = client
+        .post_messages(
+            &running.account,
+            serde_json::to_vec(&long).unwrap().into(),
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    let error = refused.failure.graph_error().unwrap().clone();
+    assert_eq!(error.code, Some(100));
+    let no_recipient = client
+        .post_messages(
+            &running.account,
+            br#"{"message":{"text":"hi"}}"#.to_vec().into(),
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(no_recipient.failure.graph_error().unwrap().code, Some(100));
+    let not_json = client
+        .post_messages(
+            &running.account,
+            b"text=hi".to_vec().into(),
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(not_json.failure.graph_error().unwrap().code, Some(100));
+
+    let log: Value = reqwest::get(running.messages_log_url())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bodies: Vec<&Value> = log["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["body"])
+        .collect();
+    assert_eq!(
+        bodies,
+        [&json!({"recipient":{"id":sandbox::DEMO_RECIPIENT},"message":{"text":"hello sandbox"}})],
+        "only the accepted message is kept"
+    );
+}
