@@ -154,12 +154,7 @@ async fn every_graph_error_maps_to_its_code_and_reason() {
     for r in rows {
         let gw = TestGateway::start().await;
         gw.graph_answers(r.graph.clone()).await;
-        let status = gw
-            .client()
-            .await
-            .send(text_to(USER, "hello"))
-            .await
-            .unwrap_err();
+        let status = gw.send_text().await.unwrap_err();
         let (reason, metadata) = error_info(&status);
         assert_eq!(
             (status.code(), reason.as_str()),
@@ -188,12 +183,7 @@ async fn errors_keep_graphs_own_message_and_codes() {
         "(#10) This message is sent outside of allowed window.",
     ))
     .await;
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert_eq!(
         status.message(),
         "(#10) This message is sent outside of allowed window."
@@ -212,12 +202,7 @@ async fn rate_limits_carry_graphs_estimate_as_retry_info() {
         r#"{"17841400000000001":[{"type":"instagram","call_count":100,"estimated_time_to_regain_access":3}]}"#,
     ))
     .await;
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(retry_delay(&status), Some(Duration::from_secs(180)));
     assert_eq!(gw.graph_calls().await, 1, "rate limits are never retried");
@@ -232,12 +217,7 @@ async fn an_unreachable_graph_is_retried_then_reported_unavailable() {
     let graph = wiremock::MockServer::start().await;
     let gw =
         TestGateway::start_against(graph, &base, quick_policy(), ServeOptions::default()).await;
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let (reason, m) = error_info(&status);
     assert_eq!(reason, "UPSTREAM_UNAVAILABLE");
@@ -250,12 +230,7 @@ async fn a_success_status_without_a_message_id_is_not_retried() {
     let gw = TestGateway::start().await;
     gw.graph_answers(ResponseTemplate::new(200).set_body_string("OK"))
         .await;
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert_eq!(status.code(), Code::Unknown);
     assert_eq!(gw.graph_calls().await, 1);
 }
@@ -266,10 +241,12 @@ async fn a_slow_graph_past_the_callers_deadline_is_delivery_unknown() {
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(3)))
         .await;
     let mut request = tonic::Request::new(text_to(USER, "hi"));
-    request.set_timeout(Duration::from_millis(400));
+    // 1 s leaves our answer a 50 ms head start on tonic's own timeout.
+    request.set_timeout(Duration::from_secs(1));
+    let mut client = gw.client().await;
     let started = std::time::Instant::now();
-    let status = gw.client().await.send(request).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    let status = client.send(request).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(2000));
     assert_eq!(status.code(), Code::DeadlineExceeded);
     let (reason, m) = error_info(&status);
     assert_eq!(reason, "DELIVERY_UNKNOWN");
@@ -291,12 +268,7 @@ async fn the_upstream_timeout_bounds_a_send_without_a_caller_deadline() {
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(3)))
         .await;
     let started = std::time::Instant::now();
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(error_info(&status).0, "DELIVERY_UNKNOWN");

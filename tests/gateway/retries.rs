@@ -45,12 +45,7 @@ async fn retries_stop_at_the_configured_attempt_limit() {
     let gw = TestGateway::start_with(policy, ServeOptions::default()).await;
     gw.graph_answers(graph_error(503, 1, None, "unknown error"))
         .await;
-    let status = gw
-        .client()
-        .await
-        .send(text_to(USER, "hi"))
-        .await
-        .unwrap_err();
+    let status = gw.send_text().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_info(&status).1["attempts"], "5");
     assert_eq!(gw.graph_calls().await, 5);
@@ -58,9 +53,10 @@ async fn retries_stop_at_the_configured_attempt_limit() {
 
 #[tokio::test]
 async fn retries_never_run_past_the_callers_deadline() {
+    // With jitter the first backoff is 500-1000 ms: always past the deadline.
     let policy = RetryPolicy {
-        base_delay: Duration::from_millis(400),
-        max_delay: Duration::from_millis(400),
+        base_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(1),
         ..quick_policy()
     };
     let gw = TestGateway::start_with(policy, ServeOptions::default()).await;
@@ -68,8 +64,9 @@ async fn retries_never_run_past_the_callers_deadline() {
         .await;
     let mut request = tonic::Request::new(text_to(USER, "hi"));
     request.set_timeout(Duration::from_millis(250));
+    let mut client = gw.client().await;
     let started = Instant::now();
-    let status = gw.client().await.send(request).await.unwrap_err();
+    let status = client.send(request).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(250));
     // Our own answer, with details, not tonic's bare timeout.
     assert_eq!(status.code(), Code::Unavailable);
@@ -89,11 +86,7 @@ async fn non_transient_failures_are_never_retried() {
         let gw = TestGateway::start().await;
         gw.graph_answers(graph_error(500, code, subcode, "no"))
             .await;
-        gw.client()
-            .await
-            .send(text_to(USER, "hi"))
-            .await
-            .unwrap_err();
+        gw.send_text().await.unwrap_err();
         assert_eq!(gw.graph_calls().await, 1, "code {code}");
     }
 }

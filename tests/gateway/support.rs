@@ -76,6 +76,15 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// A plain text send to the demo user over a fresh client.
+    pub async fn send_text(&self) -> Result<pb::SendResponse, tonic::Status> {
+        self.client()
+            .await
+            .send(text_to(USER, "hi"))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Starts the shutdown sequence, as SIGTERM does.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
