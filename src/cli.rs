@@ -160,6 +160,13 @@ async fn run(args: ServeArgs) -> ExitCode {
     let local = listener.local_addr().unwrap_or(args.listen);
     announce(local, &account, sandbox.as_ref());
 
+    if args.shutdown_grace <= args.upstream_timeout {
+        tracing::warn!(
+            grace_ms = args.shutdown_grace.as_millis() as u64,
+            upstream_timeout_ms = args.upstream_timeout.as_millis() as u64,
+            "the shutdown grace period is not longer than one Graph call may take: a send in flight at shutdown may be abandoned unreported"
+        );
+    }
     let policy = RetryPolicy {
         max_attempts: args.max_attempts,
         upstream_timeout: args.upstream_timeout,
