@@ -6,7 +6,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
-        .codec_path("crate::grpc::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("messenger_descriptor.bin"))
         .compile_with_config(config, &["proto/messenger/v1/messenger.proto"], &["proto"])?;
     Ok(())

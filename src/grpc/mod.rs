@@ -1,7 +1,6 @@
 //! The tonic adapter: generated types, the `Messenger` service, and the
 //! conversions at its edge. Handlers only convert and delegate.
 
-pub mod codec;
 pub mod convert;
 pub mod status;
 
