@@ -11,7 +11,11 @@
 //!    against its own idle memory.
 //!
 //! The gateway under test is the real binary in its own process, so its
-//! memory is its own. Set `BENCH_SECONDS` to change the throughput window.
+//! memory is its own. Knobs, for experiments:
+//! - `BENCH_SECONDS`: the throughput window (default 5);
+//! - `BENCH_SKIP_IN_FLIGHT`: stop after the throughput phase;
+//! - `BENCH_GATEWAY_RUST_LOG`, `BENCH_GATEWAY_WORKERS`: the gateway's
+//!   `RUST_LOG` and `TOKIO_WORKER_THREADS` (default: its own defaults).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
