@@ -34,6 +34,8 @@ use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+/// Set (to a delay in ms) when this binary runs as the upstream.
+const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_DELAY_MS";
 const ACCOUNT: &str = "17841400000000001";
 const TOKEN: &str = "bench-token";
 const RECIPIENT: &str = "17841400000000000";
@@ -48,48 +50,87 @@ struct Gauge {
 }
 
 /// A minimal HTTP/1.1 Graph stand-in: reads the body, waits `delay`,
-/// answers a fixed success.
-async fn start_upstream(delay: Duration) -> (SocketAddr, Arc<Gauge>) {
+/// answers a fixed success. `GET /peak` answers the most calls it held at once.
+async fn serve_upstream(delay: Duration) {
     // A deep accept queue: 10,000 connections arrive at once.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(16_384).unwrap();
-    let addr = listener.local_addr().unwrap();
+    println!("{}", listener.local_addr().unwrap());
     let gauge = Arc::new(Gauge::default());
-    let g = gauge.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let g = g.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let g = g.clone();
-                    async move {
-                        let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
-                        g.peak.fetch_max(n, Ordering::SeqCst);
-                        let _ = req.into_body().collect().await;
-                        if !delay.is_zero() {
-                            tokio::time::sleep(delay).await;
-                        }
-                        g.now.fetch_sub(1, Ordering::SeqCst);
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from_static(REPLY)))
-                                .unwrap(),
-                        )
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let g = gauge.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let g = g.clone();
+                async move {
+                    if req.uri().path() == "/peak" {
+                        let peak = g.peak.load(Ordering::SeqCst).to_string();
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(peak))));
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+                    g.peak.fetch_max(n, Ordering::SeqCst);
+                    let _ = req.into_body().collect().await;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    g.now.fetch_sub(1, Ordering::SeqCst);
+                    Ok(Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(REPLY)))
+                        .unwrap())
+                }
             });
-        }
-    });
-    (addr, gauge)
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The upstream runs in its own process, as Graph would: sharing the load
+/// generator's runtime would let the direct baseline skip a process hop.
+struct Upstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Upstream {
+    fn start(delay: Duration) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(UPSTREAM_ROLE, delay.as_millis().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the upstream starts");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr = line
+            .trim()
+            .parse()
+            .expect("the upstream prints its address");
+        Self { child, addr }
+    }
+
+    async fn peak(&self) -> String {
+        let url = format!("http://{}/peak", self.addr);
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 struct Gateway {
@@ -266,6 +307,10 @@ where
 }
 
 fn main() {
+    if let Ok(ms) = std::env::var(UPSTREAM_ROLE) {
+        let delay = Duration::from_millis(ms.parse().unwrap());
+        return runtime(true).block_on(serve_upstream(delay));
+    }
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         eprintln!("could not raise the open-file limit: {e}");
     }
@@ -275,56 +320,54 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(window));
-}
+    let fast = Upstream::start(Duration::ZERO);
+    let gateway = Gateway::start(fast.addr);
 
-async fn run(window: Duration) {
-    let (fast, _) = start_upstream(Duration::ZERO).await;
-    let direct = Direct::new(fast);
-    let gateway = Gateway::start(fast);
-    let channel = gateway.channel().await;
-    let mut client = MessengerClient::new(channel.clone());
-
-    // Warm up both paths (connections, pools, caches).
-    latency_direct(&direct, 500).await;
-    latency_gateway(&mut client, 500).await;
-
-    // 1. Latency at one caller, interleaved in rounds so drift hits both.
-    let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        d_all.push(latency_direct(&direct, 1000).await);
-        g_all.push(latency_gateway(&mut client, 1000).await);
-    }
-    // The gRPC round trip alone: a request rejected before any upstream call.
-    let mut hop = Vec::new();
-    for _ in 0..3000 {
-        let t = Instant::now();
-        let _ = client.send(pb::SendRequest::default()).await;
-        hop.push(t.elapsed());
-    }
-    let hop = median(hop);
-    let d_lat = median(d_all);
-    let g_lat = median(g_all);
+    // 1. Latency at one caller. One caller needs one thread: a
+    // single-threaded client keeps the load generator's own cross-thread
+    // wake-ups out of both paths' figures.
+    let (d_lat, g_lat, hop) = runtime(false).block_on(async {
+        let direct = Direct::new(fast.addr);
+        let mut client = MessengerClient::new(gateway.channel().await);
+        // Warm up both paths (connections, pools, caches).
+        latency_direct(&direct, 500).await;
+        latency_gateway(&mut client, 500).await;
+        // Interleaved in rounds so drift hits both.
+        let (mut d_all, mut g_all) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            d_all.push(latency_direct(&direct, 1000).await);
+            g_all.push(latency_gateway(&mut client, 1000).await);
+        }
+        // The gRPC round trip alone: a request rejected before any upstream call.
+        let mut hop = Vec::new();
+        for _ in 0..3000 {
+            let t = Instant::now();
+            let _ = client.send(pb::SendRequest::default()).await;
+            hop.push(t.elapsed());
+        }
+        (median(d_all), median(g_all), median(hop))
+    });
     let added = g_lat.saturating_sub(d_lat);
 
     // 2. Throughput at 64 callers.
-    let d = direct.clone();
-    let (d_rps, d_err) = throughput(64, window, move || {
-        let d = d.clone();
-        async move { d.send().await }
-    })
-    .await;
-    let ch = channel.clone();
-    let (g_rps, g_err) = throughput(64, window, move || {
-        let mut c = MessengerClient::new(ch.clone());
-        async move { c.send(request()).await.is_ok() }
-    })
-    .await;
+    let rt = runtime(true);
+    let ((d_rps, d_err), (g_rps, g_err)) = rt.block_on(async {
+        let d = Direct::new(fast.addr);
+        let direct = throughput(64, window, move || {
+            let d = d.clone();
+            async move { d.send().await }
+        })
+        .await;
+        let ch = gateway.channel().await;
+        let through = throughput(64, window, move || {
+            let mut c = MessengerClient::new(ch.clone());
+            async move { c.send(request()).await.is_ok() }
+        })
+        .await;
+        (direct, through)
+    });
     drop(gateway);
+    drop(fast);
 
     println!("## messenger-gateway benchmark\n");
     println!("| measure | direct HTTP (baseline) | through the gateway | ratio |");
@@ -355,42 +398,53 @@ async fn run(window: Duration) {
         return;
     }
     // 3. 10,000 in flight against a 200 ms upstream, on a fresh gateway.
-    let (slow, gauge) = start_upstream(Duration::from_millis(200)).await;
-    let gateway = Gateway::start(slow);
-    let first = gateway.channel().await;
-    let mut warm = MessengerClient::new(first);
-    latency_gateway(&mut warm, 20).await;
-    let (idle_rss, _) = gateway.memory_kib();
-    // Many callers, many connections: 50 connections of 200 streams each.
-    let mut channels = Vec::new();
-    for _ in 0..50 {
-        channels.push(gateway.channel().await);
-    }
-    let started = Instant::now();
-    let calls: Vec<_> = (0..10_000)
-        .map(|i| {
-            let mut c = MessengerClient::new(channels[i % channels.len()].clone());
-            tokio::spawn(async move { c.send(request()).await.is_ok() })
-        })
-        .collect();
-    let mut errors = 0;
-    for c in calls {
-        if !c.await.unwrap() {
-            errors += 1;
+    let slow = Upstream::start(Duration::from_millis(200));
+    let gateway = Gateway::start(slow.addr);
+    rt.block_on(async {
+        let first = gateway.channel().await;
+        let mut warm = MessengerClient::new(first);
+        latency_gateway(&mut warm, 20).await;
+        let (idle_rss, _) = gateway.memory_kib();
+        // Many callers, many connections: 50 connections of 200 streams each.
+        let mut channels = Vec::new();
+        for _ in 0..50 {
+            channels.push(gateway.channel().await);
         }
-    }
-    let took = started.elapsed();
-    let (_, peak) = gateway.memory_kib();
-    println!(
-        "| 10,000 sends in flight, 200 ms upstream | idle RSS {:.1} MiB | peak RSS {:.1} MiB, {} errors, upstream saw {} at once, all done in {:.2} s | {:.1}× idle, {:.1} KiB per send in flight |",
-        idle_rss as f64 / 1024.0,
-        peak as f64 / 1024.0,
-        errors,
-        gauge.peak.load(Ordering::SeqCst),
-        took.as_secs_f64(),
-        peak as f64 / idle_rss.max(1) as f64,
-        (peak.saturating_sub(idle_rss)) as f64 / 10_000.0
-    );
+        let started = Instant::now();
+        let calls: Vec<_> = (0..10_000)
+            .map(|i| {
+                let mut c = MessengerClient::new(channels[i % channels.len()].clone());
+                tokio::spawn(async move { c.send(request()).await.is_ok() })
+            })
+            .collect();
+        let mut errors = 0;
+        for c in calls {
+            if !c.await.unwrap() {
+                errors += 1;
+            }
+        }
+        let took = started.elapsed();
+        let (_, peak) = gateway.memory_kib();
+        println!(
+            "| 10,000 sends in flight, 200 ms upstream | idle RSS {:.1} MiB | peak RSS {:.1} MiB, {} errors, upstream saw {} at once, all done in {:.2} s | {:.1}× idle, {:.1} KiB per send in flight |",
+            idle_rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            errors,
+            slow.peak().await,
+            took.as_secs_f64(),
+            peak as f64 / idle_rss.max(1) as f64,
+            (peak.saturating_sub(idle_rss)) as f64 / 10_000.0
+        );
+    });
+}
+
+fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().unwrap()
 }
 
 fn micros(d: Duration) -> f64 {

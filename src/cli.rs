@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
-use crate::delivery::{Deliverer, RetryPolicy};
+use crate::delivery::{Deliverer, DeliveryPolicy};
 use crate::graph::{Account, GraphClient};
 use crate::server::{ServeOptions, serve};
 use crate::{config, sandbox};
@@ -53,6 +53,11 @@ struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_ATTEMPTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=10))]
     max_attempts: u32,
+    /// The most Graph calls under way at once; further sends wait their turn
+    /// (bounded by their deadline). Bounds sockets and memory when Graph is slow.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_GRAPH_CALLS", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_graph_calls: u32,
     /// The longest one Graph call may take, such as 10s or 2500ms.
     #[arg(long, env = "MESSENGER_GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s",
           value_parser = humantime::parse_duration)]
@@ -167,10 +172,11 @@ async fn run(args: ServeArgs) -> ExitCode {
             "the shutdown grace period is not longer than one Graph call may take: a send in flight at shutdown may be abandoned unreported"
         );
     }
-    let policy = RetryPolicy {
+    let policy = DeliveryPolicy {
+        max_concurrent_calls: args.max_graph_calls as usize,
         max_attempts: args.max_attempts,
         upstream_timeout: args.upstream_timeout,
-        ..RetryPolicy::default()
+        ..DeliveryPolicy::default()
     };
     let connect_timeout = args.upstream_timeout.min(Duration::from_secs(5));
     let deliverer = Deliverer::new(GraphClient::new(connect_timeout), account, policy);

@@ -1,5 +1,6 @@
 //! Delivering one message: the Graph call, retried only when that is safe,
-//! bounded by the caller's deadline, and logged once with its outcome.
+//! bounded by the caller's deadline and by how many Graph calls the account
+//! may have under way, and logged once with its outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,13 +8,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
+use tokio::sync::Semaphore;
 
-use crate::error::{Reason, SendError};
+use crate::error::{Failure, Reason, SendError};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
 
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub struct DeliveryPolicy {
+    /// The most Graph calls under way at once for the account; further sends
+    /// wait their turn. Graph accepts 100-300 sends a second per account, so
+    /// the default only bounds sockets and memory when Graph slows down.
+    pub max_concurrent_calls: usize,
     /// Graph calls per send, the first included.
     pub max_attempts: u32,
     /// The first backoff; each next one doubles, with jitter.
@@ -25,9 +31,10 @@ pub struct RetryPolicy {
     pub rate_limit_delay: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for DeliveryPolicy {
     fn default() -> Self {
         Self {
+            max_concurrent_calls: 500,
             max_attempts: 3,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
@@ -37,7 +44,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl DeliveryPolicy {
     /// Exponential backoff with "equal jitter": half fixed, half random, so
     /// callers that failed together do not retry together.
     pub fn backoff(&self, failed_attempts: u32) -> Duration {
@@ -56,16 +63,18 @@ impl RetryPolicy {
 pub struct Deliverer {
     graph: GraphClient,
     account: Account,
-    policy: RetryPolicy,
+    policy: DeliveryPolicy,
+    calls: Semaphore,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
 
 impl Deliverer {
-    pub fn new(graph: GraphClient, account: Account, policy: RetryPolicy) -> Arc<Self> {
+    pub fn new(graph: GraphClient, account: Account, policy: DeliveryPolicy) -> Arc<Self> {
         Arc::new(Self {
             graph,
             account,
+            calls: Semaphore::new(policy.max_concurrent_calls.max(1)),
             policy,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -132,11 +141,7 @@ impl Deliverer {
                     .min(d.saturating_duration_since(Instant::now())),
                 None => policy.upstream_timeout,
             };
-            let error = match self
-                .graph
-                .post_messages(&self.account, body.clone(), timeout)
-                .await
-            {
+            let error = match self.call_graph(body.clone(), timeout, deadline).await {
                 Ok(reply) => {
                     return Ok(Sent {
                         message_id: reply.message_id,
@@ -169,6 +174,34 @@ impl Deliverer {
             tracing::debug!(attempt = attempts, delay_ms = delay.as_millis() as u64, failure = %error.failure.message(), "retrying a transient Graph failure");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+impl Deliverer {
+    /// One Graph call, once the account has a free call slot.
+    async fn call_graph(
+        &self,
+        body: Bytes,
+        timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<graph::GraphReply, graph::AttemptError> {
+        let slot = self.calls.acquire();
+        let _slot = match deadline {
+            None => slot.await,
+            Some(d) => match tokio::time::timeout_at(d.into(), slot).await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    return Err(graph::AttemptError::from(Failure::NotSent {
+                        detail: format!(
+                            "{} Graph calls were already under way and none finished before the deadline",
+                            self.policy.max_concurrent_calls
+                        ),
+                    }));
+                }
+            },
+        }
+        .expect("the call semaphore is never closed");
+        self.graph.post_messages(&self.account, body, timeout).await
     }
 }
 
@@ -222,10 +255,10 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        let policy = RetryPolicy {
+        let policy = DeliveryPolicy {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(1000),
-            ..RetryPolicy::default()
+            ..DeliveryPolicy::default()
         };
         for _ in 0..100 {
             let first = policy.backoff(1);

@@ -47,6 +47,9 @@ pub enum Failure {
     UnexpectedResponse { http_status: u16, detail: String },
     /// No connection could be made, so nothing was sent.
     Connect { detail: String },
+    /// The deadline came while the send waited for a free Graph call slot;
+    /// nothing was sent.
+    NotSent { detail: String },
     /// The request was (or may have been) written, and no answer came before
     /// the deadline. The message may have been delivered.
     NoAnswerBeforeDeadline { detail: String },
@@ -122,9 +125,9 @@ impl Failure {
             Failure::UnexpectedResponse { http_status, .. } if (200..300).contains(http_status) => {
                 Reason::GraphError
             }
-            Failure::UnexpectedResponse { .. } | Failure::Connect { .. } => {
-                Reason::UpstreamUnavailable
-            }
+            Failure::UnexpectedResponse { .. }
+            | Failure::Connect { .. }
+            | Failure::NotSent { .. } => Reason::UpstreamUnavailable,
             Failure::NoAnswerBeforeDeadline { .. } | Failure::ConnectionLost { .. } => {
                 Reason::DeliveryUnknown
             }
@@ -139,6 +142,8 @@ impl Failure {
             Failure::Graph { .. } => self.reason() == Reason::UpstreamUnavailable,
             Failure::UnexpectedResponse { http_status, .. } => *http_status >= 500,
             Failure::Connect { .. } => true,
+            // Its deadline is spent.
+            Failure::NotSent { .. } => false,
             Failure::NoAnswerBeforeDeadline { .. } | Failure::ConnectionLost { .. } => false,
         }
     }
@@ -170,6 +175,7 @@ impl Failure {
                 detail,
             } => format!("Graph answered HTTP {http_status} with {detail}"),
             Failure::Connect { detail } => format!("could not connect to Graph: {detail}"),
+            Failure::NotSent { detail } => format!("not sent: {detail}"),
             Failure::NoAnswerBeforeDeadline { detail } => format!(
                 "no answer from Graph before the deadline; the message may have been delivered ({detail})"
             ),

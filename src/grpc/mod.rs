@@ -50,6 +50,8 @@ impl pb::messenger_server::Messenger for MessengerService {
         let deadline = deadline_of(&request);
         let message = convert::message_from_pb(request.get_ref())
             .map_err(|v| rejected("message", &request.get_ref().recipient_id, v))?;
+        // Not kept while the send is under way.
+        drop(request);
         let deliverer = self.deliverer.clone();
         let sent = finish_detached(async move { deliverer.send_message(&message, deadline).await })
             .await?;
@@ -67,6 +69,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         let deadline = deadline_of(&request);
         let action = convert::action_from_pb(request.get_ref())
             .map_err(|v| rejected("action", &request.get_ref().recipient_id, v))?;
+        drop(request);
         let deliverer = self.deliverer.clone();
         let sent =
             finish_detached(async move { deliverer.send_action(&action, deadline).await }).await?;
@@ -86,12 +89,17 @@ fn rejected(kind: &str, recipient: &str, violations: Vec<crate::error::FieldViol
 
 /// Runs a send on its own task: if the caller hangs up or its deadline fires
 /// first, the Graph call still completes and its outcome is still logged.
-async fn finish_detached(
+/// Spawns at once (not `async fn`), so the handler's future holds only the
+/// join handle, not a copy of the whole send: that is memory per call in flight.
+fn finish_detached(
     send: impl Future<Output = Result<Sent, SendError>> + Send + 'static,
-) -> Result<Sent, Status> {
-    match tokio::spawn(send).await {
-        Ok(result) => result.map_err(Status::from),
-        Err(_) => Err(Status::internal("the send task failed")),
+) -> impl Future<Output = Result<Sent, Status>> {
+    let task = tokio::spawn(send);
+    async move {
+        match task.await {
+            Ok(result) => result.map_err(Status::from),
+            Err(_) => Err(Status::internal("the send task failed")),
+        }
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 use tonic::Code;
 use wiremock::ResponseTemplate;
 
-use messenger_gateway::delivery::RetryPolicy;
+use messenger_gateway::delivery::DeliveryPolicy;
 use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
@@ -260,7 +260,7 @@ async fn a_slow_graph_past_the_callers_deadline_is_delivery_unknown() {
 
 #[tokio::test]
 async fn the_upstream_timeout_bounds_a_send_without_a_caller_deadline() {
-    let policy = RetryPolicy {
+    let policy = DeliveryPolicy {
         upstream_timeout: Duration::from_millis(300),
         ..quick_policy()
     };

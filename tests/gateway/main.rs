@@ -2,6 +2,7 @@
 //! of the Graph API (wiremock), and real gRPC clients.
 
 mod binary;
+mod concurrency;
 mod errors;
 mod retries;
 mod sandbox;

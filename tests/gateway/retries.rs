@@ -4,7 +4,7 @@ use tonic::Code;
 use wiremock::Mock;
 use wiremock::matchers::{method, path};
 
-use messenger_gateway::delivery::RetryPolicy;
+use messenger_gateway::delivery::DeliveryPolicy;
 use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
@@ -38,7 +38,7 @@ async fn transient_failures_are_retried_until_graph_accepts() {
 
 #[tokio::test]
 async fn retries_stop_at_the_configured_attempt_limit() {
-    let policy = RetryPolicy {
+    let policy = DeliveryPolicy {
         max_attempts: 5,
         ..quick_policy()
     };
@@ -54,7 +54,7 @@ async fn retries_stop_at_the_configured_attempt_limit() {
 #[tokio::test]
 async fn retries_never_run_past_the_callers_deadline() {
     // With jitter the first backoff is 500-1000 ms: always past the deadline.
-    let policy = RetryPolicy {
+    let policy = DeliveryPolicy {
         base_delay: Duration::from_secs(1),
         max_delay: Duration::from_secs(1),
         ..quick_policy()

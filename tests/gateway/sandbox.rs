@@ -43,7 +43,7 @@ async fn the_sandbox_refuses_a_wrong_token_like_graph_does() {
 
 #[tokio::test]
 async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts() {
-    use messenger_gateway::delivery::{Deliverer, RetryPolicy};
+    use messenger_gateway::delivery::{Deliverer, DeliveryPolicy};
     use messenger_gateway::graph::GraphClient;
     use messenger_gateway::message::*;
 
@@ -51,7 +51,7 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
     let deliverer = Deliverer::new(
         GraphClient::new(std::time::Duration::from_secs(1)),
         running.account.clone(),
-        RetryPolicy::default(),
+        DeliveryPolicy::default(),
     );
     let to = |text: &str| OutgoingMessage {
         recipient: Recipient::User(Igsid::parse(sandbox::DEMO_RECIPIENT).unwrap()),

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use messenger_gateway::delivery::{Deliverer, RetryPolicy};
+use messenger_gateway::delivery::{Deliverer, DeliveryPolicy};
 use messenger_gateway::graph::{AccessToken, Account, GraphClient};
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
@@ -28,12 +28,12 @@ pub struct TestGateway {
 }
 
 /// Fast retries so the tests take milliseconds.
-pub fn quick_policy() -> RetryPolicy {
-    RetryPolicy {
+pub fn quick_policy() -> DeliveryPolicy {
+    DeliveryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
         upstream_timeout: Duration::from_secs(5),
-        ..RetryPolicy::default()
+        ..DeliveryPolicy::default()
     }
 }
 
@@ -42,7 +42,7 @@ impl TestGateway {
         Self::start_with(quick_policy(), ServeOptions::default()).await
     }
 
-    pub async fn start_with(policy: RetryPolicy, options: ServeOptions) -> Self {
+    pub async fn start_with(policy: DeliveryPolicy, options: ServeOptions) -> Self {
         let graph = MockServer::start().await;
         let base = format!("{}/v25.0", graph.uri());
         Self::start_against(graph, &base, policy, options).await
@@ -51,7 +51,7 @@ impl TestGateway {
     pub async fn start_against(
         graph: MockServer,
         base_url: &str,
-        policy: RetryPolicy,
+        policy: DeliveryPolicy,
         options: ServeOptions,
     ) -> Self {
         let account = Account::new(base_url, ACCOUNT, &AccessToken::new(TOKEN)).unwrap();
