@@ -201,7 +201,9 @@ impl Deliverer {
             },
         }
         .expect("the call semaphore is never closed");
-        self.graph.post_messages(&self.account, body, timeout).await
+        // Boxed: a send waiting for a slot then holds a pointer, not room for
+        // the whole HTTP exchange.
+        Box::pin(self.graph.post_messages(&self.account, body, timeout)).await
     }
 }
 
