@@ -272,7 +272,7 @@ pub struct OutgoingAction {
 }
 
 /// What Graph answered to a successful send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sent {
     /// Absent for sender actions, which Graph answers with the recipient only.
     pub message_id: Option<String>,

@@ -1,0 +1,125 @@
+//! What the gateway remembers: inbound events (with their sequence numbers),
+//! each conversation's window, and idempotency keys. Behind a small trait so
+//! a store shared by several replicas can follow the embedded one.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{InboundEvent, UnixMs};
+use crate::message::Sent;
+use crate::window::WindowFacts;
+
+/// An event as kept, with its place in the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub received_ms: UnixMs,
+    pub event: InboundEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub new_events: usize,
+    pub duplicates: usize,
+    /// The highest sequence number now stored.
+    pub head: u64,
+}
+
+/// How a send under a `request_id` ended, as remembered for repeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordedOutcome {
+    Sent(Sent),
+    /// The request reached Graph but its outcome is unknown: it may have been
+    /// delivered, so it is never sent again under this id.
+    MaybeDelivered,
+}
+
+/// What claiming a `request_id` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The id is ours: send, then settle it.
+    Claimed,
+    /// The id was used within the last day for different content.
+    Conflict,
+    /// The first send under this id ended like this.
+    Recorded(RecordedOutcome),
+    /// Claimed but never settled: its process stopped mid-send.
+    Unsettled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub request_ids: usize,
+    pub windows: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store failed: {0}")]
+    Backend(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("a stored row could not be read: {0}")]
+    Corrupt(String),
+}
+
+/// How long a `request_id` is remembered (AIP-155 suggests at least a day).
+pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Durably records new events (skipping ones already kept, by
+    /// [`InboundEvent::dedup_key`]) and the windows they open, in one step.
+    /// `received_ms` also caps event times, so a clock ahead of ours cannot
+    /// stretch a window.
+    async fn ingest(
+        &self,
+        events: Vec<InboundEvent>,
+        received_ms: UnixMs,
+    ) -> Result<Ingested, StoreError>;
+
+    /// Up to `limit` events with sequence numbers above `after`, in order.
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The highest sequence number stored, and the highest pruned (0: none).
+    async fn bounds(&self) -> Result<(u64, u64), StoreError>;
+
+    /// What is known of the window between `account` (`me` matches any) and
+    /// `user`.
+    async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError>;
+
+    /// Remembers that Graph refused a send as outside the window.
+    async fn window_refused(
+        &self,
+        account: &str,
+        user: &str,
+        at: UnixMs,
+        human_agent: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Durably claims `id` for a send whose content hashes to `fingerprint`.
+    async fn claim_request(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        now: UnixMs,
+    ) -> Result<Claim, StoreError>;
+
+    /// Records how the send under `id` ended, or (`None`) releases the id
+    /// because nothing was delivered, so a retry under it may send again.
+    async fn settle_request(
+        &self,
+        id: &str,
+        outcome: Option<RecordedOutcome>,
+    ) -> Result<(), StoreError>;
+
+    /// Drops events received before `events_before`, request ids claimed
+    /// before `now - REQUEST_ID_TTL`, and windows closed for good.
+    async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError>;
+}

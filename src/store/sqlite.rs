@@ -1,0 +1,536 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a write acknowledged here survives `kill -9` (and power loss).
+//!
+//! All writes go through one thread that commits whatever has queued up in a
+//! single transaction (group commit): one fsync serves many webhook
+//! deliveries, which is what makes thousands of durable events a second
+//! possible. Reads use their own connection, which WAL lets run alongside.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{
+    Claim, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError, StoredEvent,
+};
+use crate::events::{InboundEvent, UnixMs};
+use crate::window::{HUMAN_AGENT_MS, WindowFacts};
+
+/// The most writes folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dedup_key TEXT NOT NULL UNIQUE,
+    received_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
+CREATE TABLE IF NOT EXISTS windows (
+    account TEXT NOT NULL,
+    user TEXT NOT NULL,
+    last_inbound_ms INTEGER,
+    standard_refused_ms INTEGER,
+    human_agent_refused_ms INTEGER,
+    PRIMARY KEY (account, user)
+);
+CREATE INDEX IF NOT EXISTS windows_user ON windows(user);
+CREATE TABLE IF NOT EXISTS request_ids (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    claimed_ms INTEGER NOT NULL,
+    outcome TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/gateway.sqlite3`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("gateway.sqlite3");
+        let writer_conn = open_connection(&path)?;
+        writer_conn.execute_batch(SCHEMA)?;
+        let reader = open_connection(&path)?;
+        let (writer, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(writer_conn, jobs))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |committed| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// A failed job is rolled back alone; the others in its batch still commit.
+fn in_savepoint<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    let result = f(conn);
+    if result.is_err() {
+        conn.execute_batch("ROLLBACK TO job")?;
+    }
+    conn.execute_batch("RELEASE job")?;
+    result
+}
+
+fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let finishers: Vec<Finish> = match begun {
+            Ok(()) => batch.into_iter().map(|job| job(&conn)).collect(),
+            Err(e) => {
+                let message = e.to_string();
+                drop(batch);
+                tracing::error!(error = %message, "the store cannot begin a transaction");
+                continue;
+            }
+        };
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishers {
+            finish(committed.clone().map_err(StoreError::Backend));
+        }
+    }
+}
+
+fn decode_event(seq: i64, received_ms: i64, body: &str) -> Result<StoredEvent, StoreError> {
+    let event: InboundEvent =
+        serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?;
+    Ok(StoredEvent {
+        seq: seq as u64,
+        received_ms,
+        event,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        events: Vec<InboundEvent>,
+        received_ms: UnixMs,
+    ) -> Result<Ingested, StoreError> {
+        self.write(move |conn| {
+            // Looked up first: a conflicting insert would still use up a
+            // sequence number, and subscribers would see a gap.
+            let mut seen = conn.prepare_cached("SELECT 1 FROM events WHERE dedup_key = ?1")?;
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO events (dedup_key, received_ms, body) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut open = conn.prepare_cached(
+                "INSERT INTO windows (account, user, last_inbound_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (account, user) DO UPDATE SET last_inbound_ms =
+                   MAX(COALESCE(last_inbound_ms, 0), excluded.last_inbound_ms)",
+            )?;
+            let mut done = Ingested {
+                new_events: 0,
+                duplicates: 0,
+                head: 0,
+            };
+            for event in &events {
+                let body =
+                    serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let key = event.dedup_key();
+                if seen.exists(params![key])? {
+                    done.duplicates += 1;
+                    continue;
+                }
+                insert.execute(params![key, received_ms, body])?;
+                done.new_events += 1;
+                if event.opens_window() {
+                    let at = event.timestamp_ms.min(received_ms);
+                    open.execute(params![event.account_id, event.user_id(), at])?;
+                }
+            }
+            done.head = head(conn)?;
+            Ok(done)
+        })
+        .await
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, received_ms, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (seq, received_ms, body) = row?;
+                events.push(decode_event(seq, received_ms, &body)?);
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn bounds(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|conn| Ok((head(conn)?, pruned_through(conn)?)))
+            .await
+    }
+
+    async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError> {
+        let (account, user) = (account.to_owned(), user.to_owned());
+        self.read(move |conn| {
+            let facts = conn
+                .prepare_cached(
+                    "SELECT MAX(last_inbound_ms), MAX(standard_refused_ms), MAX(human_agent_refused_ms)
+                     FROM windows WHERE user = ?2 AND (?1 = 'me' OR account = ?1)
+                     HAVING COUNT(*) > 0",
+                )?
+                .query_row(params![account, user], |row| {
+                    Ok(WindowFacts {
+                        last_inbound_ms: row.get(0)?,
+                        standard_refused_ms: row.get(1)?,
+                        human_agent_refused_ms: row.get(2)?,
+                    })
+                })
+                .optional()?;
+            Ok(facts)
+        })
+        .await
+    }
+
+    async fn window_refused(
+        &self,
+        account: &str,
+        user: &str,
+        at: UnixMs,
+        human_agent: bool,
+    ) -> Result<(), StoreError> {
+        let (account, user) = (account.to_owned(), user.to_owned());
+        let column = if human_agent {
+            "human_agent_refused_ms"
+        } else {
+            "standard_refused_ms"
+        };
+        self.write(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO windows (account, user, {column}) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account, user) DO UPDATE SET {column} = excluded.{column}"
+                ),
+                params![account, user, at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_request(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        now: UnixMs,
+    ) -> Result<Claim, StoreError> {
+        let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
+        self.write(move |conn| {
+            let existing = conn
+                .prepare_cached(
+                    "SELECT fingerprint, claimed_ms, outcome FROM request_ids WHERE id = ?1",
+                )?
+                .query_row(params![id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                    ))
+                })
+                .optional()?;
+            let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
+            match existing {
+                Some((fp, claimed, _)) if claimed >= live_since && fp != fingerprint => {
+                    return Ok(Claim::Conflict);
+                }
+                Some((_, claimed, None)) if claimed >= live_since => return Ok(Claim::Unsettled),
+                Some((_, claimed, Some(outcome))) if claimed >= live_since => {
+                    let outcome: RecordedOutcome = serde_json::from_str(&outcome)
+                        .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?;
+                    return Ok(Claim::Recorded(outcome));
+                }
+                _ => {}
+            }
+            conn.prepare_cached(
+                "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome) VALUES (?1, ?2, ?3, NULL)
+                 ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint,
+                   claimed_ms = excluded.claimed_ms, outcome = NULL",
+            )?
+            .execute(params![id, fingerprint, now])?;
+            Ok(Claim::Claimed)
+        })
+        .await
+    }
+
+    async fn settle_request(
+        &self,
+        id: &str,
+        outcome: Option<RecordedOutcome>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            match outcome {
+                Some(outcome) => {
+                    let json = serde_json::to_string(&outcome)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    conn.prepare_cached("UPDATE request_ids SET outcome = ?2 WHERE id = ?1")?
+                        .execute(params![id, json])?;
+                }
+                None => {
+                    conn.prepare_cached("DELETE FROM request_ids WHERE id = ?1")?
+                        .execute(params![id])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
+        self.write(move |conn| {
+            let last_pruned: Option<i64> = conn.query_row(
+                "SELECT MAX(seq) FROM events WHERE received_ms < ?1",
+                params![events_before],
+                |row| row.get(0),
+            )?;
+            let mut pruned = Pruned::default();
+            if let Some(last) = last_pruned {
+                pruned.events =
+                    conn.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                    params![last],
+                )?;
+            }
+            pruned.request_ids = conn.execute(
+                "DELETE FROM request_ids WHERE claimed_ms < ?1",
+                params![now - REQUEST_ID_TTL.as_millis() as i64],
+            )?;
+            // Past 7 days nothing here can reopen or narrow a window.
+            pruned.windows = conn.execute(
+                "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),
+                   COALESCE(standard_refused_ms, 0), COALESCE(human_agent_refused_ms, 0)) < ?1",
+                params![now - HUMAN_AGENT_MS],
+            )?;
+            Ok(pruned)
+        })
+        .await
+    }
+}
+
+fn head(conn: &Connection) -> Result<u64, StoreError> {
+    // AUTOINCREMENT keeps the highest seq ever used here, even once pruned.
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+fn pruned_through(conn: &Connection) -> Result<u64, StoreError> {
+    let value: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'pruned_through'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(value.unwrap_or(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::parse_delivery;
+    use crate::message::Sent;
+
+    fn message(mid: &str, ts: i64) -> InboundEvent {
+        let body = format!(
+            r#"{{"object":"instagram","entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":{ts},"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
+        );
+        parse_delivery(body.as_bytes()).unwrap().remove(0)
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_deduplicated_and_kept_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            let first = store
+                .ingest(vec![message("m1", 10), message("m2", 20)], 100)
+                .await
+                .unwrap();
+            assert_eq!((first.new_events, first.duplicates, first.head), (2, 0, 2));
+            let again = store
+                .ingest(vec![message("m2", 20), message("m3", 30)], 100)
+                .await
+                .unwrap();
+            assert_eq!((again.new_events, again.duplicates, again.head), (1, 1, 3));
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let events = store.events_after(1, 10).await.unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        assert_eq!(events[1].event, message("m3", 30));
+        let facts = store.window("A", "U").await.unwrap().unwrap();
+        assert_eq!(facts.last_inbound_ms, Some(30));
+        assert_eq!(store.window("me", "U").await.unwrap(), Some(facts));
+        assert_eq!(store.window("A", "V").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn event_times_ahead_of_our_clock_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .ingest(vec![message("m1", 5_000)], 1_000)
+            .await
+            .unwrap();
+        let facts = store.window("A", "U").await.unwrap().unwrap();
+        assert_eq!(facts.last_inbound_ms, Some(1_000));
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_claimed_once_and_remember_their_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.claim_request("r1", "f", 0).await.unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(
+            store.claim_request("r1", "f", 1).await.unwrap(),
+            Claim::Unsettled
+        );
+        assert_eq!(
+            store.claim_request("r1", "g", 1).await.unwrap(),
+            Claim::Conflict
+        );
+        let sent = Sent {
+            message_id: Some("mid".into()),
+            recipient_id: "U".into(),
+            graph_calls: 1,
+        };
+        store
+            .settle_request("r1", Some(RecordedOutcome::Sent(sent.clone())))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim_request("r1", "f", 2).await.unwrap(),
+            Claim::Recorded(RecordedOutcome::Sent(sent))
+        );
+        // A day later the id is free again.
+        let later = REQUEST_ID_TTL.as_millis() as i64 + 1;
+        assert_eq!(
+            store.claim_request("r1", "g", later).await.unwrap(),
+            Claim::Claimed
+        );
+        // Released (nothing was delivered): free at once.
+        store.settle_request("r1", None).await.unwrap();
+        assert_eq!(
+            store.claim_request("r1", "h", later).await.unwrap(),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn pruning_drops_old_rows_and_remembers_how_far_it_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.ingest(vec![message("m1", 1)], 100).await.unwrap();
+        store.ingest(vec![message("m2", 2)], 200).await.unwrap();
+        store.claim_request("r", "f", 0).await.unwrap();
+        let now = REQUEST_ID_TTL.as_millis() as i64 + 10;
+        let pruned = store.prune(now, 150).await.unwrap();
+        assert_eq!((pruned.events, pruned.request_ids), (1, 1));
+        assert_eq!(store.bounds().await.unwrap(), (2, 1));
+        let kept: Vec<u64> = store
+            .events_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept, [2]);
+        // The dedup key went with the event; the numbering never restarts.
+        let re = store.ingest(vec![message("m3", 3)], 300).await.unwrap();
+        assert_eq!(re.head, 3);
+    }
+}
