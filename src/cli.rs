@@ -1,15 +1,23 @@
 //! The command line: `messenger-gateway serve`, logging, signals.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
+use crate::clock::SystemClock;
 use crate::delivery::{Deliverer, DeliveryPolicy};
 use crate::graph::{Account, GraphClient};
-use crate::server::{ServeOptions, serve};
+use crate::inbox::Inbox;
+use crate::outbox::{Outbox, OutboxPolicy};
+use crate::server::{ServeOptions, WebhookListener, serve};
+use crate::store::SqliteStore;
+use crate::webhook::{self, WebhookSecrets};
+use crate::window::WindowPolicy;
 use crate::{config, sandbox};
 
 #[derive(Parser, Debug)]
@@ -66,6 +74,28 @@ struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_SHUTDOWN_GRACE", default_value = "15s",
           value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// HTTP address for Instagram's webhooks (path /webhook).
+    #[arg(
+        long,
+        env = "MESSENGER_GATEWAY_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    webhook_listen: SocketAddr,
+    /// Where events, windows and request ids are kept (created if missing).
+    #[arg(long, env = "MESSENGER_GATEWAY_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Whether a person the gateway never heard from is sent to (lenient) or
+    /// refused without calling Graph (strict).
+    #[arg(long, env = "MESSENGER_GATEWAY_WINDOW_POLICY", value_enum, default_value_t = WindowPolicy::Lenient)]
+    window_policy: WindowPolicy,
+    /// Between 24 hours and 7 days after the person's last message, send
+    /// with the HUMAN_AGENT tag instead of refusing (needs Meta's App Review).
+    #[arg(long, env = "MESSENGER_GATEWAY_AUTO_HUMAN_AGENT")]
+    auto_human_agent: bool,
+    /// How long inbound events are kept for Subscribe, such as 7d or 36h.
+    #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION", default_value = "7d",
+          value_parser = humantime::parse_duration)]
+    event_retention: Duration,
     /// Log lines as text for people or JSON for machines.
     #[arg(long, env = "MESSENGER_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -132,6 +162,46 @@ async fn run(args: ServeArgs) -> ExitCode {
     } else {
         config::account_from_env(|name| std::env::var(name).ok())
     };
+    let secrets = match config::webhook_secrets_from_env(|name| std::env::var(name).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let uses_sandbox = matches!(from_env, Ok(None)) && !args.no_sandbox;
+    // The sandbox signs its webhooks; it needs secrets even if none are set.
+    let secrets = match secrets {
+        None if uses_sandbox => Some(WebhookSecrets {
+            app_secret: format!("sandbox-secret-{:032x}", rand::random::<u128>()),
+            verify_token: format!("sandbox-verify-{:016x}", rand::random::<u64>()),
+        }),
+        other => other,
+    };
+    let webhook_listener = match &secrets {
+        None => None,
+        Some(_) => match TcpListener::bind(args.webhook_listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "messenger-gateway: cannot listen for webhooks on {}: {e}",
+                    args.webhook_listen
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let webhook_url = webhook_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| {
+            let host = if a.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                a.ip().to_string()
+            };
+            format!("http://{host}:{}{}", a.port(), webhook::PATH)
+        });
     let (account, sandbox) = match from_env {
         Err(e) => {
             eprintln!("messenger-gateway: {e}");
@@ -144,7 +214,14 @@ async fn run(args: ServeArgs) -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        Ok(None) => match sandbox::start(args.sandbox_listen).await {
+        Ok(None) => match sandbox::start(
+            args.sandbox_listen,
+            webhook_url
+                .clone()
+                .zip(secrets.as_ref().map(|s| s.app_secret.clone())),
+        )
+        .await
+        {
             Ok(running) => (running.account.clone(), Some(running)),
             Err(e) => {
                 eprintln!(
@@ -163,7 +240,34 @@ async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let local = listener.local_addr().unwrap_or(args.listen);
-    announce(local, &account, sandbox.as_ref());
+    let store = match SqliteStore::open(&args.data_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!(
+                "messenger-gateway: cannot open the store in {}: {e}",
+                args.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let inbox = match Inbox::new(store, Arc::new(SystemClock)).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("messenger-gateway: cannot read the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(
+        inbox
+            .clone()
+            .prune_periodically(args.event_retention, Duration::from_secs(600)),
+    );
+    if secrets.is_none() {
+        tracing::warn!(
+            "INSTAGRAM_APP_SECRET and INSTAGRAM_VERIFY_TOKEN are not set: webhooks are off, so the gateway learns no windows and Subscribe stays empty"
+        );
+    }
+    announce(local, webhook_url.as_deref(), &account, sandbox.as_ref());
 
     if args.shutdown_grace <= args.upstream_timeout {
         tracing::warn!(
@@ -180,10 +284,21 @@ async fn run(args: ServeArgs) -> ExitCode {
     };
     let connect_timeout = args.upstream_timeout.min(Duration::from_secs(5));
     let deliverer = Deliverer::new(GraphClient::new(connect_timeout), account, policy);
+    let outbox = Outbox::new(
+        deliverer,
+        inbox,
+        OutboxPolicy {
+            window: args.window_policy,
+            auto_human_agent: args.auto_human_agent,
+        },
+    );
     let options = ServeOptions {
         shutdown_grace: args.shutdown_grace,
     };
-    match serve(listener, deliverer, options, shutdown_signal()).await {
+    let webhooks = webhook_listener
+        .zip(secrets)
+        .map(|(listener, secrets)| WebhookListener { listener, secrets });
+    match serve(listener, outbox, webhooks, options, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("messenger-gateway: {e}");
@@ -193,7 +308,12 @@ async fn run(args: ServeArgs) -> ExitCode {
 }
 
 /// What a person needs to start using the gateway, on stdout.
-fn announce(local: SocketAddr, account: &Account, sandbox: Option<&sandbox::RunningSandbox>) {
+fn announce(
+    local: SocketAddr,
+    webhook_url: Option<&str>,
+    account: &Account,
+    sandbox: Option<&sandbox::RunningSandbox>,
+) {
     let target = if local.ip().is_unspecified() {
         format!("localhost:{}", local.port())
     } else {
@@ -213,11 +333,22 @@ fn announce(local: SocketAddr, account: &Account, sandbox: Option<&sandbox::Runn
                 "try: grpcurl -plaintext -d '{{\"recipient_id\":\"{}\",\"text\":\"Hello from my app\"}}' {target} messenger.v1.Messenger/Send",
                 sandbox::DEMO_RECIPIENT
             );
+            println!(
+                "play the Instagram user: curl -s -X POST {} -d '{{\"sender_id\":\"{}\",\"text\":\"Hi!\"}}'",
+                s.inbound_url(),
+                sandbox::DEMO_RECIPIENT
+            );
+            println!(
+                "watch inbound events: grpcurl -plaintext -d '{{}}' {target} messenger.v1.Messenger/Subscribe"
+            );
         }
         None => println!(
             "sending as account {} via {}",
             account.account_id, account.base_url
         ),
+    }
+    if let Some(url) = webhook_url {
+        println!("webhooks at {url}");
     }
     // Last, so a script that waits for it knows the banner is complete.
     println!("messenger-gateway listening on {local} (gRPC)");

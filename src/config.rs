@@ -2,6 +2,7 @@
 //! reads them, and checked all at once so one message names every problem.
 
 use crate::graph::{AccessToken, Account};
+use crate::webhook::WebhookSecrets;
 
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.instagram.com/v25.0";
 
@@ -92,6 +93,27 @@ pub fn account_from_env(
                 .map_err(|e| ConfigError { problems: vec![e] })
         }
         _ => Err(ConfigError { problems }),
+    }
+}
+
+/// The webhook secrets, or `None` when neither variable is set (webhooks
+/// are then off). One without the other is a mistake worth stopping for.
+pub fn webhook_secrets_from_env(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<WebhookSecrets>, ConfigError> {
+    let get = |name: &str| var(name).filter(|v| !v.is_empty());
+    match (get("INSTAGRAM_APP_SECRET"), get("INSTAGRAM_VERIFY_TOKEN")) {
+        (None, None) => Ok(None),
+        (Some(app_secret), Some(verify_token)) => Ok(Some(WebhookSecrets {
+            app_secret,
+            verify_token,
+        })),
+        (None, Some(_)) => Err(ConfigError {
+            problems: vec!["INSTAGRAM_APP_SECRET must be set to verify webhook signatures (INSTAGRAM_VERIFY_TOKEN is set)".into()],
+        }),
+        (Some(_), None) => Err(ConfigError {
+            problems: vec!["INSTAGRAM_VERIFY_TOKEN must be set for the webhook handshake (INSTAGRAM_APP_SECRET is set)".into()],
+        }),
     }
 }
 
@@ -201,5 +223,29 @@ mod tests {
         assert_eq!(err.problems.len(), 2);
         assert!(err.problems[0].contains("INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID"));
         assert!(err.problems[1].contains("INSTAGRAM_ACCESS_TOKEN"));
+    }
+
+    #[test]
+    fn webhook_secrets_come_in_pairs() {
+        assert!(webhook_secrets_from_env(env(&[])).unwrap().is_none());
+        let both = webhook_secrets_from_env(env(&[
+            ("INSTAGRAM_APP_SECRET", "s"),
+            ("INSTAGRAM_VERIFY_TOKEN", "v"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (both.app_secret.as_str(), both.verify_token.as_str()),
+            ("s", "v")
+        );
+        let half = webhook_secrets_from_env(env(&[("INSTAGRAM_APP_SECRET", "s")])).unwrap_err();
+        assert!(half.problems[0].starts_with("INSTAGRAM_VERIFY_TOKEN"));
+        let secret = webhook_secrets_from_env(env(&[
+            ("INSTAGRAM_APP_SECRET", "app-secret-91"),
+            ("INSTAGRAM_VERIFY_TOKEN", "verify-token-37"),
+        ]))
+        .unwrap();
+        let shown = format!("{secret:?}");
+        assert!(!shown.contains("app-secret-91") && !shown.contains("verify-token-37"));
     }
 }

@@ -72,10 +72,11 @@ pub enum Reason {
     UpstreamUnavailable,
     DeliveryUnknown,
     GraphError,
+    StoreUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -87,6 +88,7 @@ impl Reason {
         Reason::UpstreamUnavailable,
         Reason::DeliveryUnknown,
         Reason::GraphError,
+        Reason::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +104,7 @@ impl Reason {
             Reason::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Reason::DeliveryUnknown => "DELIVERY_UNKNOWN",
             Reason::GraphError => "GRAPH_ERROR",
+            Reason::StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }
 }
@@ -218,6 +221,21 @@ pub enum SendError {
         /// When a retry may succeed (rate limits, transient failures).
         retry_after: Option<Duration>,
     },
+    /// Refused without a Graph call: what the gateway knows of the
+    /// conversation says Instagram would refuse it.
+    #[error("{detail}")]
+    OutsideWindow {
+        /// When the window closed; unknown for a person never heard from.
+        closed_at_ms: Option<i64>,
+        detail: String,
+    },
+    /// An earlier send under the same `request_id` may have been delivered,
+    /// so this one is not sent.
+    #[error("{0}")]
+    MaybeDeliveredBefore(String),
+    /// The gateway's own store failed; nothing was sent.
+    #[error("the gateway's store is unavailable: {0}")]
+    Store(String),
 }
 
 impl SendError {
@@ -225,20 +243,23 @@ impl SendError {
         match self {
             SendError::InvalidRequest(_) => Reason::InvalidRequest,
             SendError::Failed { failure, .. } => failure.reason(),
+            SendError::OutsideWindow { .. } => Reason::OutsideMessagingWindow,
+            SendError::MaybeDeliveredBefore(_) => Reason::DeliveryUnknown,
+            SendError::Store(_) => Reason::StoreUnavailable,
         }
     }
 
     pub fn attempts(&self) -> u32 {
         match self {
-            SendError::InvalidRequest(_) => 0,
             SendError::Failed { attempts, .. } => *attempts,
+            _ => 0,
         }
     }
 
     pub fn failure(&self) -> Option<&Failure> {
         match self {
-            SendError::InvalidRequest(_) => None,
             SendError::Failed { failure, .. } => Some(failure),
+            _ => None,
         }
     }
 }

@@ -59,6 +59,27 @@ fn parse_numeric_id(s: &str, what: &str) -> Result<String, Invalid> {
     Ok(s.to_owned())
 }
 
+/// A caller's idempotency key (AIP-155): 1 to 36 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub const MAX_CHARS: usize = 36;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() || s.len() > Self::MAX_CHARS || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "must be 1 to {} printable ASCII characters (a UUID is recommended)",
+                Self::MAX_CHARS
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// An opaque id Graph gave us (message, attachment, post). Checked only for
 /// being present, short and free of control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -2,8 +2,11 @@
 //! loopback port, so the gateway runs end to end with no credentials.
 //!
 //! It checks what Graph checks (bearer token, account, JSON shape, text
-//! length), answers with Graph-shaped ids and errors, keeps what it received
-//! for inspection, and has documented recipient ids that fail on purpose.
+//! length, the messaging window), answers with Graph-shaped ids and errors,
+//! keeps what it received for inspection, and has documented recipient ids
+//! that fail on purpose. It also plays the Instagram user: `POST
+//! /sandbox/inbound` makes it deliver a signed webhook to the gateway, which
+//! opens (or, back-dated, fails to open) that person's window.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -153,12 +156,24 @@ const SLOW_DELAY: Duration = Duration::from_secs(30);
 struct Store {
     received: VecDeque<Value>,
     calls_by_recipient: HashMap<String, u64>,
+    /// Each person's last message to the account, for the window.
+    last_inbound_ms: HashMap<String, i64>,
+}
+
+/// Where the sandbox delivers the webhooks it makes up, and the app secret
+/// it signs them with.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub app_secret: String,
 }
 
 struct Sandbox {
     token: String,
     store: Mutex<Store>,
     next_id: AtomicU64,
+    webhook: Option<WebhookTarget>,
+    http: reqwest::Client,
 }
 
 /// A running sandbox, and the account that sends to it.
@@ -172,17 +187,28 @@ impl RunningSandbox {
     pub fn messages_log_url(&self) -> String {
         format!("http://{}/sandbox/messages", self.addr)
     }
+
+    /// `POST {"sender_id","text","age"}` here to play the Instagram user.
+    pub fn inbound_url(&self) -> String {
+        format!("http://{}/sandbox/inbound", self.addr)
+    }
 }
 
 /// Binds `listen` (use a loopback address) and serves until the runtime ends.
-pub async fn start(listen: SocketAddr) -> std::io::Result<RunningSandbox> {
+/// With `webhook` (the gateway's webhook URL and app secret), it can play the
+/// Instagram user.
+pub async fn start(
+    listen: SocketAddr,
+    webhook: Option<(String, String)>,
+) -> std::io::Result<RunningSandbox> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let token = format!("sandbox-{:032x}", rand::random::<u128>());
     let base_url = format!("http://{addr}/{VERSION}");
     let account = Account::new(&base_url, ACCOUNT_ID, &AccessToken::new(token.clone()))
         .expect("a generated token is a valid header");
-    let app = router(token);
+    let webhook = webhook.map(|(url, app_secret)| WebhookTarget { url, app_secret });
+    let app = router(token, webhook);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the sandbox stopped");
@@ -195,17 +221,136 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<RunningSandbox> {
     })
 }
 
-fn router(token: String) -> Router {
+fn router(token: String, webhook: Option<WebhookTarget>) -> Router {
+    // The demo ids have written just now, so the README's first send works;
+    // anyone else must write first (POST /sandbox/inbound), as on Instagram.
+    let now = now_ms();
+    let store = Store {
+        last_inbound_ms: [DEMO_RECIPIENT, FLAKY_RECIPIENT, SLOW_RECIPIENT]
+            .into_iter()
+            .map(|id| (id.to_owned(), now))
+            .collect(),
+        ..Store::default()
+    };
     let state = Arc::new(Sandbox {
         token,
-        store: Mutex::new(Store::default()),
+        store: Mutex::new(store),
         next_id: AtomicU64::new(1),
+        webhook,
+        http: reqwest::Client::new(),
     });
     Router::new()
         .route("/{version}/{account}/messages", post(send))
         .route("/sandbox/messages", get(list).delete(clear))
         .route("/sandbox/recipients", get(recipients))
+        .route("/sandbox/inbound", post(inbound))
         .with_state(state)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[derive(serde::Deserialize)]
+struct InboundRequest {
+    /// Who writes; the demo recipient by default.
+    #[serde(default)]
+    sender_id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    /// Back-dates the message, such as "25h" or "8d".
+    #[serde(default)]
+    age: Option<String>,
+}
+
+/// Plays the Instagram user: records their message (opening their window as
+/// Graph would) and delivers it to the gateway as a signed webhook.
+async fn inbound(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
+    let request: InboundRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"sender_id\",\"text\",\"age\"}}: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let sender = request
+        .sender_id
+        .unwrap_or_else(|| DEMO_RECIPIENT.to_owned());
+    if sender.is_empty() || !sender.bytes().all(|b| b.is_ascii_digit()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "sender_id must be digits (an IGSID)",
+        )
+            .into_response();
+    }
+    let age = match request.age.as_deref().map(humantime::parse_duration) {
+        None => Duration::ZERO,
+        Some(Ok(age)) => age,
+        Some(Err(e)) => {
+            return (StatusCode::BAD_REQUEST, format!("age: {e}")).into_response();
+        }
+    };
+    let timestamp = now_ms() - age.as_millis() as i64;
+    let serial = sandbox.next_id.fetch_add(1, Ordering::Relaxed);
+    let mid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "ig_message_item:1:IGMessageThread:{ACCOUNT_ID}:{sender}:in{serial}"
+    ));
+    {
+        let mut store = sandbox.store.lock().await;
+        let last = store
+            .last_inbound_ms
+            .entry(sender.clone())
+            .or_insert(timestamp);
+        *last = (*last).max(timestamp);
+    }
+    let delivery = json!({
+        "object": "instagram",
+        "entry": [{
+            "id": ACCOUNT_ID,
+            "time": now_ms(),
+            "messaging": [{
+                "sender": {"id": sender},
+                "recipient": {"id": ACCOUNT_ID},
+                "timestamp": timestamp,
+                "message": {"mid": mid, "text": request.text.unwrap_or_else(|| "Hi!".to_owned())},
+            }],
+        }],
+    });
+    let Some(target) = &sandbox.webhook else {
+        return (
+            StatusCode::CONFLICT,
+            "the gateway's webhooks are off, so the message was recorded but not delivered",
+        )
+            .into_response();
+    };
+    let body = serde_json::to_vec(&delivery).expect("JSON values serialize");
+    let signature = crate::webhook::sign(&target.app_secret, &body);
+    let answer = sandbox
+        .http
+        .post(&target.url)
+        .header("content-type", "application/json")
+        .header(crate::webhook::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await;
+    match answer {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            Json(json!({"mid": mid, "sender_id": sender, "timestamp_ms": timestamp, "webhook_status": status}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("the webhook could not be delivered: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 fn graph_error(
@@ -304,6 +449,26 @@ async fn send(
             s.is_transient,
         );
     }
+    if !is_comment {
+        let tagged = body["tag"].as_str() == Some("HUMAN_AGENT");
+        let limit = if tagged { 7 * 24 } else { 24 } * 3600 * 1000;
+        let last = sandbox
+            .store
+            .lock()
+            .await
+            .last_inbound_ms
+            .get(&recipient_id)
+            .copied();
+        if last.is_none_or(|l| now_ms() - l >= limit) {
+            return graph_error(
+                400,
+                10,
+                Some(2534022),
+                "OAuthException",
+                "(#10) This message is sent outside of allowed window.",
+            );
+        }
+    }
     let calls = {
         let mut store = sandbox.store.lock().await;
         let calls = store
@@ -340,10 +505,7 @@ async fn send(
     } else {
         recipient_id
     };
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now_ms = now_ms();
     {
         let mut store = sandbox.store.lock().await;
         if store.received.len() == KEEP {

@@ -10,8 +10,9 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::delivery::Deliverer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
+use crate::outbox::Outbox;
+use crate::webhook::{self, WebhookSecrets};
 
 /// The service name health reports on, besides "" for the whole server.
 const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
@@ -30,6 +31,12 @@ impl Default for ServeOptions {
     }
 }
 
+/// Where and with which secrets to take Instagram's webhooks.
+pub struct WebhookListener {
+    pub listener: TcpListener,
+    pub secrets: WebhookSecrets,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("reflection could not load the descriptors: {0}")]
@@ -38,15 +45,40 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The webhook listener stops taking deliveries at shutdown; Meta retries
+/// whatever it could not deliver.
+fn serve_webhooks(
+    webhooks: WebhookListener,
+    outbox: &Outbox,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let app = webhook::router(outbox.inbox().clone(), webhooks.secrets);
+    let mut stop = stop;
+    tokio::spawn(async move {
+        let served = axum::serve(webhooks.listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the webhook listener failed");
+        }
+    })
+}
+
 /// Serves until `shutdown` resolves, then: health goes NOT_SERVING, sends under
 /// way stop retrying, new calls are refused, and the call returns once the
 /// sends in flight finish or the grace period ends.
 pub async fn serve(
     listener: TcpListener,
-    deliverer: Arc<Deliverer>,
+    outbox: Arc<Outbox>,
+    webhooks: Option<WebhookListener>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let deliverer = outbox.deliverer().clone();
+    let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);
+    let hooks = webhooks.map(|w| serve_webhooks(w, &outbox, hooks_stopped));
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -72,7 +104,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(MessengerService::new(deliverer.clone()).into_server());
+        .add_service(MessengerService::new(outbox.clone()).into_server());
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
@@ -94,8 +126,18 @@ pub async fn serve(
         health.clear_service_status(name).await;
     }
     deliverer.start_draining();
+    // Subscriptions never end by themselves: end them so the drain can.
+    outbox.inbox().close();
+    stop_hooks.send_replace(true);
     let _ = stop_tx.send(());
-    match tokio::time::timeout(options.shutdown_grace, &mut server).await {
+    let drained = tokio::time::timeout(options.shutdown_grace, async {
+        let result = (&mut server).await;
+        if let Some(hooks) = hooks {
+            let _ = hooks.await;
+        }
+        result
+    });
+    match drained.await {
         Ok(result) => {
             tracing::info!("shut down cleanly");
             flatten(result)

@@ -5,7 +5,7 @@
 use crate::error::FieldViolation;
 use crate::message::{
     Attachment, AttachmentKind, Button, CommentId, Content, GraphId, HttpUrl, Igsid, Invalid,
-    Label, MediaSource, OutgoingAction, OutgoingMessage, Payload, QuickReply, Recipient,
+    Label, MediaSource, OutgoingAction, OutgoingMessage, Payload, QuickReply, Recipient, RequestId,
     SenderAction, TemplateElement, Text, limits,
 };
 
@@ -305,8 +305,12 @@ fn content(c: &mut Checker, r: &pb::SendRequest) -> Option<Content> {
     }
 }
 
-pub fn message_from_pb(r: &pb::SendRequest) -> Result<OutgoingMessage, Vec<FieldViolation>> {
+/// A validated `Send`: the message, and its idempotency key if given.
+pub type SendCall = (OutgoingMessage, Option<RequestId>);
+
+pub fn message_from_pb(r: &pb::SendRequest) -> Result<SendCall, Vec<FieldViolation>> {
     let mut c = Checker::default();
+    let request_id = c.optional("request_id", &r.request_id, RequestId::parse);
     let recipient = recipient(&mut c, &r.recipient_id, &r.comment_id);
     let content = content(&mut c, r);
     let reply_to = c.optional(
@@ -334,7 +338,7 @@ pub fn message_from_pb(r: &pb::SendRequest) -> Result<OutgoingMessage, Vec<Field
         }),
         _ => None,
     };
-    c.finish(message)
+    c.finish(message.map(|m| (m, request_id)))
 }
 
 pub fn action_from_pb(r: &pb::SendActionRequest) -> Result<OutgoingAction, Vec<FieldViolation>> {
@@ -417,9 +421,22 @@ mod tests {
 
     #[test]
     fn a_plain_text_message_is_valid() {
-        let m = message_from_pb(&text("Hello from my app")).unwrap();
+        let (m, request_id) = message_from_pb(&text("Hello from my app")).unwrap();
         assert_eq!(m.recipient.as_str(), "17841400000000000");
         assert!(matches!(m.content, Content::Text { .. }));
+        assert_eq!(request_id, None);
+    }
+
+    #[test]
+    fn request_ids_are_at_most_36_printable_ascii_characters() {
+        let mut r = text("hi");
+        r.request_id = "3f2a6c1e-9b7d-4e8a-a1c2-0d5e6f7a8b9c".into();
+        let (_, id) = message_from_pb(&r).unwrap();
+        assert_eq!(id.unwrap().as_str(), r.request_id);
+        for bad in ["x".repeat(37), "has space".into(), "é".into()] {
+            r.request_id = bad;
+            assert_eq!(fields(&r), ["request_id"], "{:?}", r.request_id);
+        }
     }
 
     #[test]

@@ -2,16 +2,20 @@
 //! conversions at its edge. Handlers only convert and delegate.
 
 pub mod convert;
+pub mod inbound;
 pub mod status;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use crate::delivery::{Deliverer, log_outcome};
-use crate::error::SendError;
-use crate::message::Sent;
+use crate::delivery::log_outcome;
+use crate::error::{FieldViolation, SendError};
+use crate::message::{Igsid, Sent};
+use crate::outbox::Outbox;
 
 /// Code generated from `proto/messenger/v1/messenger.proto`.
 pub mod pb {
@@ -28,12 +32,12 @@ pub use pb::messenger_server::MessengerServer;
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 pub struct MessengerService {
-    deliverer: Arc<Deliverer>,
+    outbox: Arc<Outbox>,
 }
 
 impl MessengerService {
-    pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        Self { deliverer }
+    pub fn new(outbox: Arc<Outbox>) -> Self {
+        Self { outbox }
     }
 
     pub fn into_server(self) -> MessengerServer<Self> {
@@ -43,17 +47,22 @@ impl MessengerService {
 
 #[tonic::async_trait]
 impl pb::messenger_server::Messenger for MessengerService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::InboundEvent, Status>> + Send>>;
+
     async fn send(
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let deadline = deadline_of(&request);
-        let message = convert::message_from_pb(request.get_ref())
+        let (message, request_id) = convert::message_from_pb(request.get_ref())
             .map_err(|v| rejected("message", &request.get_ref().recipient_id, v))?;
         // Not kept while the send is under way.
         drop(request);
-        let deliverer = self.deliverer.clone();
-        let sent = finish_detached(async move { deliverer.send_message(&message, deadline).await })
+        let outbox = self.outbox.clone();
+        let sent =
+            finish_detached(
+                async move { outbox.send_message(message, request_id, deadline).await },
+            )
             .await?;
         Ok(Response::new(pb::SendResponse {
             message_id: sent.message_id.unwrap_or_default(),
@@ -70,13 +79,41 @@ impl pb::messenger_server::Messenger for MessengerService {
         let action = convert::action_from_pb(request.get_ref())
             .map_err(|v| rejected("action", &request.get_ref().recipient_id, v))?;
         drop(request);
-        let deliverer = self.deliverer.clone();
+        let outbox = self.outbox.clone();
         let sent =
-            finish_detached(async move { deliverer.send_action(&action, deadline).await }).await?;
+            finish_detached(async move { outbox.send_action(&action, deadline).await }).await?;
         Ok(Response::new(pb::SendActionResponse {
             recipient_id: sent.recipient_id,
             graph_calls: sent.graph_calls,
         }))
+    }
+
+    async fn get_window(
+        &self,
+        request: Request<pb::GetWindowRequest>,
+    ) -> Result<Response<pb::GetWindowResponse>, Status> {
+        let recipient_id = request.into_inner().recipient_id;
+        let user = Igsid::parse(&recipient_id).map_err(|e| {
+            Status::from(SendError::InvalidRequest(vec![FieldViolation::new(
+                "recipient_id",
+                e,
+            )]))
+        })?;
+        let window = self.outbox.window(user.as_str()).await?;
+        Ok(Response::new(inbound::window_to_pb(recipient_id, &window)))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let after = request.into_inner().after;
+        let events = self.outbox.inbox().subscribe(after).await?;
+        let stream = ReceiverStream::new(events).map(|item| {
+            item.map(inbound::event_to_pb)
+                .map_err(|e| Status::from(crate::inbox::SubscribeError::from(e)))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

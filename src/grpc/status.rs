@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::clock::rfc3339;
 use crate::error::{Failure, Reason, SendError};
+use crate::inbox::SubscribeError;
+use crate::store::StoreError;
 
 /// ErrorInfo `domain` for every error the gateway reports.
 pub const DOMAIN: &str = "messenger-gateway";
@@ -16,6 +19,8 @@ pub const DOMAIN: &str = "messenger-gateway";
 /// keep Graph's words, but never a whole upstream body.
 const MAX_MESSAGE_BYTES: usize = 1024;
 const MAX_METADATA_BYTES: usize = 256;
+/// RetryInfo when the gateway's own store failed.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn code_for(error: &SendError) -> Code {
     match error.reason() {
@@ -32,6 +37,7 @@ pub fn code_for(error: &SendError) -> Code {
             _ => Code::Unknown,
         },
         Reason::GraphError => Code::Unknown,
+        Reason::StoreUnavailable => Code::Unavailable,
     }
 }
 
@@ -58,6 +64,13 @@ impl From<SendError> for Status {
                 put("fbtraceId", graph.fbtrace_id.clone());
             }
         }
+        if let SendError::OutsideWindow {
+            closed_at_ms: Some(at),
+            ..
+        } = &error
+        {
+            metadata.insert("windowClosedAt".to_owned(), rfc3339(*at));
+        }
         let mut details = ErrorDetails::with_error_info(error.reason().as_str(), DOMAIN, metadata);
         match &error {
             SendError::InvalidRequest(violations) => {
@@ -72,12 +85,45 @@ impl From<SendError> for Status {
                 details.set_retry_info(Some(*delay));
             }
             SendError::Failed { .. } => {}
+            SendError::OutsideWindow { .. } | SendError::MaybeDeliveredBefore(_) => {}
+            SendError::Store(_) => {
+                details.set_retry_info(Some(STORE_RETRY));
+            }
         }
         Status::with_error_details(
             code,
             truncate(&error.to_string(), MAX_MESSAGE_BYTES),
             details,
         )
+    }
+}
+
+/// The inbound side's failures: the store, or a resume point already pruned.
+impl From<SubscribeError> for Status {
+    fn from(error: SubscribeError) -> Self {
+        let (code, reason, mut details) = match &error {
+            SubscribeError::Pruned { pruned_through } => (
+                Code::OutOfRange,
+                "EVENTS_PRUNED",
+                HashMap::from([("prunedThrough".to_owned(), pruned_through.to_string())]),
+            ),
+            SubscribeError::Store(_) => (
+                Code::Unavailable,
+                Reason::StoreUnavailable.as_str(),
+                HashMap::new(),
+            ),
+        };
+        let mut info = ErrorDetails::with_error_info(reason, DOMAIN, std::mem::take(&mut details));
+        if code == Code::Unavailable {
+            info.set_retry_info(Some(STORE_RETRY));
+        }
+        Status::with_error_details(code, truncate(&error.to_string(), MAX_MESSAGE_BYTES), info)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        SubscribeError::Store(error).into()
     }
 }
 

@@ -17,6 +17,10 @@ fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
         cmd.env_remove(name);
     }
     cmd.env_remove("RUST_LOG");
+    // Never the defaults (./data, port 8080): tests run side by side.
+    let data = tempfile::tempdir().unwrap().keep();
+    cmd.env("MESSENGER_GATEWAY_DATA_DIR", data);
+    cmd.env("MESSENGER_GATEWAY_WEBHOOK_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -19,7 +19,7 @@ async fn post(url: &str, token: &str, body: &str) -> (u16, Value) {
 }
 
 async fn start() -> (sandbox::RunningSandbox, String) {
-    let running = sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+    let running = sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), None)
         .await
         .unwrap();
     let url = running.account.messages_url().to_owned();

@@ -1,11 +1,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use messenger_gateway::clock::ManualClock;
 use messenger_gateway::delivery::{Deliverer, DeliveryPolicy};
 use messenger_gateway::graph::{AccessToken, Account, GraphClient};
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::server::{ServeError, ServeOptions, serve};
+use messenger_gateway::inbox::Inbox;
+use messenger_gateway::outbox::{Outbox, OutboxPolicy};
+use messenger_gateway::server::{ServeError, ServeOptions, WebhookListener, serve};
+use messenger_gateway::store::SqliteStore;
+use messenger_gateway::webhook::{self, WebhookSecrets};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,9 +28,17 @@ pub const ACCOUNT: &str = "17841400000000001";
 pub const USER: &str = "17841400000000000";
 pub const MESSAGES_PATH: &str = "/v25.0/17841400000000001/messages";
 
+pub const APP_SECRET: &str = "test-app-secret-5d1e";
+pub const VERIFY_TOKEN: &str = "test-verify-token-c4";
+/// Where the test clock starts: 2026-11-27T00:00:00Z.
+pub const T0: i64 = 1_795_737_600_000;
+
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub webhook_url: String,
     pub graph: MockServer,
+    pub clock: ManualClock,
+    pub data: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     pub served: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -54,20 +70,79 @@ impl TestGateway {
         policy: DeliveryPolicy,
         options: ServeOptions,
     ) -> Self {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_full(
+            graph,
+            base_url,
+            policy,
+            options,
+            OutboxPolicy::default(),
+            data,
+        )
+        .await
+    }
+
+    /// With the window policy and the data directory chosen (reuse one to
+    /// see what survives a restart).
+    pub async fn start_full(
+        graph: MockServer,
+        base_url: &str,
+        policy: DeliveryPolicy,
+        options: ServeOptions,
+        outbox_policy: OutboxPolicy,
+        data: Arc<tempfile::TempDir>,
+    ) -> Self {
         let account = Account::new(base_url, ACCOUNT, &AccessToken::new(TOKEN)).unwrap();
         let deliverer = Deliverer::new(GraphClient::new(Duration::from_secs(1)), account, policy);
+        let clock = ManualClock::at(T0);
+        let store = Arc::new(SqliteStore::open(data.path()).unwrap());
+        let inbox = Inbox::new(store, Arc::new(clock.clone())).await.unwrap();
+        let outbox = Outbox::new(deliverer, inbox, outbox_policy);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let hooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let webhook_url = format!("http://{}{}", hooks.local_addr().unwrap(), webhook::PATH);
+        let webhooks = WebhookListener {
+            listener: hooks,
+            secrets: WebhookSecrets {
+                app_secret: APP_SECRET.into(),
+                verify_token: VERIFY_TOKEN.into(),
+            },
+        };
         let (stop, stopped) = oneshot::channel();
-        let served = tokio::spawn(serve(listener, deliverer, options, async {
+        let served = tokio::spawn(serve(listener, outbox, Some(webhooks), options, async {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            webhook_url,
             graph,
+            clock,
+            data,
             stop: Some(stop),
             served: Some(served),
         }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// Posts a delivery signed as Meta signs it; answers the HTTP status.
+    pub async fn deliver(&self, body: &[u8]) -> u16 {
+        let signature = webhook::sign(APP_SECRET, body);
+        self.deliver_signed(body, Some(&signature)).await
+    }
+
+    pub async fn deliver_signed(&self, body: &[u8], signature: Option<&str>) -> u16 {
+        let mut request = reqwest::Client::new()
+            .post(&self.webhook_url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            request = request.header(webhook::SIGNATURE_HEADER, s);
+        }
+        request.send().await.unwrap().status().as_u16()
     }
 
     pub async fn client(&self) -> MessengerClient<Channel> {
@@ -168,4 +243,19 @@ pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
 pub fn assert_no_token(status: &tonic::Status) {
     let everything = format!("{status:?}{:?}", status.get_error_details());
     assert!(!everything.contains(TOKEN), "token leaked: {everything}");
+}
+
+/// A webhook delivery of text messages from `USER`, each `(mid, text, timestamp_ms)`.
+pub fn messages_from_user(items: &[(&str, &str, i64)]) -> Vec<u8> {
+    let messaging: Vec<Value> = items
+        .iter()
+        .map(|(mid, text, ts)| {
+            json!({"sender":{"id":USER},"recipient":{"id":ACCOUNT},"timestamp":ts,
+                   "message":{"mid":mid,"text":text}})
+        })
+        .collect();
+    serde_json::to_vec(
+        &json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":T0,"messaging":messaging}]}),
+    )
+    .unwrap()
 }

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import subprocess
+import tempfile
 import sys
 import threading
 import urllib.request
@@ -53,7 +54,8 @@ def gateway():
     binary = os.environ.get("MESSENGER_GATEWAY_BIN", str(ROOT / "target/debug/messenger-gateway"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSTAGRAM_")}
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--sandbox"],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--sandbox",
+         "--webhook-listen", "127.0.0.1:0", "--data-dir", tempfile.mkdtemp(prefix="mg-data-")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -1,0 +1,108 @@
+//! Inbound values (events, windows) as protobuf messages.
+
+use crate::events::{EventKind, MessageEvent, UnixMs};
+use crate::store::StoredEvent;
+use crate::window::{Window, WindowState};
+
+use super::pb;
+
+pub fn timestamp(ms: UnixMs) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn window_to_pb(recipient_id: String, w: &Window) -> pb::GetWindowResponse {
+    let state = match w.state {
+        WindowState::Open => pb::WindowState::Open,
+        WindowState::HumanAgentOnly => pb::WindowState::HumanAgentOnly,
+        WindowState::Closed => pb::WindowState::Closed,
+        WindowState::Unknown => pb::WindowState::Unknown,
+    };
+    pb::GetWindowResponse {
+        recipient_id,
+        state: state as i32,
+        last_inbound_at: w.last_inbound_ms.map(timestamp),
+        standard_closes_at: w.standard_closes_ms.map(timestamp),
+        human_agent_closes_at: w.human_agent_closes_ms.map(timestamp),
+    }
+}
+
+fn message_to_pb(m: MessageEvent) -> pb::InboundMessage {
+    pb::InboundMessage {
+        mid: m.mid,
+        text: m.text,
+        attachments: m
+            .attachments
+            .into_iter()
+            .map(|a| pb::InboundAttachment {
+                r#type: a.kind,
+                url: a.url,
+            })
+            .collect(),
+        quick_reply_payload: m.quick_reply_payload,
+        reply_to_mid: m.reply_to_mid,
+        referral_json: m.referral.map(|r| r.to_string()).unwrap_or_default(),
+        deleted: m.deleted,
+    }
+}
+
+pub fn event_to_pb(stored: StoredEvent) -> pb::InboundEvent {
+    use pb::inbound_event::Event;
+    let e = stored.event;
+    let field = |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    let event = match e.kind {
+        EventKind::Message(m) => Event::Message(message_to_pb(m)),
+        EventKind::Echo(m) => Event::Echo(message_to_pb(m)),
+        EventKind::Reaction {
+            mid,
+            action,
+            reaction,
+            emoji,
+        } => Event::Reaction(pb::Reaction {
+            mid,
+            action,
+            reaction,
+            emoji,
+        }),
+        EventKind::Postback {
+            mid,
+            title,
+            payload,
+        } => Event::Postback(pb::Postback {
+            mid,
+            title,
+            payload,
+        }),
+        EventKind::Read { mid } => Event::Read(pb::Read { mid }),
+        EventKind::Referral { referral } => Event::Referral(pb::Referral {
+            r#ref: field(&referral, "ref"),
+            source: field(&referral, "source"),
+            r#type: field(&referral, "type"),
+            json: referral.to_string(),
+        }),
+        EventKind::Edit {
+            mid,
+            text,
+            num_edit,
+        } => Event::Edit(pb::MessageEdit {
+            mid,
+            text,
+            num_edit,
+        }),
+        EventKind::Raw { field, json } => Event::Raw(pb::RawEvent {
+            field,
+            json: json.to_string(),
+        }),
+    };
+    pb::InboundEvent {
+        seq: stored.seq,
+        account_id: e.account_id,
+        sender_id: e.sender_id,
+        recipient_id: e.recipient_id,
+        timestamp: Some(timestamp(e.timestamp_ms)),
+        received_at: Some(timestamp(stored.received_ms)),
+        event: Some(event),
+    }
+}

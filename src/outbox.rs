@@ -1,0 +1,247 @@
+//! Sending with what the gateway knows: the messaging window is checked
+//! before Graph is called, Graph's own window refusals are remembered, and a
+//! `request_id` makes a send happen at most once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::clock::rfc3339;
+use crate::delivery::{Deliverer, log_outcome};
+use crate::error::{FieldViolation, Reason, SendError};
+use crate::graph;
+use crate::inbox::Inbox;
+use crate::message::{OutgoingAction, OutgoingMessage, Recipient, RequestId, Sent};
+use crate::store::{Claim, RecordedOutcome, StoreError};
+use crate::window::{Decision, Window, WindowPolicy};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxPolicy {
+    pub window: WindowPolicy,
+    /// Between 24 hours and 7 days, send with the HUMAN_AGENT tag instead of
+    /// refusing (needs Meta's App Review of that permission).
+    pub auto_human_agent: bool,
+}
+
+type Outcome = Option<Result<Sent, SendError>>;
+
+/// A send under a `request_id` that is under way in this process.
+struct Pending {
+    fingerprint: String,
+    done: watch::Receiver<Outcome>,
+}
+
+pub struct Outbox {
+    deliverer: Arc<Deliverer>,
+    inbox: Arc<Inbox>,
+    policy: OutboxPolicy,
+    pending: Mutex<HashMap<RequestId, Pending>>,
+}
+
+impl From<StoreError> for SendError {
+    fn from(e: StoreError) -> Self {
+        SendError::Store(e.to_string())
+    }
+}
+
+impl Outbox {
+    pub fn new(deliverer: Arc<Deliverer>, inbox: Arc<Inbox>, policy: OutboxPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            deliverer,
+            inbox,
+            policy,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn deliverer(&self) -> &Arc<Deliverer> {
+        &self.deliverer
+    }
+
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+
+    /// The window with `user`, as this gateway's account sees it.
+    pub async fn window(&self, user: &str) -> Result<Window, StoreError> {
+        self.inbox
+            .window(&self.deliverer.account().account_id, user)
+            .await
+    }
+
+    pub async fn send_action(
+        &self,
+        action: &OutgoingAction,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        self.deliverer.send_action(action, deadline).await
+    }
+
+    pub async fn send_message(
+        &self,
+        message: OutgoingMessage,
+        request_id: Option<RequestId>,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        let Some(id) = request_id else {
+            return self.send_checked(message, deadline).await;
+        };
+        let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
+        let done = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(first) = pending.get(&id) {
+                if first.fingerprint != fingerprint {
+                    return Err(conflict());
+                }
+                Err(first.done.clone())
+            } else {
+                let (tx, rx) = watch::channel(None);
+                pending.insert(
+                    id.clone(),
+                    Pending {
+                        fingerprint: fingerprint.clone(),
+                        done: rx,
+                    },
+                );
+                Ok(tx)
+            }
+        };
+        match done {
+            // A repeat while the first is under way here: wait for it.
+            Err(mut first) => match first.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone().expect("waited for Some"),
+                Err(_) => Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id stopped before it finished; it may have been delivered".into(),
+                )),
+            },
+            Ok(tx) => {
+                let _forget = Forget(&self.pending, &id);
+                let result = self.send_once(&id, &fingerprint, message, deadline).await;
+                tx.send_replace(Some(result.clone()));
+                result
+            }
+        }
+    }
+
+    /// Claims `id` in the store, sends, and records the outcome there.
+    async fn send_once(
+        &self,
+        id: &RequestId,
+        fingerprint: &str,
+        message: OutgoingMessage,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        let store = self.inbox.store();
+        match store
+            .claim_request(id.as_str(), fingerprint, self.inbox.now_ms())
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::Conflict => return Err(conflict()),
+            Claim::Recorded(RecordedOutcome::Sent(sent)) => return Ok(sent),
+            Claim::Recorded(RecordedOutcome::MaybeDelivered) => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id reached Graph with no answer; it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+            Claim::Unsettled => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id was interrupted (the gateway stopped); it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+        }
+        let result = self.send_checked(message, deadline).await;
+        let outcome = match &result {
+            Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
+            Err(e) if e.reason() == Reason::DeliveryUnknown => {
+                Some(RecordedOutcome::MaybeDelivered)
+            }
+            // Nothing reached the person: the id may be used again.
+            Err(_) => None,
+        };
+        if let Err(e) = store.settle_request(id.as_str(), outcome).await {
+            // The claim stays unsettled, so a repeat is refused, never resent.
+            tracing::error!(request_id = id.as_str(), error = %e, "could not record a send's outcome");
+        }
+        result
+    }
+
+    /// The window check, the send, and remembering a window refusal.
+    async fn send_checked(
+        &self,
+        mut message: OutgoingMessage,
+        deadline: Option<Instant>,
+    ) -> Result<Sent, SendError> {
+        let Recipient::User(user) = &message.recipient else {
+            // Private replies follow the comment's own 7-day rule, which
+            // Graph enforces.
+            return self.deliverer.send_message(&message, deadline).await;
+        };
+        let user = user.as_str().to_owned();
+        let now = self.inbox.now_ms();
+        let window = self.window(&user).await?;
+        match window.decide(
+            message.human_agent,
+            self.policy.window,
+            self.policy.auto_human_agent,
+            now,
+        ) {
+            Decision::Send => {}
+            Decision::SendWithHumanAgent => message.human_agent = true,
+            Decision::Refuse { closed_at } => {
+                let detail = match closed_at {
+                    Some(at) => format!(
+                        "outside the messaging window: it closed at {} ({} after the person's last message); nothing was sent",
+                        rfc3339(at),
+                        if message.human_agent { "7 days" } else { "24 hours" }
+                    ),
+                    None => "outside the messaging window: this person has never written to the account (--window-policy strict); nothing was sent".to_owned(),
+                };
+                let error = SendError::OutsideWindow {
+                    closed_at_ms: closed_at,
+                    detail,
+                };
+                log_outcome("message", &user, Instant::now(), Err(&error));
+                return Err(error);
+            }
+        }
+        let result = self.deliverer.send_message(&message, deadline).await;
+        if let Err(e) = &result
+            && e.reason() == Reason::OutsideMessagingWindow
+        {
+            let account = &self.deliverer.account().account_id;
+            if let Err(e) = self
+                .inbox
+                .store()
+                .window_refused(account, &user, now, message.human_agent)
+                .await
+            {
+                tracing::warn!(error = %e, "could not remember a window refusal");
+            }
+        }
+        result
+    }
+}
+
+fn conflict() -> SendError {
+    SendError::InvalidRequest(vec![FieldViolation::new(
+        "request_id",
+        "was already used within 24 hours for a different message",
+    )])
+}
+
+/// Removes a finished send from the in-process table, even if its task is
+/// cancelled.
+struct Forget<'a>(&'a Mutex<HashMap<RequestId, Pending>>, &'a RequestId);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}

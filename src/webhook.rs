@@ -1,0 +1,170 @@
+//! Instagram's webhooks over HTTP: the subscription handshake, and signed
+//! deliveries stored durably before they are acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::events::{PayloadError, parse_delivery};
+use crate::inbox::Inbox;
+use crate::store::StoreError;
+
+pub const PATH: &str = "/webhook";
+/// Meta sends at most 1000 updates per delivery; anything bigger is not Meta.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Meta wants an answer within 5 s. If the store is slower than this, answer
+/// 503 so Meta redelivers (duplicates are dropped).
+const STORE_DEADLINE: Duration = Duration::from_secs(4);
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// The app's webhook secrets. Never logged.
+#[derive(Clone)]
+pub struct WebhookSecrets {
+    /// `INSTAGRAM_APP_SECRET`: the HMAC key Meta signs deliveries with.
+    pub app_secret: String,
+    /// `INSTAGRAM_VERIFY_TOKEN`: what Meta echoes in the handshake.
+    pub verify_token: String,
+}
+
+impl std::fmt::Debug for WebhookSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecrets(..)")
+    }
+}
+
+/// `sha256=<hex>` of the HMAC-SHA256 of `body`: what Meta puts in
+/// `X-Hub-Signature-256`.
+pub fn sign(app_secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Checks the signature over the raw bytes, in constant time.
+fn verify(app_secret: &str, header: Option<&str>, body: &[u8]) -> bool {
+    let Some(given) = header
+        .and_then(|h| h.strip_prefix("sha256="))
+        .and_then(|h| hex::decode(h.trim()).ok())
+    else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Why a delivery was not accepted; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    #[error("missing or invalid X-Hub-Signature-256")]
+    BadSignature,
+    #[error("{0}")]
+    BadPayload(#[from] PayloadError),
+    #[error("not stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("not stored in time; deliver again")]
+    StoreTooSlow,
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
+            WebhookError::BadPayload(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Store(_) | WebhookError::StoreTooSlow => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        tracing::warn!(status = status.as_u16(), error = %self, "webhook delivery refused");
+        (status, self.to_string()).into_response()
+    }
+}
+
+struct Hook {
+    inbox: Arc<Inbox>,
+    secrets: WebhookSecrets,
+}
+
+pub fn router(inbox: Arc<Inbox>, secrets: WebhookSecrets) -> Router {
+    Router::new()
+        .route(PATH, get(handshake).post(deliver))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Arc::new(Hook { inbox, secrets }))
+}
+
+async fn handshake(
+    State(hook): State<Arc<Hook>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let token = query.get("hub.verify_token").map(String::as_bytes);
+    let subscribe = query.get("hub.mode").map(String::as_str) == Some("subscribe");
+    let token_ok = token.is_some_and(|t| bool::from(t.ct_eq(hook.secrets.verify_token.as_bytes())));
+    match query.get("hub.challenge") {
+        Some(challenge) if subscribe && token_ok => {
+            (StatusCode::OK, challenge.clone()).into_response()
+        }
+        _ => StatusCode::FORBIDDEN.into_response(),
+    }
+}
+
+async fn deliver(
+    State(hook): State<Arc<Hook>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<&'static str, WebhookError> {
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    if !verify(&hook.secrets.app_secret, signature, &body) {
+        return Err(WebhookError::BadSignature);
+    }
+    let events = parse_delivery(&body)?;
+    let count = events.len();
+    let ingested = tokio::time::timeout(STORE_DEADLINE, hook.inbox.ingest(events))
+        .await
+        .map_err(|_| WebhookError::StoreTooSlow)??;
+    tracing::debug!(
+        events = count,
+        new = ingested.new_events,
+        duplicates = ingested.duplicates,
+        head = ingested.head,
+        "webhook delivery stored"
+    );
+    Ok("EVENT_RECEIVED")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_checked_over_the_raw_bytes() {
+        let body = br#"{"object":"instagram","entry":[]}"#;
+        let good = sign("s3cret", body);
+        assert!(good.starts_with("sha256=") && good.len() == 7 + 64);
+        assert!(verify("s3cret", Some(&good), body));
+        assert!(verify(
+            "s3cret",
+            Some(&good.to_uppercase().replace("SHA256=", "sha256=")),
+            body
+        ));
+        assert!(!verify("other", Some(&good), body));
+        assert!(!verify(
+            "s3cret",
+            Some(&good),
+            br#"{"object":"instagram", "entry":[]}"#
+        ));
+        assert!(!verify("s3cret", None, body));
+        assert!(!verify("s3cret", Some("sha1=abc"), body));
+        assert!(!verify("s3cret", Some("sha256=zz"), body));
+        assert!(!verify("s3cret", Some(&good[..20]), body));
+    }
+}
