@@ -4,8 +4,11 @@
 mod binary;
 mod concurrency;
 mod errors;
+mod idempotency;
+mod inbound;
 mod retries;
 mod sandbox;
 mod send;
 mod shutdown;
 mod support;
+mod window;
