@@ -10,7 +10,7 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 
-fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
+pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
     for name in messenger_gateway::config::VARIABLES {
@@ -31,7 +31,7 @@ fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// Waits (at most 30 s) for the banner line that names the gRPC address.
-fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
+pub fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -61,7 +61,7 @@ fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
 
 /// Kills the gateway if a test fails before it exits, so no process outlives
 /// the test run.
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 
 impl std::ops::Deref for KillOnDrop {
     type Target = Child;
@@ -83,7 +83,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn sigterm(child: &Child) {
+pub fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -92,7 +92,7 @@ fn sigterm(child: &Child) {
     assert!(ok);
 }
 
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -179,6 +179,8 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
             ("INSTAGRAM_GRAPH_API_URL", &base),
             ("INSTAGRAM_USER_ID", ACCOUNT),
             ("INSTAGRAM_ACCESS_TOKEN", TOKEN),
+            ("INSTAGRAM_APP_SECRET", APP_SECRET),
+            ("INSTAGRAM_VERIFY_TOKEN", VERIFY_TOKEN),
             ("RUST_LOG", "trace"),
         ],
     )
@@ -203,6 +205,10 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
     let logs = logs.join().unwrap();
     assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+    assert!(
+        !logs.contains(APP_SECRET),
+        "the app secret leaked into the logs"
+    );
     let sends: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -3,6 +3,7 @@
 
 mod binary;
 mod concurrency;
+mod durability;
 mod errors;
 mod idempotency;
 mod inbound;

@@ -1,7 +1,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use messenger_gateway::clock::ManualClock;
@@ -38,7 +37,8 @@ pub struct TestGateway {
     pub webhook_url: String,
     pub graph: MockServer,
     pub clock: ManualClock,
-    pub data: Arc<tempfile::TempDir>,
+    /// Kept alive as long as the gateway uses it.
+    _data: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     pub served: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -118,14 +118,10 @@ impl TestGateway {
             webhook_url,
             graph,
             clock,
-            data,
+            _data: data,
             stop: Some(stop),
             served: Some(served),
         }
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
     }
 
     /// Posts a delivery signed as Meta signs it; answers the HTTP status.

@@ -1,0 +1,207 @@
+//! The real binary, killed with SIGKILL and restarted on the same data
+//! directory, and its sandbox playing the Instagram user.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::Code;
+
+use messenger_gateway::grpc::pb;
+use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::webhook;
+
+use crate::binary::{KillOnDrop, gateway, listening_addr, sigterm, wait_with_timeout};
+use crate::support::*;
+
+/// The address after `prefix` on a banner line.
+fn banner_value(banner: &[String], prefix: &str) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {banner:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+struct Running {
+    child: KillOnDrop,
+    client: MessengerClient<tonic::transport::Channel>,
+    webhook_url: String,
+    sandbox_url: String,
+}
+
+async fn start_sandboxed(data_dir: &str) -> Running {
+    let data = data_dir.to_owned();
+    let child = gateway(
+        &["serve", "--listen", "127.0.0.1:0", "--sandbox"],
+        &[
+            ("MESSENGER_GATEWAY_DATA_DIR", &data),
+            ("INSTAGRAM_APP_SECRET", APP_SECRET),
+            ("INSTAGRAM_VERIFY_TOKEN", VERIFY_TOKEN),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut child = KillOnDrop(child);
+    let (addr, banner) = listening_addr(&mut child);
+    let webhook_url = banner_value(&banner, "webhooks at ");
+    let graph = banner_value(&banner, "sandbox Graph API at ");
+    let sandbox_url = graph.rsplit_once('/').unwrap().0.to_owned();
+    let client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Running {
+        child,
+        client,
+        webhook_url,
+        sandbox_url,
+    }
+}
+
+async fn post_signed(url: &str, body: Vec<u8>) -> u16 {
+    let signature = webhook::sign(APP_SECRET, &body);
+    reqwest::Client::new()
+        .post(url)
+        .header(webhook::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn subscribe_all(
+    client: &mut MessengerClient<tonic::transport::Channel>,
+    n: usize,
+) -> Vec<pb::InboundEvent> {
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest { after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    crate::inbound::next_events(&mut stream, n).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_every_acknowledged_event_is_there_and_no_send_repeats() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut first = start_sandboxed(dir).await;
+
+    // 40 deliveries at once, each acknowledged only once stored.
+    let mut posts = Vec::new();
+    for i in 0..40 {
+        let body = messages_from_user(&[(&format!("m{i}"), "before the crash", T0 + i)]);
+        let url = first.webhook_url.clone();
+        posts.push(tokio::spawn(async move { post_signed(&url, body).await }));
+    }
+    for post in posts {
+        assert_eq!(post.await.unwrap(), 200);
+    }
+    let request = pb::SendRequest {
+        request_id: "crash-test-0001".into(),
+        ..text_to("17841400000000000", "exactly once")
+    };
+    let sent = first
+        .client
+        .send(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+
+    first.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    first.child.wait().unwrap();
+
+    let mut second = start_sandboxed(dir).await;
+    let events = subscribe_all(&mut second.client, 40).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    let again = second.client.send(request).await.unwrap().into_inner();
+    assert_eq!(again, sent);
+    // The new sandbox received nothing: the repeat never reached Graph.
+    let log: Value = reqwest::get(format!("{}/sandbox/messages", second.sandbox_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(log["messages"], json!([]));
+    sigterm(&second.child);
+    assert!(wait_with_timeout(&mut second.child, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_plays_the_user_and_enforces_the_window() {
+    let data = tempfile::tempdir().unwrap();
+    let mut gw = start_sandboxed(data.path().to_str().unwrap()).await;
+    let http = reqwest::Client::new();
+    let say = |body: Value| {
+        http.post(format!("{}/sandbox/inbound", gw.sandbox_url))
+            .json(&body)
+            .send()
+    };
+    let someone = "17841400000000123";
+
+    // Never wrote: the sandbox refuses as Graph does.
+    let refused = gw
+        .client
+        .send(text_to(someone, "hello?"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&refused).0, "OUTSIDE_MESSAGING_WINDOW");
+    assert_eq!(error_info(&refused).1["graphCode"], "10");
+
+    // They write: the event arrives on Subscribe, the window opens, a reply goes.
+    let said: Value = say(json!({"sender_id": someone, "text": "Hi there"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(said["webhook_status"], 200);
+    let events = subscribe_all(&mut gw.client, 1).await;
+    let Some(pb::inbound_event::Event::Message(m)) = &events[0].event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (events[0].sender_id.as_str(), m.text.as_str()),
+        (someone, "Hi there")
+    );
+    let window = gw
+        .client
+        .get_window(pb::GetWindowRequest {
+            recipient_id: someone.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(window.state, pb::WindowState::Open as i32);
+    gw.client.send(text_to(someone, "Hello!")).await.unwrap();
+
+    // Someone whose last message is 25 hours old: the gateway refuses itself.
+    let late = "17841400000000456";
+    let said = say(json!({"sender_id": late, "text": "old", "age": "25h"}))
+        .await
+        .unwrap();
+    assert_eq!(said.status().as_u16(), 200);
+    let refused = gw.client.send(text_to(late, "sorry")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let (reason, metadata) = error_info(&refused);
+    assert_eq!(reason, "OUTSIDE_MESSAGING_WINDOW");
+    assert!(metadata.contains_key("windowClosedAt"), "{metadata:?}");
+    assert!(!metadata.contains_key("graphCode"), "refused before Graph");
+    // With the tag, within 7 days, it goes.
+    let tagged = pb::SendRequest {
+        tag: pb::MessageTag::HumanAgent as i32,
+        ..text_to(late, "a person replies")
+    };
+    gw.client.send(tagged).await.unwrap();
+
+    let bad = say(json!({"sender_id": "jane.doe"})).await.unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    sigterm(&gw.child);
+    assert!(wait_with_timeout(&mut gw.child, Duration::from_secs(10)).success());
+}
