@@ -17,13 +17,17 @@ GEN = pathlib.Path(__file__).resolve().parent / "_gen"
 
 
 def _generate_stubs():
+    import grpc_tools
     from grpc_tools import protoc
 
     GEN.mkdir(exist_ok=True)
+    # google/protobuf/timestamp.proto ships inside grpc_tools.
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     rc = protoc.main(
         [
             "grpc_tools.protoc",
             f"-I{ROOT / 'proto'}",
+            f"-I{well_known}",
             f"--python_out={GEN}",
             f"--grpc_python_out={GEN}",
             str(ROOT / "proto/messenger/v1/messenger.proto"),
@@ -43,6 +47,20 @@ class Gateway:
         self.proc = proc
         self.target = target
         self.sandbox_url = sandbox_url
+
+    def say(self, sender_id, text, age=None):
+        """Plays the Instagram user through the sandbox: a signed webhook."""
+        body = {"sender_id": sender_id, "text": text}
+        if age:
+            body["age"] = age
+        request = urllib.request.Request(
+            f"{self.sandbox_url}/sandbox/inbound",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request) as r:
+            return json.load(r)
 
     def sandbox_messages(self):
         with urllib.request.urlopen(f"{self.sandbox_url}/sandbox/messages") as r:

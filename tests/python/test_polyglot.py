@@ -145,3 +145,62 @@ def test_grpcurl_checks_health(gateway):
     out = grpcurl("-plaintext", gateway.target, "grpc.health.v1.Health/Check")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "SERVING"
+
+
+def test_python_sees_an_inbound_message_on_subscribe_and_the_window_open(gateway, stub):
+    person = "17841400000000777"
+    assert stub.GetWindow(pb.GetWindowRequest(recipient_id=person), timeout=10).state == pb.WINDOW_STATE_UNKNOWN
+    said = gateway.say(person, "Hello from Instagram")
+    assert said["webhook_status"] == 200
+    events = stub.Subscribe(pb.SubscribeRequest(after=0), timeout=10)
+    for event in events:
+        if event.sender_id == person:
+            assert event.WhichOneof("event") == "message"
+            assert event.message.text == "Hello from Instagram"
+            assert event.seq > 0
+            events.cancel()
+            break
+    window = stub.GetWindow(pb.GetWindowRequest(recipient_id=person), timeout=10)
+    assert window.state == pb.WINDOW_STATE_OPEN
+    assert window.standard_closes_at.seconds - window.last_inbound_at.seconds == 24 * 3600
+    assert window.human_agent_closes_at.seconds - window.last_inbound_at.seconds == 7 * 24 * 3600
+    reply = stub.Send(pb.SendRequest(recipient_id=person, text="Hi back"), timeout=10)
+    assert reply.message_id
+
+
+def test_python_is_refused_outside_the_window_with_the_closing_time(gateway, stub):
+    person = "17841400000000888"
+    gateway.say(person, "an old message", age="2d")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Send(pb.SendRequest(recipient_id=person, text="too late"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = details_of(caught.value)["ErrorInfo"][0]
+    assert info.reason == "OUTSIDE_MESSAGING_WINDOW"
+    assert info.metadata["windowClosedAt"].endswith("Z")
+    assert "graphCode" not in info.metadata
+
+
+def test_python_repeats_with_a_request_id_send_once(gateway, stub):
+    request = pb.SendRequest(recipient_id=DEMO, text="exactly once from Python", request_id="py-6b1f0c2e")
+    first = stub.Send(request, timeout=10)
+    second = stub.Send(request, timeout=10)
+    assert first.message_id == second.message_id
+    bodies = [m["body"] for m in gateway.sandbox_messages()]
+    assert sum(1 for b in bodies if b.get("message", {}).get("text") == "exactly once from Python") == 1
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Send(pb.SendRequest(recipient_id=DEMO, text="different", request_id="py-6b1f0c2e"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details_of(caught.value)["BadRequest"][0].field_violations] == ["request_id"]
+
+
+def test_grpcurl_reads_the_window_and_the_event_stream(gateway):
+    person = "17841400000000999"
+    gateway.say(person, "grpcurl can see me")
+    out = grpcurl("-plaintext", "-d", json.dumps({"recipient_id": person}), gateway.target,
+                  "messenger.v1.Messenger/GetWindow")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "WINDOW_STATE_OPEN"
+    # A stream never ends by itself: read for a moment, then stop.
+    out = grpcurl("-plaintext", "-max-time", "3", "-d", "{}", gateway.target,
+                  "messenger.v1.Messenger/Subscribe")
+    assert "grpcurl can see me" in out.stdout, out.stderr
