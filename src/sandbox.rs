@@ -538,7 +538,10 @@ async fn clear(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
 }
 
 async fn recipients() -> Json<Value> {
-    let mut list: Vec<Value> = vec![json!({"recipient_id": DEMO_RECIPIENT, "outcome": "OK"})];
+    let mut list: Vec<Value> = vec![
+        json!({"recipient_id": DEMO_RECIPIENT, "outcome": "OK (wrote when the sandbox started)"}),
+        json!({"recipient_id": "any other", "outcome": "OUTSIDE_MESSAGING_WINDOW until they write: POST /sandbox/inbound"}),
+    ];
     list.extend(SCENARIOS.iter().map(|s| {
         json!({"recipient_id": s.recipient_id, "outcome": s.outcome, "graph_code": s.code, "graph_subcode": s.subcode})
     }));
