@@ -44,7 +44,7 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(data: &std::path::Path) -> Gateway {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
         .args(["--webhook-listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -57,22 +57,23 @@ fn start_gateway(data: &std::path::Path) -> Gateway {
         .stderr(Stdio::null())
         .spawn()
         .expect("the gateway starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut webhook_url = String::new();
+    // Owned at once, so it is killed on every path out of here.
+    let mut gateway = Gateway {
+        child,
+        grpc: String::new(),
+        webhook_url: String::new(),
+    };
+    let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("a banner").unwrap();
         if let Some(url) = line.strip_prefix("webhooks at ") {
-            webhook_url = url.trim().to_owned();
+            gateway.webhook_url = url.trim().to_owned();
         }
         if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-            let grpc = rest.split_whitespace().next().unwrap().to_owned();
+            gateway.grpc = rest.split_whitespace().next().unwrap().to_owned();
             // Keep reading so the pipe never fills.
             std::thread::spawn(move || for _ in lines {});
-            return Gateway {
-                child,
-                grpc,
-                webhook_url,
-            };
+            return gateway;
         }
     }
 }
