@@ -122,6 +122,18 @@ async fn subscribe(grpc: &str, seen: Arc<Seen>) {
     });
 }
 
+/// Posts one delivery signed with `key`; the HTTP status (0: no answer).
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>, key: &str) -> u16 {
+    let signature = webhook::sign(key, &body);
+    http.post(url)
+        .header(webhook::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
 /// `posters` concurrent posters for `window`; returns (deliveries answered
 /// `expect`, events in them, elapsed until the subscriber saw them all).
 async fn load(
@@ -143,19 +155,8 @@ async fn load(
             let (mut ok, mut events) = (0, 0);
             while started.elapsed() < window {
                 let (body, _) = delivery(&serial, per_delivery);
-                let signature = if signed {
-                    webhook::sign(SECRET, &body)
-                } else {
-                    webhook::sign("forged", &body)
-                };
-                let status = http
-                    .post(&url)
-                    .header(webhook::SIGNATURE_HEADER, signature)
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
+                let key = if signed { SECRET } else { "forged" };
+                let status = post(&http, &url, body, key).await;
                 if status == if signed { 200 } else { 401 } {
                     ok += 1;
                     events += per_delivery;
@@ -221,15 +222,7 @@ fn main() {
         let mut gaps = Vec::new();
         for _ in 0..500 {
             let (body, mids) = delivery(&serial, 1);
-            let signature = webhook::sign(SECRET, &body);
-            let response = http
-                .post(&url)
-                .header(webhook::SIGNATURE_HEADER, signature)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(post(&http, &url, body, SECRET).await, 200);
             let acked = Instant::now();
             let arrived = loop {
                 if let Some(at) = seen.at.lock().unwrap().get(&mids[0]) {
