@@ -149,3 +149,55 @@ impl Inbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::events::parse_delivery;
+    use crate::store::SqliteStore;
+
+    fn message(mid: &str) -> Vec<InboundEvent> {
+        let body = format!(
+            r#"{{"entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":1,"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
+        );
+        parse_delivery(body.as_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn resuming_from_a_pruned_seq_is_refused_rather_than_skipping_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(1_000);
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        inbox.ingest(message("m1")).await.unwrap();
+        inbox.ingest(message("m2")).await.unwrap();
+        clock.set(2_000);
+        inbox.ingest(message("m3")).await.unwrap();
+        store.prune(2_000, 1_500).await.unwrap();
+
+        assert!(matches!(
+            inbox.subscribe(1).await,
+            Err(SubscribeError::Pruned { pruned_through: 2 })
+        ));
+        for after in [0, 2] {
+            let mut events = inbox.subscribe(after).await.unwrap();
+            assert_eq!(events.recv().await.unwrap().unwrap().seq, 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_ends_every_subscription() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let inbox = Inbox::new(store, Arc::new(ManualClock::at(0)))
+            .await
+            .unwrap();
+        let mut waiting = inbox.subscribe(0).await.unwrap();
+        inbox.close();
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting.recv()).await;
+        assert!(matches!(ended, Ok(None)));
+    }
+}

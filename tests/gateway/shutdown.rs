@@ -108,3 +108,18 @@ async fn health_goes_not_serving_on_shutdown_and_watchers_are_released() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_subscriptions_instead_of_waiting_out_the_grace() {
+    let options = ServeOptions {
+        shutdown_grace: Duration::from_secs(30),
+    };
+    let mut gw = TestGateway::start_with(quick_policy(), options).await;
+    let mut events = crate::inbound::subscribe(&gw, 0).await;
+    let started = Instant::now();
+    gw.begin_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(5), events.message()).await;
+    assert!(matches!(ended, Ok(Ok(None)) | Ok(Err(_))), "{ended:?}");
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
