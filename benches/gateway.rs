@@ -136,6 +136,8 @@ impl Drop for Upstream {
 struct Gateway {
     child: Child,
     addr: String,
+    /// Its store, fresh for each run.
+    _data: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -145,8 +147,11 @@ impl Gateway {
             l.local_addr().unwrap().port()
         };
         let addr = format!("127.0.0.1:{port}");
+        let data = tempfile::tempdir().unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr])
+            .arg("--data-dir")
+            .arg(data.path())
             .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
             .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
             .env("INSTAGRAM_ACCESS_TOKEN", TOKEN)
@@ -159,7 +164,11 @@ impl Gateway {
             .stderr(Stdio::null())
             .spawn()
             .expect("the gateway binary starts");
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            _data: data,
+        }
     }
 
     async fn channel(&self) -> Channel {

@@ -5,9 +5,14 @@
 //! single transaction (group commit): one fsync serves many webhook
 //! deliveries, which is what makes thousands of durable events a second
 //! possible. Reads use their own connection, which WAL lets run alongside.
+//!
+//! Windows are read on every send, so the store also keeps the (small,
+//! pruned at 7 days) windows table mirrored in memory: this process is its
+//! only writer, and the mirror changes only after a commit succeeds.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -27,6 +32,75 @@ type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
+    windows: RwLock<Windows>,
+}
+
+/// The windows table in memory: per person, each account's facts.
+type Windows = HashMap<String, Vec<(String, WindowFacts)>>;
+
+/// A change to one (account, user) row of the windows table.
+enum WindowChange {
+    Inbound(i64),
+    Refused { at: i64, human_agent: bool },
+}
+
+fn apply(windows: &mut Windows, account: &str, user: &str, change: &WindowChange) {
+    let rows = windows.entry(user.to_owned()).or_default();
+    let facts = match rows.iter_mut().find(|(a, _)| a == account) {
+        Some((_, facts)) => facts,
+        None => {
+            rows.push((account.to_owned(), WindowFacts::default()));
+            &mut rows.last_mut().expect("just pushed").1
+        }
+    };
+    match *change {
+        WindowChange::Inbound(at) => {
+            facts.last_inbound_ms = Some(facts.last_inbound_ms.map_or(at, |l| l.max(at)));
+        }
+        WindowChange::Refused {
+            at,
+            human_agent: false,
+        } => facts.standard_refused_ms = Some(at),
+        WindowChange::Refused {
+            at,
+            human_agent: true,
+        } => facts.human_agent_refused_ms = Some(at),
+    }
+}
+
+fn latest(facts: &WindowFacts) -> i64 {
+    [
+        facts.last_inbound_ms,
+        facts.standard_refused_ms,
+        facts.human_agent_refused_ms,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0)
+}
+
+fn load_windows(conn: &Connection) -> Result<Windows, StoreError> {
+    let mut windows = Windows::new();
+    let mut stmt = conn.prepare(
+        "SELECT account, user, last_inbound_ms, standard_refused_ms, human_agent_refused_ms FROM windows",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            WindowFacts {
+                last_inbound_ms: row.get(2)?,
+                standard_refused_ms: row.get(3)?,
+                human_agent_refused_ms: row.get(4)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (account, user, facts) = row?;
+        windows.entry(user).or_default().push((account, facts));
+    }
+    Ok(windows)
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -78,6 +152,7 @@ impl SqliteStore {
         let writer_conn = open_connection(&path)?;
         writer_conn.execute_batch(SCHEMA)?;
         let reader = open_connection(&path)?;
+        let windows = RwLock::new(load_windows(&reader)?);
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -86,6 +161,7 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader: Arc::new(Mutex::new(reader)),
+            windows,
         })
     }
 
@@ -195,6 +271,7 @@ impl Store for SqliteStore {
                 duplicates: 0,
                 head: 0,
             };
+            let mut opened = Vec::new();
             for event in &events {
                 let body =
                     serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -208,12 +285,20 @@ impl Store for SqliteStore {
                 if event.opens_window() {
                     let at = event.timestamp_ms.min(received_ms);
                     open.execute(params![event.account_id, event.user_id(), at])?;
+                    opened.push((event.account_id.clone(), event.user_id().to_owned(), at));
                 }
             }
             done.head = head(conn)?;
-            Ok(done)
+            Ok((done, opened))
         })
         .await
+        .map(|(done, opened)| {
+            let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+            for (account, user, at) in opened {
+                apply(&mut windows, &account, &user, &WindowChange::Inbound(at));
+            }
+            done
+        })
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
@@ -244,25 +329,20 @@ impl Store for SqliteStore {
     }
 
     async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError> {
-        let (account, user) = (account.to_owned(), user.to_owned());
-        self.read(move |conn| {
-            let facts = conn
-                .prepare_cached(
-                    "SELECT MAX(last_inbound_ms), MAX(standard_refused_ms), MAX(human_agent_refused_ms)
-                     FROM windows WHERE user = ?2 AND (?1 = 'me' OR account = ?1)
-                     HAVING COUNT(*) > 0",
-                )?
-                .query_row(params![account, user], |row| {
-                    Ok(WindowFacts {
-                        last_inbound_ms: row.get(0)?,
-                        standard_refused_ms: row.get(1)?,
-                        human_agent_refused_ms: row.get(2)?,
-                    })
-                })
-                .optional()?;
-            Ok(facts)
-        })
-        .await
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        // `me` stands for whichever account: merge what each knows.
+        let merged = windows
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(a, _)| account == "me" || a == account)
+            .map(|(_, facts)| *facts)
+            .reduce(|a, b| WindowFacts {
+                last_inbound_ms: a.last_inbound_ms.max(b.last_inbound_ms),
+                standard_refused_ms: a.standard_refused_ms.max(b.standard_refused_ms),
+                human_agent_refused_ms: a.human_agent_refused_ms.max(b.human_agent_refused_ms),
+            });
+        Ok(merged)
     }
 
     async fn window_refused(
@@ -286,9 +366,14 @@ impl Store for SqliteStore {
                 ),
                 params![account, user, at],
             )?;
-            Ok(())
+            Ok((account, user))
         })
         .await
+        .map(|(account, user)| {
+            let change = WindowChange::Refused { at, human_agent };
+            let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+            apply(&mut windows, &account, &user, &change);
+        })
     }
 
     async fn claim_request(
@@ -360,35 +445,42 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
-        self.write(move |conn| {
-            let last_pruned: Option<i64> = conn.query_row(
-                "SELECT MAX(seq) FROM events WHERE received_ms < ?1",
-                params![events_before],
-                |row| row.get(0),
-            )?;
-            let mut pruned = Pruned::default();
-            if let Some(last) = last_pruned {
-                pruned.events =
-                    conn.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                    params![last],
+        let pruned = self
+            .write(move |conn| {
+                let last_pruned: Option<i64> = conn.query_row(
+                    "SELECT MAX(seq) FROM events WHERE received_ms < ?1",
+                    params![events_before],
+                    |row| row.get(0),
                 )?;
-            }
-            pruned.request_ids = conn.execute(
-                "DELETE FROM request_ids WHERE claimed_ms < ?1",
-                params![now - REQUEST_ID_TTL.as_millis() as i64],
-            )?;
-            // Past 7 days nothing here can reopen or narrow a window.
-            pruned.windows = conn.execute(
-                "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),
+                let mut pruned = Pruned::default();
+                if let Some(last) = last_pruned {
+                    pruned.events =
+                        conn.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                        params![last],
+                    )?;
+                }
+                pruned.request_ids = conn.execute(
+                    "DELETE FROM request_ids WHERE claimed_ms < ?1",
+                    params![now - REQUEST_ID_TTL.as_millis() as i64],
+                )?;
+                // Past 7 days nothing here can reopen or narrow a window.
+                pruned.windows = conn.execute(
+                    "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),
                    COALESCE(standard_refused_ms, 0), COALESCE(human_agent_refused_ms, 0)) < ?1",
-                params![now - HUMAN_AGENT_MS],
-            )?;
-            Ok(pruned)
-        })
-        .await
+                    params![now - HUMAN_AGENT_MS],
+                )?;
+                Ok(pruned)
+            })
+            .await?;
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        windows.retain(|_, rows| {
+            rows.retain(|(_, facts)| latest(facts) >= now - HUMAN_AGENT_MS);
+            !rows.is_empty()
+        });
+        Ok(pruned)
     }
 }
 
@@ -453,6 +545,30 @@ mod tests {
         assert_eq!(facts.last_inbound_ms, Some(30));
         assert_eq!(store.window("me", "U").await.unwrap(), Some(facts));
         assert_eq!(store.window("A", "V").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn window_refusals_are_kept_per_kind_and_pruned_after_7_days() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.window_refused("A", "U", 50, false).await.unwrap();
+            store.window_refused("A", "U", 60, true).await.unwrap();
+            store.window_refused("B", "U", 70, false).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let expected = WindowFacts {
+            last_inbound_ms: None,
+            standard_refused_ms: Some(50),
+            human_agent_refused_ms: Some(60),
+        };
+        assert_eq!(store.window("A", "U").await.unwrap(), Some(expected));
+        let merged = store.window("me", "U").await.unwrap().unwrap();
+        assert_eq!(merged.standard_refused_ms, Some(70));
+        let pruned = store.prune(65 + HUMAN_AGENT_MS, 0).await.unwrap();
+        assert_eq!(pruned.windows, 1);
+        assert_eq!(store.window("A", "U").await.unwrap(), None);
+        assert!(store.window("B", "U").await.unwrap().is_some());
     }
 
     #[tokio::test]
