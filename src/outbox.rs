@@ -119,7 +119,8 @@ impl Outbox {
             },
             Ok(tx) => {
                 let _forget = Forget(&self.pending, &id);
-                let result = self.send_once(&id, &fingerprint, message, deadline).await;
+                // Boxed: only sends with a request_id pay for its state.
+                let result = Box::pin(self.send_once(&id, &fingerprint, message, deadline)).await;
                 tx.send_replace(Some(result.clone()));
                 result
             }
