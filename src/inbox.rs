@@ -19,6 +19,8 @@ const PAGE: usize = 256;
 pub enum SubscribeError {
     #[error("events up to {pruned_through} have been pruned; resume from 0 or a later seq")]
     Pruned { pruned_through: u64 },
+    #[error("the gateway is shutting down; subscribe again with after = the last seq handled")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,7 +77,7 @@ impl Inbox {
     pub async fn subscribe(
         self: &Arc<Self>,
         after: u64,
-    ) -> Result<mpsc::Receiver<Result<StoredEvent, StoreError>>, SubscribeError> {
+    ) -> Result<mpsc::Receiver<Result<StoredEvent, SubscribeError>>, SubscribeError> {
         let (_, pruned_through) = self.store.bounds().await?;
         if after > 0 && after < pruned_through {
             return Err(SubscribeError::Pruned { pruned_through });
@@ -86,7 +88,7 @@ impl Inbox {
         Ok(rx)
     }
 
-    async fn feed(&self, mut cursor: u64, tx: mpsc::Sender<Result<StoredEvent, StoreError>>) {
+    async fn feed(&self, mut cursor: u64, tx: mpsc::Sender<Result<StoredEvent, SubscribeError>>) {
         let mut head = self.head.subscribe();
         let mut closing = self.closing.subscribe();
         loop {
@@ -96,14 +98,19 @@ impl Inbox {
             let page = match self.store.events_after(cursor, PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+                    let _ = tx.send(Err(e.into())).await;
                     return;
                 }
+            };
+            // At shutdown the stream ends with UNAVAILABLE, which clients
+            // treat as "reconnect", rather than OK, which reads as "done".
+            let closed = || {
+                let _ = tx.try_send(Err(SubscribeError::ShuttingDown));
             };
             if page.is_empty() {
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
-                    _ = closing.wait_for(|c| *c) => return,
+                    _ = closing.wait_for(|c| *c) => return closed(),
                     () = tx.closed() => return,
                 }
                 continue;
@@ -112,7 +119,7 @@ impl Inbox {
                 cursor = event.seq;
                 tokio::select! {
                     sent = tx.send(Ok(event)) => if sent.is_err() { return },
-                    _ = closing.wait_for(|c| *c) => return,
+                    _ = closing.wait_for(|c| *c) => return closed(),
                 }
             }
         }
@@ -198,6 +205,7 @@ mod tests {
         let mut waiting = inbox.subscribe(0).await.unwrap();
         inbox.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), waiting.recv()).await;
-        assert!(matches!(ended, Ok(None)));
+        assert!(matches!(ended, Ok(Some(Err(SubscribeError::ShuttingDown)))));
+        assert!(waiting.recv().await.is_none());
     }
 }

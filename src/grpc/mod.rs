@@ -109,10 +109,8 @@ impl pb::messenger_server::Messenger for MessengerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let after = request.into_inner().after;
         let events = self.outbox.inbox().subscribe(after).await?;
-        let stream = ReceiverStream::new(events).map(|item| {
-            item.map(inbound::event_to_pb)
-                .map_err(|e| Status::from(crate::inbox::SubscribeError::from(e)))
-        });
+        let stream = ReceiverStream::new(events)
+            .map(|item| item.map(inbound::event_to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -107,6 +107,7 @@ impl From<SubscribeError> for Status {
                 "EVENTS_PRUNED",
                 HashMap::from([("prunedThrough".to_owned(), pruned_through.to_string())]),
             ),
+            SubscribeError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", HashMap::new()),
             SubscribeError::Store(_) => (
                 Code::Unavailable,
                 Reason::StoreUnavailable.as_str(),
