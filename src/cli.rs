@@ -63,7 +63,7 @@ struct ServeArgs {
     max_attempts: u32,
     /// The most Graph calls under way at once; further sends wait their turn
     /// (bounded by their deadline). Bounds sockets and memory when Graph is slow.
-    #[arg(long, env = "MESSENGER_GATEWAY_MAX_GRAPH_CALLS", default_value_t = 500,
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_GRAPH_CALLS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_graph_calls: u32,
     /// The longest one Graph call may take, such as 10s or 2500ms.
