@@ -1,7 +1,10 @@
-//! messenger-gateway: a gRPC front for the Instagram Graph API send endpoint.
+//! messenger-gateway: a gRPC front for Instagram messaging: sends through the
+//! Graph API, and inbound webhooks as a durable event stream.
 //!
-//! The core ([`message`], [`error`], [`graph`], [`delivery`]) knows nothing
-//! of protobuf; [`grpc`] adapts it to tonic, [`server`] serves it, and
+//! The core knows nothing of protobuf or HTTP frameworks: sending
+//! ([`message`], [`error`], [`graph`], [`delivery`], [`outbox`]), the inbound
+//! side ([`events`], [`window`], [`inbox`], [`store`], [`clock`]). [`grpc`]
+//! adapts it to tonic, [`webhook`] to axum, [`server`] serves both, and
 //! [`sandbox`] stands in for Graph when there are no credentials.
 
 pub mod cli;
