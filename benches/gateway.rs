@@ -5,7 +5,8 @@
 //! 1. added median latency at 1 caller: gRPC through the gateway vs. a direct
 //!    HTTP client posting the same JSON to the same upstream;
 //! 2. throughput with 64 concurrent callers, same two paths, zero-latency
-//!    upstream;
+//!    upstream, and of the gRPC hop alone (calls rejected before any upstream
+//!    call), which bounds what the gateway path can reach;
 //! 3. 10,000 sends in flight against an upstream answering in 200 ms: errors,
 //!    the peak concurrency the upstream saw, and the gateway's peak memory
 //!    against its own idle memory.
@@ -360,7 +361,7 @@ fn main() {
 
     // 2. Throughput at 64 callers.
     let rt = runtime(true);
-    let ((d_rps, d_err), (g_rps, g_err)) = rt.block_on(async {
+    let ((d_rps, d_err), (g_rps, g_err), hop_rps) = rt.block_on(async {
         let d = Direct::new(fast.addr);
         let direct = throughput(64, window, move || {
             let d = d.clone();
@@ -373,7 +374,19 @@ fn main() {
             async move { c.send(request()).await.is_ok() }
         })
         .await;
-        (direct, through)
+        // The gRPC hop alone: requests the gateway rejects before any
+        // upstream call. A send through the gateway costs this hop plus the
+        // direct path, which bounds the ratio near 1 / (1 + direct / hop).
+        let ch = gateway.channel().await;
+        let (hop_rps, _) = throughput(64, window, move || {
+            let mut c = MessengerClient::new(ch.clone());
+            async move {
+                c.send(pb::SendRequest::default()).await.unwrap_err().code()
+                    == tonic::Code::InvalidArgument
+            }
+        })
+        .await;
+        (direct, through, hop_rps)
     });
     drop(gateway);
     drop(fast);
@@ -401,6 +414,11 @@ fn main() {
         g_rps,
         g_err,
         g_rps / d_rps
+    );
+    println!(
+        "| throughput of gRPC calls rejected before any upstream call, 64 callers | — | {:.0} calls/s | bound on the ratio: 1 / (1 + direct / hop) = {:.2}× |",
+        hop_rps,
+        1.0 / (1.0 + d_rps / hop_rps)
     );
 
     if std::env::var("BENCH_SKIP_IN_FLIGHT").is_ok() {
