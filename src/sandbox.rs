@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -26,8 +26,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::clock::{Clock, SystemClock};
 use crate::graph::{AccessToken, Account};
 use crate::message::limits;
+use crate::window::{HUMAN_AGENT_MS, STANDARD_MS};
 
 /// The sandbox's own account id; `me` works too.
 pub const ACCOUNT_ID: &str = "17841400000000001";
@@ -248,10 +250,7 @@ fn router(token: String, webhook: Option<WebhookTarget>) -> Router {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    SystemClock.now_ms()
 }
 
 #[derive(serde::Deserialize)]
@@ -451,7 +450,7 @@ async fn send(
     }
     if !is_comment {
         let tagged = body["tag"].as_str() == Some("HUMAN_AGENT");
-        let limit = if tagged { 7 * 24 } else { 24 } * 3600 * 1000;
+        let limit = if tagged { HUMAN_AGENT_MS } else { STANDARD_MS };
         let last = sandbox
             .store
             .lock()

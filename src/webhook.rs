@@ -45,10 +45,18 @@ impl std::fmt::Debug for WebhookSecrets {
 /// `sha256=<hex>` of the HMAC-SHA256 of `body`: what Meta puts in
 /// `X-Hub-Signature-256`.
 pub fn sign(app_secret: &str, body: &[u8]) -> String {
+    format!(
+        "sha256={}",
+        hex::encode(mac(app_secret, body).finalize().into_bytes())
+    )
+}
+
+/// HMAC-SHA256 of `body` keyed with the app secret, as Meta computes it.
+fn mac(app_secret: &str, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes())
         .expect("HMAC takes keys of any length");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac
 }
 
 /// Checks the signature over the raw bytes, in constant time.
@@ -59,10 +67,7 @@ fn verify(app_secret: &str, header: Option<&str>, body: &[u8]) -> bool {
     else {
         return false;
     };
-    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(body);
-    mac.verify_slice(&given).is_ok()
+    mac(app_secret, body).verify_slice(&given).is_ok()
 }
 
 /// Why a delivery was not accepted; each maps to one HTTP status.

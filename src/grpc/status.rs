@@ -101,7 +101,7 @@ impl From<SendError> for Status {
 /// The inbound side's failures: the store, or a resume point already pruned.
 impl From<SubscribeError> for Status {
     fn from(error: SubscribeError) -> Self {
-        let (code, reason, mut details) = match &error {
+        let (code, reason, metadata) = match &error {
             SubscribeError::Pruned { pruned_through } => (
                 Code::OutOfRange,
                 "EVENTS_PRUNED",
@@ -114,7 +114,7 @@ impl From<SubscribeError> for Status {
                 HashMap::new(),
             ),
         };
-        let mut info = ErrorDetails::with_error_info(reason, DOMAIN, std::mem::take(&mut details));
+        let mut info = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
         if code == Code::Unavailable {
             info.set_retry_info(Some(STORE_RETRY));
         }
