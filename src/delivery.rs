@@ -34,17 +34,23 @@ pub struct DeliveryPolicy {
 impl Default for DeliveryPolicy {
     fn default() -> Self {
         Self {
-            max_concurrent_calls: 256,
-            max_attempts: 3,
+            max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
-            upstream_timeout: Duration::from_secs(10),
+            upstream_timeout: Self::DEFAULT_UPSTREAM_TIMEOUT,
             rate_limit_delay: Duration::from_secs(60),
         }
     }
 }
 
 impl DeliveryPolicy {
+    /// About 23 KiB per open Graph connection: 256 keeps 10,000 waiting
+    /// sends under 100 MB.
+    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Exponential backoff with "equal jitter": half fixed, half random, so
     /// callers that failed together do not retry together.
     pub fn backoff(&self, failed_attempts: u32) -> Duration {

@@ -99,6 +99,7 @@ impl From<Failure> for AttemptError {
 /// Graph answers are small; anything bigger is not Graph and is not read whole.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// The Graph API's send endpoint over one shared HTTP connection pool.
 #[derive(Clone, Debug)]
 pub struct GraphClient {
     http: reqwest::Client,

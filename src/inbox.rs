@@ -25,6 +25,8 @@ pub enum SubscribeError {
     Store(#[from] StoreError),
 }
 
+/// Inbound events: stored durably, streamed to subscribers, and read back as
+/// windows.
 pub struct Inbox {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,

@@ -4,8 +4,9 @@
 //! The core knows nothing of protobuf or HTTP frameworks: sending
 //! ([`message`], [`error`], [`graph`], [`delivery`], [`outbox`]), the inbound
 //! side ([`events`], [`window`], [`inbox`], [`store`], [`clock`]). [`grpc`]
-//! adapts it to tonic, [`webhook`] to axum, [`server`] serves both, and
-//! [`sandbox`] stands in for Graph when there are no credentials.
+//! adapts it to tonic, [`webhook`] to axum, [`server`] serves both,
+//! [`startup`] builds the whole from [`cli`]'s settings, and [`sandbox`]
+//! stands in for Graph when there are no credentials.
 
 pub mod cli;
 pub mod clock;
@@ -20,6 +21,8 @@ pub mod message;
 pub mod outbox;
 pub mod sandbox;
 pub mod server;
+pub mod startup;
 pub mod store;
+pub mod telemetry;
 pub mod webhook;
 pub mod window;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    messenger_gateway::cli::main()
+    messenger_gateway::startup::main()
 }

@@ -34,6 +34,8 @@ struct Pending {
     done: watch::Receiver<Outcome>,
 }
 
+/// Sends with what the gateway knows: the window check, remembered Graph
+/// refusals and `request_id`s, in front of the [`Deliverer`].
 pub struct Outbox {
     deliverer: Arc<Deliverer>,
     inbox: Arc<Inbox>,
@@ -57,16 +59,8 @@ impl Outbox {
         })
     }
 
-    pub fn deliverer(&self) -> &Arc<Deliverer> {
-        &self.deliverer
-    }
-
-    pub fn inbox(&self) -> &Arc<Inbox> {
-        &self.inbox
-    }
-
     /// The window with `user`, as this gateway's account sees it.
-    pub async fn window(&self, user: &str) -> Result<Window, StoreError> {
+    async fn window(&self, user: &str) -> Result<Window, StoreError> {
         self.inbox
             .window(&self.deliverer.account().account_id, user)
             .await

@@ -10,9 +10,20 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::delivery::Deliverer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
+use crate::inbox::Inbox;
 use crate::outbox::Outbox;
 use crate::webhook::{self, WebhookSecrets};
+
+/// The core parts the servers adapt, each handed only to what uses it.
+pub struct Gateway {
+    /// The account sends go out as.
+    pub account_id: String,
+    pub deliverer: Arc<Deliverer>,
+    pub outbox: Arc<Outbox>,
+    pub inbox: Arc<Inbox>,
+}
 
 /// The service name health reports on, besides "" for the whole server.
 const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
@@ -23,10 +34,14 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
+impl ServeOptions {
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+}
+
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            shutdown_grace: Duration::from_secs(15),
+            shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -49,10 +64,10 @@ pub enum ServeError {
 /// whatever it could not deliver.
 fn serve_webhooks(
     webhooks: WebhookListener,
-    outbox: &Outbox,
+    inbox: Arc<Inbox>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = webhook::router(outbox.inbox().clone(), webhooks.secrets);
+    let app = webhook::router(inbox, webhooks.secrets);
     let mut stop = stop;
     tokio::spawn(async move {
         let served = axum::serve(webhooks.listener, app)
@@ -71,14 +86,19 @@ fn serve_webhooks(
 /// sends in flight finish or the grace period ends.
 pub async fn serve(
     listener: TcpListener,
-    outbox: Arc<Outbox>,
+    gateway: Gateway,
     webhooks: Option<WebhookListener>,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let deliverer = outbox.deliverer().clone();
+    let Gateway {
+        account_id,
+        deliverer,
+        outbox,
+        inbox,
+    } = gateway;
     let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);
-    let hooks = webhooks.map(|w| serve_webhooks(w, &outbox, hooks_stopped));
+    let hooks = webhooks.map(|w| serve_webhooks(w, inbox.clone(), hooks_stopped));
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -104,7 +124,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(MessengerService::new(outbox.clone()).into_server());
+        .add_service(MessengerService::new(outbox, inbox.clone(), account_id).into_server());
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
@@ -127,7 +147,7 @@ pub async fn serve(
     }
     deliverer.start_draining();
     // Subscriptions never end by themselves: end them so the drain can.
-    outbox.inbox().close();
+    inbox.close();
     stop_hooks.send_replace(true);
     let _ = stop_tx.send(());
     let drained = tokio::time::timeout(options.shutdown_grace, async {

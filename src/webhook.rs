@@ -36,6 +36,16 @@ pub struct WebhookSecrets {
     pub verify_token: String,
 }
 
+impl WebhookSecrets {
+    /// Fresh random secrets, for the sandbox: it never signs with a real one.
+    pub fn random() -> Self {
+        Self {
+            app_secret: format!("sandbox-secret-{:032x}", rand::random::<u128>()),
+            verify_token: format!("sandbox-verify-{:016x}", rand::random::<u64>()),
+        }
+    }
+}
+
 impl std::fmt::Debug for WebhookSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WebhookSecrets(..)")

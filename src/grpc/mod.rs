@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::delivery::log_outcome;
 use crate::error::{FieldViolation, SendError};
+use crate::inbox::Inbox;
 use crate::message::{Igsid, Sent};
 use crate::outbox::Outbox;
 
@@ -31,13 +32,22 @@ pub use pb::messenger_server::MessengerServer;
 /// Requests are small (text is at most 1000 bytes); refuse anything huge early.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// The `Messenger` service: sends go to the outbox; windows and the event
+/// stream come from the inbox.
 pub struct MessengerService {
     outbox: Arc<Outbox>,
+    inbox: Arc<Inbox>,
+    /// The account windows are reported for.
+    account_id: String,
 }
 
 impl MessengerService {
-    pub fn new(outbox: Arc<Outbox>) -> Self {
-        Self { outbox }
+    pub fn new(outbox: Arc<Outbox>, inbox: Arc<Inbox>, account_id: String) -> Self {
+        Self {
+            outbox,
+            inbox,
+            account_id,
+        }
     }
 
     pub fn into_server(self) -> MessengerServer<Self> {
@@ -99,7 +109,7 @@ impl pb::messenger_server::Messenger for MessengerService {
                 e,
             )]))
         })?;
-        let window = self.outbox.window(user.as_str()).await?;
+        let window = self.inbox.window(&self.account_id, user.as_str()).await?;
         Ok(Response::new(inbound::window_to_pb(recipient_id, &window)))
     }
 
@@ -108,7 +118,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let after = request.into_inner().after;
-        let events = self.outbox.inbox().subscribe(after).await?;
+        let events = self.inbox.subscribe(after).await?;
         let stream = ReceiverStream::new(events)
             .map(|item| item.map(inbound::event_to_pb).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

@@ -3,7 +3,6 @@ use std::time::Duration;
 use tonic::Code;
 
 use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
 
@@ -27,7 +26,10 @@ async fn until_graph_received(gw: &TestGateway, n: usize) {
 
 #[tokio::test]
 async fn a_send_waits_for_a_free_graph_call_slot_and_then_goes_through() {
-    let gw = TestGateway::start_with(one_call_at_a_time(), ServeOptions::default()).await;
+    let gw = TestGateway::builder()
+        .delivery(one_call_at_a_time())
+        .start()
+        .await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_millis(300)))
         .await;
     let first = tokio::spawn({
@@ -55,7 +57,10 @@ async fn a_send_waits_for_a_free_graph_call_slot_and_then_goes_through() {
 
 #[tokio::test]
 async fn a_send_whose_deadline_passes_while_waiting_is_unavailable_and_never_sent() {
-    let gw = TestGateway::start_with(one_call_at_a_time(), ServeOptions::default()).await;
+    let gw = TestGateway::builder()
+        .delivery(one_call_at_a_time())
+        .start()
+        .await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_millis(800)))
         .await;
     let first = tokio::spawn({

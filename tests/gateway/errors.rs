@@ -4,7 +4,6 @@ use tonic::Code;
 use wiremock::ResponseTemplate;
 
 use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
 
@@ -215,8 +214,7 @@ async fn an_unreachable_graph_is_retried_then_reported_unavailable() {
     let base = format!("http://{}/v25.0", closed.local_addr().unwrap());
     drop(closed);
     let graph = wiremock::MockServer::start().await;
-    let gw =
-        TestGateway::start_against(graph, &base, quick_policy(), ServeOptions::default()).await;
+    let gw = TestGateway::builder().graph(graph, &base).start().await;
     let status = gw.send_text().await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let (reason, m) = error_info(&status);
@@ -264,7 +262,7 @@ async fn the_upstream_timeout_bounds_a_send_without_a_caller_deadline() {
         upstream_timeout: Duration::from_millis(300),
         ..quick_policy()
     };
-    let gw = TestGateway::start_with(policy, ServeOptions::default()).await;
+    let gw = TestGateway::builder().delivery(policy).start().await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(3)))
         .await;
     let started = std::time::Instant::now();

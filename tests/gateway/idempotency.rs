@@ -8,8 +8,6 @@ use tonic_types::StatusExt;
 use wiremock::MockServer;
 
 use messenger_gateway::grpc::pb;
-use messenger_gateway::outbox::OutboxPolicy;
-use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
 
@@ -103,14 +101,13 @@ async fn a_send_that_never_reached_the_person_may_be_retried_under_the_same_id()
 
 #[tokio::test]
 async fn a_send_that_may_have_been_delivered_is_never_repeated() {
-    let gw = TestGateway::start_with(
-        messenger_gateway::delivery::DeliveryPolicy {
+    let gw = TestGateway::builder()
+        .delivery(messenger_gateway::delivery::DeliveryPolicy {
             upstream_timeout: Duration::from_millis(200),
             ..quick_policy()
-        },
-        ServeOptions::default(),
-    )
-    .await;
+        })
+        .start()
+        .await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(2)))
         .await;
     let mut client = gw.client().await;
@@ -127,15 +124,11 @@ async fn a_restart_remembers_request_ids_and_events() {
     let graph = MockServer::start().await;
     let base = format!("{}/v25.0", graph.uri());
     let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let mut before = TestGateway::start_full(
-        graph,
-        &base,
-        quick_policy(),
-        ServeOptions::default(),
-        OutboxPolicy::default(),
-        data.clone(),
-    )
-    .await;
+    let mut before = TestGateway::builder()
+        .graph(graph, &base)
+        .data(data.clone())
+        .start()
+        .await;
     before.graph_answers(ok_reply()).await;
     let first = before
         .client()
@@ -154,15 +147,11 @@ async fn a_restart_remembers_request_ids_and_events() {
     before.served.take().unwrap().await.unwrap().unwrap();
     let graph = before.graph;
 
-    let after = TestGateway::start_full(
-        graph,
-        &base,
-        quick_policy(),
-        ServeOptions::default(),
-        OutboxPolicy::default(),
-        data,
-    )
-    .await;
+    let after = TestGateway::builder()
+        .graph(graph, &base)
+        .data(data)
+        .start()
+        .await;
     let again = after
         .client()
         .await

@@ -5,7 +5,6 @@ use wiremock::Mock;
 use wiremock::matchers::{method, path};
 
 use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::server::ServeOptions;
 
 use crate::support::*;
 
@@ -42,7 +41,7 @@ async fn retries_stop_at_the_configured_attempt_limit() {
         max_attempts: 5,
         ..quick_policy()
     };
-    let gw = TestGateway::start_with(policy, ServeOptions::default()).await;
+    let gw = TestGateway::builder().delivery(policy).start().await;
     gw.graph_answers(graph_error(503, 1, None, "unknown error"))
         .await;
     let status = gw.send_text().await.unwrap_err();
@@ -59,7 +58,7 @@ async fn retries_never_run_past_the_callers_deadline() {
         max_delay: Duration::from_secs(1),
         ..quick_policy()
     };
-    let gw = TestGateway::start_with(policy, ServeOptions::default()).await;
+    let gw = TestGateway::builder().delivery(policy).start().await;
     gw.graph_answers(graph_error(500, 2, None, "temporarily unavailable"))
         .await;
     let mut request = tonic::Request::new(text_to(USER, "hi"));

@@ -50,7 +50,7 @@ async fn shutdown_gives_up_on_sends_that_outlast_the_grace_period() {
     let options = ServeOptions {
         shutdown_grace: Duration::from_millis(300),
     };
-    let mut gw = TestGateway::start_with(quick_policy(), options).await;
+    let mut gw = TestGateway::builder().serve(options).start().await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(10)))
         .await;
     let mut client = gw.client().await;
@@ -114,7 +114,7 @@ async fn shutdown_ends_open_subscriptions_instead_of_waiting_out_the_grace() {
     let options = ServeOptions {
         shutdown_grace: Duration::from_secs(30),
     };
-    let mut gw = TestGateway::start_with(quick_policy(), options).await;
+    let mut gw = TestGateway::builder().serve(options).start().await;
     let mut events = crate::inbound::subscribe(&gw, 0).await;
     let started = Instant::now();
     gw.begin_shutdown();

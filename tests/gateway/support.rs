@@ -4,17 +4,15 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use messenger_gateway::clock::ManualClock;
-use messenger_gateway::delivery::{Deliverer, DeliveryPolicy};
-use messenger_gateway::graph::{AccessToken, Account, GraphClient};
+use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::graph::{AccessToken, Account};
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::inbox::Inbox;
-use messenger_gateway::outbox::{Outbox, OutboxPolicy};
-use messenger_gateway::server::{ServeError, ServeOptions, WebhookListener, serve};
-use messenger_gateway::store::SqliteStore;
+use messenger_gateway::outbox::OutboxPolicy;
+use messenger_gateway::server::{ServeError, ServeOptions};
+use messenger_gateway::startup::{Application, Settings, Upstream};
 use messenger_gateway::webhook::{self, WebhookSecrets};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -53,67 +51,75 @@ pub fn quick_policy() -> DeliveryPolicy {
     }
 }
 
-impl TestGateway {
-    pub async fn start() -> Self {
-        Self::start_with(quick_policy(), ServeOptions::default()).await
+/// How a test gateway is built: anything not set is the test default.
+pub struct Builder {
+    graph: Option<(MockServer, String)>,
+    delivery: DeliveryPolicy,
+    serve: ServeOptions,
+    outbox: OutboxPolicy,
+    data: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Builder {
+    /// Sends go to `graph`, under `base_url` (which may differ from its URI).
+    pub fn graph(mut self, graph: MockServer, base_url: &str) -> Self {
+        self.graph = Some((graph, base_url.to_owned()));
+        self
     }
 
-    pub async fn start_with(policy: DeliveryPolicy, options: ServeOptions) -> Self {
-        let graph = MockServer::start().await;
-        let base = format!("{}/v25.0", graph.uri());
-        Self::start_against(graph, &base, policy, options).await
+    pub fn delivery(mut self, policy: DeliveryPolicy) -> Self {
+        self.delivery = policy;
+        self
     }
 
-    pub async fn start_against(
-        graph: MockServer,
-        base_url: &str,
-        policy: DeliveryPolicy,
-        options: ServeOptions,
-    ) -> Self {
-        let data = Arc::new(tempfile::tempdir().unwrap());
-        Self::start_full(
-            graph,
-            base_url,
-            policy,
-            options,
-            OutboxPolicy::default(),
-            data,
-        )
-        .await
+    pub fn serve(mut self, options: ServeOptions) -> Self {
+        self.serve = options;
+        self
     }
 
-    /// With the window policy and the data directory chosen (reuse one to
-    /// see what survives a restart).
-    pub async fn start_full(
-        graph: MockServer,
-        base_url: &str,
-        policy: DeliveryPolicy,
-        options: ServeOptions,
-        outbox_policy: OutboxPolicy,
-        data: Arc<tempfile::TempDir>,
-    ) -> Self {
-        let account = Account::new(base_url, ACCOUNT, &AccessToken::new(TOKEN)).unwrap();
-        let deliverer = Deliverer::new(GraphClient::new(Duration::from_secs(1)), account, policy);
-        let clock = ManualClock::at(T0);
-        let store = Arc::new(SqliteStore::open(data.path()).unwrap());
-        let inbox = Inbox::new(store, Arc::new(clock.clone())).await.unwrap();
-        let outbox = Outbox::new(deliverer, inbox, outbox_policy);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hooks = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let webhook_url = format!("http://{}{}", hooks.local_addr().unwrap(), webhook::PATH);
-        let webhooks = WebhookListener {
-            listener: hooks,
-            secrets: WebhookSecrets {
-                app_secret: APP_SECRET.into(),
-                verify_token: VERIFY_TOKEN.into(),
-            },
+    pub fn outbox(mut self, policy: OutboxPolicy) -> Self {
+        self.outbox = policy;
+        self
+    }
+
+    /// Reuse one data directory to see what survives a restart.
+    pub fn data(mut self, data: Arc<tempfile::TempDir>) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// Builds through the same composition root as the binary.
+    pub async fn start(self) -> TestGateway {
+        let (graph, base_url) = match self.graph {
+            Some(g) => g,
+            None => {
+                let graph = MockServer::start().await;
+                let base = format!("{}/v25.0", graph.uri());
+                (graph, base)
+            }
         };
+        let data = self
+            .data
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        let account = Account::new(&base_url, ACCOUNT, &AccessToken::new(TOKEN)).unwrap();
+        let clock = ManualClock::at(T0);
+        let mut settings = Settings::local(Upstream::Graph(account), data.path().to_owned());
+        settings.webhook_secrets = Some(WebhookSecrets {
+            app_secret: APP_SECRET.into(),
+            verify_token: VERIFY_TOKEN.into(),
+        });
+        settings.delivery = self.delivery;
+        settings.outbox = self.outbox;
+        settings.serve = self.serve;
+        settings.clock = Arc::new(clock.clone());
+        let app = Application::build(settings).await.unwrap();
+        let addr = app.grpc_addr();
+        let webhook_url = app.webhook_url().unwrap().to_owned();
         let (stop, stopped) = oneshot::channel();
-        let served = tokio::spawn(serve(listener, outbox, Some(webhooks), options, async {
+        let served = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Self {
+        TestGateway {
             addr,
             webhook_url,
             graph,
@@ -122,6 +128,22 @@ impl TestGateway {
             stop: Some(stop),
             served: Some(served),
         }
+    }
+}
+
+impl TestGateway {
+    pub fn builder() -> Builder {
+        Builder {
+            graph: None,
+            delivery: quick_policy(),
+            serve: ServeOptions::default(),
+            outbox: OutboxPolicy::default(),
+            data: None,
+        }
+    }
+
+    pub async fn start() -> Self {
+        Self::builder().start().await
     }
 
     /// Posts a delivery signed as Meta signs it; answers the HTTP status.

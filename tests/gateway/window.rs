@@ -1,32 +1,17 @@
 //! The messaging window, checked before Graph is called, on a clock the
 //! tests control.
 
-use std::sync::Arc;
-
 use tonic::Code;
-use wiremock::MockServer;
 
 use messenger_gateway::clock::rfc3339;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::outbox::OutboxPolicy;
-use messenger_gateway::server::ServeOptions;
 use messenger_gateway::window::{HUMAN_AGENT_MS, STANDARD_MS, WindowPolicy};
 
 use crate::support::*;
 
 async fn start_with(policy: OutboxPolicy) -> TestGateway {
-    let graph = MockServer::start().await;
-    let base = format!("{}/v25.0", graph.uri());
-    let data = Arc::new(tempfile::tempdir().unwrap());
-    TestGateway::start_full(
-        graph,
-        &base,
-        quick_policy(),
-        ServeOptions::default(),
-        policy,
-        data,
-    )
-    .await
+    TestGateway::builder().outbox(policy).start().await
 }
 
 /// The user wrote at T0.

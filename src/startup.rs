@@ -1,0 +1,343 @@
+//! The composition root: [`Application::build`] turns [`Settings`] into a
+//! running gateway. `main` and the integration tests both go through here,
+//! so there is one wiring and the tests exercise it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use crate::cli::{Cli, Command};
+use crate::telemetry;
+
+use crate::clock::{Clock, SystemClock};
+use crate::delivery::{Deliverer, DeliveryPolicy};
+use crate::graph::{Account, GraphClient};
+use crate::inbox::Inbox;
+use crate::outbox::{Outbox, OutboxPolicy};
+use crate::sandbox::{self, RunningSandbox};
+use crate::server::{self, Gateway, ServeError, ServeOptions, WebhookListener};
+use crate::store::SqliteStore;
+use crate::webhook::{self, WebhookSecrets};
+
+/// How long inbound events are kept for `Subscribe` by default.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How often old events, windows and request ids are pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// The longest a connection to Graph may take to open: beyond this a host is
+/// not coming, whatever the upstream timeout allows.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where sends go.
+pub enum Upstream {
+    /// A real (or fake) Graph API, as one account.
+    Graph(Account),
+    /// The built-in sandbox, started on this (loopback) address.
+    Sandbox { listen: SocketAddr },
+}
+
+/// Everything the gateway is built from. `cli` fills it from arguments and
+/// the environment; tests fill it directly.
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub webhook_listen: SocketAddr,
+    pub upstream: Upstream,
+    /// `None`: webhooks are off (the sandbox makes its own).
+    pub webhook_secrets: Option<WebhookSecrets>,
+    pub data_dir: PathBuf,
+    pub delivery: DeliveryPolicy,
+    pub outbox: OutboxPolicy,
+    pub serve: ServeOptions,
+    pub event_retention: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Settings {
+    /// Loopback ports picked by the OS, the defaults for everything else.
+    pub fn local(upstream: Upstream, data_dir: PathBuf) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            listen: any_port,
+            webhook_listen: any_port,
+            upstream,
+            webhook_secrets: None,
+            data_dir,
+            delivery: DeliveryPolicy::default(),
+            outbox: OutboxPolicy::default(),
+            serve: ServeOptions::default(),
+            event_retention: DEFAULT_EVENT_RETENTION,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Why the gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the sandbox on {addr}: {source}")]
+    Sandbox {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {dir}: {detail}")]
+    Store { dir: String, detail: String },
+}
+
+/// A built gateway: its ports are bound, its store is open, nothing is
+/// served until [`Application::run_until`].
+pub struct Application {
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    webhooks: Option<WebhookListener>,
+    webhook_url: Option<String>,
+    sandbox: Option<RunningSandbox>,
+    account: Account,
+    gateway: Gateway,
+    serve: ServeOptions,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let uses_sandbox = matches!(settings.upstream, Upstream::Sandbox { .. });
+        // The sandbox signs the webhooks it makes up with a secret of its own,
+        // never with a real app secret.
+        let secrets = if uses_sandbox {
+            Some(WebhookSecrets::random())
+        } else {
+            settings.webhook_secrets
+        };
+        let webhook_listener = match &secrets {
+            None => None,
+            Some(_) => Some(bind(settings.webhook_listen).await?),
+        };
+        let webhook_url = webhook_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!("http://{}{}", reachable(a), webhook::PATH));
+        let (account, sandbox) = match settings.upstream {
+            Upstream::Graph(account) => (account, None),
+            Upstream::Sandbox { listen } => {
+                let target = webhook_url
+                    .clone()
+                    .zip(secrets.as_ref().map(|s| s.app_secret.clone()));
+                let running =
+                    sandbox::start(listen, target)
+                        .await
+                        .map_err(|source| StartError::Sandbox {
+                            addr: listen,
+                            source,
+                        })?;
+                (running.account.clone(), Some(running))
+            }
+        };
+        let grpc = bind(settings.listen).await?;
+        let grpc_addr = grpc.local_addr().unwrap_or(settings.listen);
+
+        let store_failed = |detail: String| StartError::Store {
+            dir: settings.data_dir.display().to_string(),
+            detail,
+        };
+        let store = Arc::new(
+            SqliteStore::open(&settings.data_dir).map_err(|e| store_failed(e.to_string()))?,
+        );
+        let inbox = Inbox::new(store, settings.clock)
+            .await
+            .map_err(|e| store_failed(e.to_string()))?;
+        tokio::spawn(
+            inbox
+                .clone()
+                .prune_periodically(settings.event_retention, PRUNE_EVERY),
+        );
+
+        let connect_timeout = settings.delivery.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
+        let deliverer = Deliverer::new(
+            GraphClient::new(connect_timeout),
+            account.clone(),
+            settings.delivery,
+        );
+        let outbox = Outbox::new(deliverer.clone(), inbox.clone(), settings.outbox);
+        let webhooks = webhook_listener
+            .zip(secrets)
+            .map(|(listener, secrets)| WebhookListener { listener, secrets });
+        Ok(Self {
+            grpc,
+            grpc_addr,
+            webhooks,
+            webhook_url,
+            sandbox,
+            gateway: Gateway {
+                account_id: account.account_id.clone(),
+                deliverer,
+                outbox,
+                inbox,
+            },
+            account,
+            serve: settings.serve,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where Meta (or the sandbox) posts webhooks; `None` when they are off.
+    pub fn webhook_url(&self) -> Option<&str> {
+        self.webhook_url.as_deref()
+    }
+
+    pub fn sandbox(&self) -> Option<&RunningSandbox> {
+        self.sandbox.as_ref()
+    }
+
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see [`server::serve`]).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        // Kept alive for as long as the gateway sends to it.
+        let _sandbox = self.sandbox;
+        server::serve(self.grpc, self.gateway, self.webhooks, self.serve, shutdown).await
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// An address a local client can dial: the unspecified address is not one.
+pub fn reachable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+/// The binary's whole body: parse, set up, serve, and say why if it stops.
+/// Exit 2 is a configuration fault; 1 a failure to start or serve.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    // Held to the end so the last log lines are flushed.
+    let _log_guard = telemetry::init(args.log_format);
+    let settings = match args.into_settings(|name| std::env::var(name).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("messenger-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // Each send in flight holds a connection to Graph; the default soft
+        // limit of open files would cap concurrency long before memory does.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+        let warn_on_grace = settings.serve.shutdown_grace <= settings.delivery.upstream_timeout;
+        let webhooks_off =
+            settings.webhook_secrets.is_none() && matches!(settings.upstream, Upstream::Graph(_));
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("messenger-gateway: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if webhooks_off {
+            tracing::warn!(
+                "INSTAGRAM_APP_SECRET and INSTAGRAM_VERIFY_TOKEN are not set: webhooks are off, so the gateway learns no windows and Subscribe stays empty"
+            );
+        }
+        if warn_on_grace {
+            tracing::warn!(
+                "the shutdown grace period is not longer than one Graph call may take: a send in flight at shutdown may be abandoned unreported"
+            );
+        }
+        announce(&app);
+        match app.run_until(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("messenger-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// What a person needs to start using the gateway, on stdout.
+fn announce(app: &Application) {
+    let local = app.grpc_addr();
+    let target = reachable(local).replace("127.0.0.1", "localhost");
+    match app.sandbox() {
+        Some(s) => {
+            tracing::warn!(
+                "no Instagram credentials: sending to the built-in sandbox, not to Instagram"
+            );
+            println!(
+                "sandbox Graph API at {} (received messages: {})",
+                s.base_url,
+                s.messages_log_url()
+            );
+            println!(
+                "try: grpcurl -plaintext -d '{{\"recipient_id\":\"{}\",\"text\":\"Hello from my app\"}}' {target} messenger.v1.Messenger/Send",
+                sandbox::DEMO_RECIPIENT
+            );
+            println!(
+                "play the Instagram user: curl -s -X POST {} -d '{{\"sender_id\":\"{}\",\"text\":\"Hi!\"}}'",
+                s.inbound_url(),
+                sandbox::DEMO_RECIPIENT
+            );
+            println!(
+                "watch inbound events: grpcurl -plaintext -d '{{}}' {target} messenger.v1.Messenger/Subscribe"
+            );
+        }
+        None => println!(
+            "sending as account {} via {}",
+            app.account().account_id,
+            app.account().base_url
+        ),
+    }
+    if let Some(url) = app.webhook_url() {
+        println!("webhooks at {url}");
+    }
+    // Last, so a script that waits for it knows the banner is complete.
+    println!("messenger-gateway listening on {local} (gRPC)");
+    tracing::info!(%local, graph = %app.account().base_url, account = %app.account().account_id, "ready");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM can be watched");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
