@@ -11,10 +11,13 @@ use humantime::Duration;
 use crate::clock::SystemClock;
 use crate::config::{self, ConfigError};
 use crate::delivery::DeliveryPolicy;
+use crate::inbox::Inbox;
+use crate::net::Limits;
 use crate::outbox::OutboxPolicy;
 use crate::server::ServeOptions;
 use crate::startup::{DEFAULT_EVENT_RETENTION, Settings, Upstream};
 use crate::telemetry::LogFormat;
+use crate::tls::TlsFiles;
 use crate::window::WindowPolicy;
 
 #[derive(Parser, Debug)]
@@ -32,18 +35,99 @@ pub struct Cli {
 pub enum Command {
     /// Serve messenger.v1.Messenger. Credentials come from the INSTAGRAM_*
     /// variables; with none set, the built-in sandbox stands in for Graph.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Print a fresh secret (once) and the keys-file block that admits it.
+    New(NewKeyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NewKeyArgs {
+    /// The key's name in logs and errors, such as billing-service.
+    #[arg(long)]
+    pub id: String,
+    /// Instagram account ids the key may act for; "*" is all.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub accounts: Vec<String>,
+    /// Operations it may call.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "send,send_action,get_window,subscribe"
+    )]
+    pub allow: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Address for gRPC.
+    /// Address for gRPC [default: 127.0.0.1:50051 without authentication,
+    /// 0.0.0.0:50051 with it].
+    #[arg(long, env = "MESSENGER_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The API keys file (TOML, `[[key]]` entries holding SHA-256 hashes).
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "MESSENGER_GATEWAY_API_KEYS")]
+    api_keys: Option<PathBuf>,
+    /// Serve a non-loopback address with no authentication at all.
+    #[arg(long, env = "MESSENGER_GATEWAY_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Serve gRPC over TLS with this certificate chain (PEM).
+    #[arg(long, env = "MESSENGER_GATEWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MESSENGER_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) on the gRPC port.
+    #[arg(long, env = "MESSENGER_GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve webhooks over TLS with this certificate chain (PEM).
     #[arg(
         long,
-        env = "MESSENGER_GATEWAY_LISTEN",
-        default_value = "0.0.0.0:50051"
+        env = "MESSENGER_GATEWAY_WEBHOOK_TLS_CERT",
+        requires = "webhook_tls_key"
     )]
-    listen: SocketAddr,
+    webhook_tls_cert: Option<PathBuf>,
+    /// The private key of --webhook-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "MESSENGER_GATEWAY_WEBHOOK_TLS_KEY",
+        requires = "webhook_tls_cert"
+    )]
+    webhook_tls_key: Option<PathBuf>,
+    /// Serve gRPC reflection (on) or not (off).
+    #[arg(long, env = "MESSENGER_GATEWAY_REFLECTION", default_value = "on",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    reflection: bool,
+    /// The deadline of a send whose caller sets none.
+    #[arg(long, env = "MESSENGER_GATEWAY_DEFAULT_TIMEOUT",
+          default_value_t = ServeOptions::DEFAULT_TIMEOUT.into())]
+    default_timeout: Duration,
+    /// Sends that may wait for a Graph call slot; beyond, OVERLOADED.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_QUEUED_SENDS",
+          default_value_t = DeliveryPolicy::DEFAULT_MAX_QUEUED_SENDS)]
+    max_queued_sends: usize,
+    /// A send with less of its deadline left is not started.
+    #[arg(long, env = "MESSENGER_GATEWAY_MIN_SEND_BUDGET",
+          default_value_t = DeliveryPolicy::DEFAULT_MIN_SEND_BUDGET.into())]
+    min_send_budget: Duration,
+    /// Subscribe streams open at once; beyond, OVERLOADED.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_SUBSCRIBERS",
+          default_value_t = Inbox::DEFAULT_MAX_SUBSCRIBERS)]
+    max_subscribers: usize,
+    /// Connections open at once, per port.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONNECTIONS",
+          default_value_t = Limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Calls under way at once on one gRPC connection.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONCURRENT_STREAMS",
+          default_value_t = ServeOptions::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    max_concurrent_streams: u32,
     /// Send to the built-in sandbox even if credentials are set.
     #[arg(long, conflicts_with = "no_sandbox")]
     sandbox: bool,
@@ -112,6 +196,11 @@ impl ServeArgs {
             config::account_from_env(&env)?
         };
         let webhook_secrets = config::webhook_secrets_from_env(&env)?;
+        if account.is_none() && !self.sandbox && webhook_secrets.is_some() {
+            return Err(ConfigError {
+                problems: vec!["INSTAGRAM_APP_SECRET and INSTAGRAM_VERIFY_TOKEN are set but no account is: set INSTAGRAM_ACCESS_TOKEN and INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID (the sandbox is used only when no INSTAGRAM_* variable is set, or with --sandbox)".into()],
+            });
+        }
         let upstream = match account {
             Some(account) => Upstream::Graph(account),
             None if self.no_sandbox => {
@@ -133,6 +222,8 @@ impl ServeArgs {
                 max_concurrent_calls: self.max_graph_calls as usize,
                 max_attempts: self.max_attempts,
                 upstream_timeout: self.upstream_timeout.into(),
+                max_queued_sends: self.max_queued_sends,
+                min_send_budget: self.min_send_budget.into(),
                 ..DeliveryPolicy::default()
             },
             outbox: OutboxPolicy {
@@ -141,9 +232,32 @@ impl ServeArgs {
             },
             serve: ServeOptions {
                 shutdown_grace: self.shutdown_grace.into(),
+                default_timeout: self.default_timeout.into(),
+                reflection: self.reflection,
+                limits: Limits {
+                    max_connections: self.max_connections,
+                    ..Limits::default()
+                },
+                max_concurrent_streams: self.max_concurrent_streams,
             },
             event_retention: self.event_retention.into(),
             clock: Arc::new(SystemClock),
+            api_keys: self.api_keys,
+            allow_unauthenticated: self.allow_unauthenticated,
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+            }),
+            webhook_tls: self
+                .webhook_tls_cert
+                .zip(self.webhook_tls_key)
+                .map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                }),
+            max_subscribers: self.max_subscribers,
         })
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Failure, Reason, SendError};
 use crate::graph::{self, Account, GraphClient};
@@ -29,6 +30,35 @@ pub struct DeliveryPolicy {
     pub upstream_timeout: Duration,
     /// RetryInfo for rate limits when Graph gives no estimate.
     pub rate_limit_delay: Duration,
+    /// The most sends waiting for a free call slot; beyond it a send is
+    /// refused at once as overloaded.
+    pub max_queued_sends: usize,
+    /// A send with less time than this left is not started: it could not
+    /// get an answer, only an unknown outcome.
+    pub min_send_budget: Duration,
+}
+
+/// How long a send may take, and whether its caller still waits for it.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    pub deadline: Option<Instant>,
+    /// Cancelled when the caller goes: a send still waiting is then dropped.
+    pub cancelled: CancellationToken,
+}
+
+impl From<Option<Instant>> for Budget {
+    fn from(deadline: Option<Instant>) -> Self {
+        Self {
+            deadline,
+            cancelled: CancellationToken::new(),
+        }
+    }
+}
+
+impl From<Instant> for Budget {
+    fn from(deadline: Instant) -> Self {
+        Some(deadline).into()
+    }
 }
 
 impl Default for DeliveryPolicy {
@@ -40,6 +70,8 @@ impl Default for DeliveryPolicy {
             max_delay: Duration::from_secs(5),
             upstream_timeout: Self::DEFAULT_UPSTREAM_TIMEOUT,
             rate_limit_delay: Duration::from_secs(60),
+            max_queued_sends: Self::DEFAULT_MAX_QUEUED_SENDS,
+            min_send_budget: Self::DEFAULT_MIN_SEND_BUDGET,
         }
     }
 }
@@ -50,6 +82,10 @@ impl DeliveryPolicy {
     pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
     pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_QUEUED_SENDS: usize = 10_000;
+    pub const DEFAULT_MIN_SEND_BUDGET: Duration = Duration::from_millis(100);
+    /// RetryInfo for a send refused because the queue is full.
+    const OVERLOADED_RETRY: Duration = Duration::from_secs(1);
 
     /// Exponential backoff with "equal jitter": half fixed, half random, so
     /// callers that failed together do not retry together.
@@ -104,20 +140,20 @@ impl Deliverer {
     pub async fn send_message(
         &self,
         message: &OutgoingMessage,
-        deadline: Option<Instant>,
+        budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let body = graph::encode_message(message);
-        self.send_logged("message", message.recipient.as_str(), body, deadline)
+        self.send_logged("message", message.recipient.as_str(), body, budget.into())
             .await
     }
 
     pub async fn send_action(
         &self,
         action: &OutgoingAction,
-        deadline: Option<Instant>,
+        budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let body = graph::encode_action(action);
-        self.send_logged("action", action.recipient.as_str(), body, deadline)
+        self.send_logged("action", action.recipient.as_str(), body, budget.into())
             .await
     }
 
@@ -126,28 +162,36 @@ impl Deliverer {
         kind: &str,
         recipient: &str,
         body: Bytes,
-        deadline: Option<Instant>,
+        budget: Budget,
     ) -> Result<Sent, SendError> {
         let started = Instant::now();
-        let result = self.deliver(body, deadline).await;
+        let result = self.deliver(body, &budget).await;
         log_outcome(kind, recipient, started, result.as_ref());
         result
     }
 
-    async fn deliver(&self, body: Bytes, deadline: Option<Instant>) -> Result<Sent, SendError> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    async fn deliver(&self, body: Bytes, budget: &Budget) -> Result<Sent, SendError> {
+        let deadline = budget.deadline;
+        // Counted before the check, so the bound holds under a race.
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         let policy = &self.policy;
+        if before >= policy.max_concurrent_calls + policy.max_queued_sends {
+            return Err(SendError::Overloaded {
+                detail: format!(
+                    "{} sends are already waiting for the account's {} Graph call slots",
+                    policy.max_queued_sends, policy.max_concurrent_calls
+                ),
+                retry_after: DeliveryPolicy::OVERLOADED_RETRY,
+            });
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let timeout = match deadline {
-                Some(d) => policy
-                    .upstream_timeout
-                    .min(d.saturating_duration_since(Instant::now())),
-                None => policy.upstream_timeout,
-            };
-            let error = match self.call_graph(body.clone(), timeout, deadline).await {
+            let error = match self
+                .call_graph(body.clone(), policy.upstream_timeout, budget)
+                .await
+            {
                 Ok(reply) => {
                     return Ok(Sent {
                         message_id: reply.message_id,
@@ -162,6 +206,7 @@ impl Deliverer {
             let retry = error.failure.is_retryable()
                 && attempts < policy.max_attempts
                 && fits_deadline
+                && !budget.cancelled.is_cancelled()
                 && !self.draining.load(Ordering::SeqCst);
             if !retry {
                 let retry_after = match error.failure.reason() {
@@ -184,29 +229,48 @@ impl Deliverer {
 }
 
 impl Deliverer {
-    /// One Graph call, once the account has a free call slot.
+    /// One Graph call, once the account has a free call slot, if the caller
+    /// still waits and enough of its deadline is left. Until the call starts
+    /// nothing has been sent, so giving up before it is "not sent".
     async fn call_graph(
         &self,
         body: Bytes,
         timeout: Duration,
-        deadline: Option<Instant>,
+        budget: &Budget,
     ) -> Result<graph::GraphReply, graph::AttemptError> {
-        let slot = self.calls.acquire();
-        let _slot = match deadline {
-            None => slot.await,
-            Some(d) => match tokio::time::timeout_at(d.into(), slot).await {
-                Ok(slot) => slot,
-                Err(_) => {
-                    return Err(graph::AttemptError::from(Failure::NotSent {
-                        detail: format!(
-                            "{} Graph calls were already under way and none finished before the deadline",
-                            self.policy.max_concurrent_calls
-                        ),
-                    }));
-                }
-            },
+        let not_sent = |detail: String| graph::AttemptError::from(Failure::NotSent { detail });
+        let until_deadline = async {
+            match budget.deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let _slot = tokio::select! {
+            biased;
+            () = budget.cancelled.cancelled() => {
+                return Err(not_sent("the caller cancelled before the Graph call started".into()));
+            }
+            slot = self.calls.acquire() => slot.expect("the call semaphore is never closed"),
+            () = until_deadline => {
+                return Err(not_sent(format!(
+                    "{} Graph calls were already under way and none finished before the deadline",
+                    self.policy.max_concurrent_calls
+                )));
+            }
+        };
+        if let Some(d) = budget.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left < self.policy.min_send_budget {
+                return Err(not_sent(format!(
+                    "only {} ms of the deadline were left, less than the {} ms a send needs",
+                    left.as_millis(),
+                    self.policy.min_send_budget.as_millis()
+                )));
+            }
         }
-        .expect("the call semaphore is never closed");
+        let timeout = budget.deadline.map_or(timeout, |d| {
+            timeout.min(d.saturating_duration_since(Instant::now()))
+        });
         // Boxed: a send waiting for a slot then holds a pointer, not room for
         // the whole HTTP exchange.
         Box::pin(self.graph.post_messages(&self.account, body, timeout)).await

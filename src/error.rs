@@ -57,8 +57,8 @@ pub enum Failure {
     ConnectionLost { detail: String },
 }
 
-/// The stable, machine-readable reasons a send fails (google.rpc.ErrorInfo
-/// `reason`). Clients branch on these; never rename one.
+/// The one catalogue of machine-readable reasons a call fails
+/// (google.rpc.ErrorInfo `reason`). Clients branch on these; never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     InvalidRequest,
@@ -73,10 +73,26 @@ pub enum Reason {
     DeliveryUnknown,
     GraphError,
     StoreUnavailable,
+    /// No API key, or one the gateway does not know.
+    ApiKeyInvalid,
+    /// The key lacks the operation.
+    OperationNotAllowed,
+    /// The key may not act for the account.
+    AccountNotAllowed,
+    /// Too much waiting already (queued sends, subscriptions); retry later.
+    Overloaded,
+    /// The request is bigger than the gateway accepts.
+    MessageTooLarge,
+    /// `Subscribe.after` points at events already pruned.
+    EventsPruned,
+    /// `Subscribe.after` is beyond the newest event.
+    AfterBeyondHead,
+    /// The gateway is stopping; call again (another replica, or soon).
+    ShuttingDown,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 20] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -89,6 +105,14 @@ impl Reason {
         Reason::DeliveryUnknown,
         Reason::GraphError,
         Reason::StoreUnavailable,
+        Reason::ApiKeyInvalid,
+        Reason::OperationNotAllowed,
+        Reason::AccountNotAllowed,
+        Reason::Overloaded,
+        Reason::MessageTooLarge,
+        Reason::EventsPruned,
+        Reason::AfterBeyondHead,
+        Reason::ShuttingDown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +129,14 @@ impl Reason {
             Reason::DeliveryUnknown => "DELIVERY_UNKNOWN",
             Reason::GraphError => "GRAPH_ERROR",
             Reason::StoreUnavailable => "STORE_UNAVAILABLE",
+            Reason::ApiKeyInvalid => "API_KEY_INVALID",
+            Reason::OperationNotAllowed => "OPERATION_NOT_ALLOWED",
+            Reason::AccountNotAllowed => "ACCOUNT_NOT_ALLOWED",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::EventsPruned => "EVENTS_PRUNED",
+            Reason::AfterBeyondHead => "AFTER_BEYOND_HEAD",
+            Reason::ShuttingDown => "SHUTTING_DOWN",
         }
     }
 }
@@ -236,6 +268,12 @@ pub enum SendError {
     /// The gateway's own store failed; nothing was sent.
     #[error("the gateway's store is unavailable: {0}")]
     Store(String),
+    /// Too many sends are waiting already; nothing was sent.
+    #[error("not sent: {detail}")]
+    Overloaded {
+        detail: String,
+        retry_after: Duration,
+    },
 }
 
 impl SendError {
@@ -246,6 +284,7 @@ impl SendError {
             SendError::OutsideWindow { .. } => Reason::OutsideMessagingWindow,
             SendError::MaybeDeliveredBefore(_) => Reason::DeliveryUnknown,
             SendError::Store(_) => Reason::StoreUnavailable,
+            SendError::Overloaded { .. } => Reason::Overloaded,
         }
     }
 

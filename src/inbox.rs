@@ -2,9 +2,10 @@
 //! and answering what the window with a person is. Free of HTTP and protobuf.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::clock::Clock;
 use crate::events::{InboundEvent, UnixMs};
@@ -14,37 +15,60 @@ use crate::window::Window;
 /// Events read from the store per page, and buffered per subscriber. A slow
 /// subscriber fills only its own buffer; intake never waits for it.
 const PAGE: usize = 256;
+/// Event times more than this ahead of arrival are taken as arrival time.
+const MAX_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
+/// The range a protobuf Timestamp can carry (0001-01-01 to 9999-12-31).
+const TIMESTAMP_RANGE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
     #[error("events up to {pruned_through} have been pruned; resume from 0 or a later seq")]
     Pruned { pruned_through: u64 },
+    #[error(
+        "after = {after} is beyond the newest event ({head}); resume from a seq this gateway gave"
+    )]
+    BeyondHead { after: u64, head: u64 },
+    #[error("{max} subscriptions are open already; try again later")]
+    TooMany { max: usize },
     #[error("the gateway is shutting down; subscribe again with after = the last seq handled")]
     ShuttingDown,
+    #[error("the API key of this subscription was revoked")]
+    Revoked,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Which events a subscriber may see.
+pub type EventFilter = Box<dyn Fn(&InboundEvent) -> bool + Send + Sync>;
+/// Resolves when a subscription must end because its caller lost the right.
+pub type Revocation = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Subscription = mpsc::Receiver<Result<Arc<StoredEvent>, SubscribeError>>;
 
 /// Inbound events: stored durably, streamed to subscribers, and read back as
 /// windows.
 pub struct Inbox {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    head: watch::Sender<u64>,
     closing: watch::Sender<bool>,
+    max_subscribers: usize,
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl Inbox {
+    pub const DEFAULT_MAX_SUBSCRIBERS: usize = 10_000;
+
     pub async fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        max_subscribers: usize,
     ) -> Result<Arc<Self>, StoreError> {
-        let (head, _) = store.bounds().await?;
+        store.bounds().await?;
         Ok(Arc::new(Self {
             store,
             clock,
-            head: watch::Sender::new(head),
             closing: watch::Sender::new(false),
+            max_subscribers,
+            subscribers: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -56,17 +80,18 @@ impl Inbox {
         self.clock.now_ms()
     }
 
-    /// Durably stores one delivery's events, then wakes subscribers.
-    pub async fn ingest(&self, events: Vec<InboundEvent>) -> Result<Ingested, StoreError> {
-        let ingested = self.store.ingest(events, self.clock.now_ms()).await?;
-        if ingested.new_events > 0 {
-            self.head.send_if_modified(|head| {
-                let newer = ingested.head > *head;
-                *head = (*head).max(ingested.head);
-                newer
-            });
+    /// Durably stores one delivery's events. Subscribers are woken and
+    /// windows updated by the commit itself, not by this future, so they
+    /// happen even if the caller stops waiting.
+    pub async fn ingest(&self, mut events: Vec<InboundEvent>) -> Result<Ingested, StoreError> {
+        let now = self.clock.now_ms();
+        for e in &mut events {
+            let ahead = e.timestamp_ms.saturating_sub(now);
+            if ahead > MAX_AHEAD_MS || !TIMESTAMP_RANGE_MS.contains(&e.timestamp_ms) {
+                e.timestamp_ms = now;
+            }
         }
-        Ok(ingested)
+        self.store.ingest(events, now).await
     }
 
     pub async fn window(&self, account: &str, user: &str) -> Result<Window, StoreError> {
@@ -74,57 +99,52 @@ impl Inbox {
         Ok(Window::evaluate(facts.as_ref(), self.clock.now_ms()))
     }
 
-    /// Events after `after`, then new ones as they are stored, until the
-    /// receiver is dropped or the gateway shuts down.
+    /// Events after `after` that pass `filter`, then new ones as they are
+    /// committed, until the receiver is dropped, the gateway shuts down or
+    /// `revoked` resolves. Live events come from the commit feed, shared by
+    /// every subscriber; the store is read only to catch up.
     pub async fn subscribe(
         self: &Arc<Self>,
         after: u64,
-    ) -> Result<mpsc::Receiver<Result<StoredEvent, SubscribeError>>, SubscribeError> {
-        let (_, pruned_through) = self.store.bounds().await?;
+        filter: EventFilter,
+        revoked: Revocation,
+    ) -> Result<Subscription, SubscribeError> {
+        let slot = SubscriberSlot::take(&self.subscribers, self.max_subscribers).ok_or(
+            SubscribeError::TooMany {
+                max: self.max_subscribers,
+            },
+        )?;
+        // Joined before reading, so no event falls between the two.
+        let live = self.store.committed();
+        let (head, pruned_through) = self.store.bounds().await?;
+        if after > head {
+            return Err(SubscribeError::BeyondHead { after, head });
+        }
         if after > 0 && after < pruned_through {
             return Err(SubscribeError::Pruned { pruned_through });
         }
         let (tx, rx) = mpsc::channel(PAGE);
         let inbox = self.clone();
-        tokio::spawn(async move { inbox.feed(after, tx).await });
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut closing = inbox.closing.subscribe();
+            let feed = Feed {
+                store: &inbox.store,
+                filter,
+                tx: &tx,
+            };
+            let ended = tokio::select! {
+                ended = feed.run(after, live) => ended,
+                () = revoked => Some(SubscribeError::Revoked),
+                // At shutdown the stream ends with UNAVAILABLE, which clients
+                // treat as "reconnect", rather than OK, which reads as "done".
+                _ = closing.wait_for(|c| *c) => Some(SubscribeError::ShuttingDown),
+            };
+            if let Some(e) = ended {
+                let _ = tx.try_send(Err(e));
+            }
+        });
         Ok(rx)
-    }
-
-    async fn feed(&self, mut cursor: u64, tx: mpsc::Sender<Result<StoredEvent, SubscribeError>>) {
-        let mut head = self.head.subscribe();
-        let mut closing = self.closing.subscribe();
-        loop {
-            // Marked seen before reading, so a commit after the read still
-            // wakes us.
-            head.borrow_and_update();
-            let page = match self.store.events_after(cursor, PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            // At shutdown the stream ends with UNAVAILABLE, which clients
-            // treat as "reconnect", rather than OK, which reads as "done".
-            let closed = || {
-                let _ = tx.try_send(Err(SubscribeError::ShuttingDown));
-            };
-            if page.is_empty() {
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() { return },
-                    _ = closing.wait_for(|c| *c) => return closed(),
-                    () = tx.closed() => return,
-                }
-                continue;
-            }
-            for event in page {
-                cursor = event.seq;
-                tokio::select! {
-                    sent = tx.send(Ok(event)) => if sent.is_err() { return },
-                    _ = closing.wait_for(|c| *c) => return closed(),
-                }
-            }
-        }
     }
 
     /// Ends every subscription, so shutdown need not wait for them.
@@ -159,6 +179,92 @@ impl Inbox {
     }
 }
 
+/// One subscriber's delivery loop.
+struct Feed<'a> {
+    store: &'a Arc<dyn Store>,
+    filter: EventFilter,
+    tx: &'a mpsc::Sender<Result<Arc<StoredEvent>, SubscribeError>>,
+}
+
+impl Feed<'_> {
+    /// Runs until the subscriber goes (`None`) or the store fails.
+    async fn run(
+        &self,
+        mut cursor: u64,
+        mut live: broadcast::Receiver<Arc<StoredEvent>>,
+    ) -> Option<SubscribeError> {
+        if let Err(e) = self.catch_up(&mut cursor).await? {
+            return Some(e);
+        }
+        loop {
+            let event = tokio::select! {
+                e = live.recv() => e,
+                () = self.tx.closed() => return None,
+            };
+            match event {
+                Ok(e) if e.seq <= cursor => {}
+                Ok(e) => {
+                    cursor = e.seq;
+                    self.send(e).await?;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Err(e) = self.catch_up(&mut cursor).await? {
+                        return Some(e);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// Reads stored events after `cursor` until none are left. The outer
+    /// `None` means the subscriber went.
+    async fn catch_up(&self, cursor: &mut u64) -> Option<Result<(), SubscribeError>> {
+        loop {
+            let page = match self.store.events_after(*cursor, PAGE).await {
+                Ok(page) => page,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let full = page.len() == PAGE;
+            for event in page {
+                *cursor = event.seq;
+                self.send(Arc::new(event)).await?;
+            }
+            if !full {
+                return Some(Ok(()));
+            }
+        }
+    }
+
+    /// `None` once the subscriber has gone.
+    async fn send(&self, event: Arc<StoredEvent>) -> Option<()> {
+        if !(self.filter)(&event.event) {
+            return Some(());
+        }
+        self.tx.send(Ok(event)).await.ok()
+    }
+}
+
+/// One of `max` subscription slots, given back on drop.
+struct SubscriberSlot(Arc<AtomicUsize>);
+
+impl SubscriberSlot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,12 +279,29 @@ mod tests {
         parse_delivery(body.as_bytes()).unwrap()
     }
 
+    fn everything() -> EventFilter {
+        Box::new(|_| true)
+    }
+
+    fn never() -> Revocation {
+        Box::pin(std::future::pending())
+    }
+
+    async fn inbox_at(now: i64, max_subscribers: usize) -> (Arc<Inbox>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let inbox = Inbox::new(store, Arc::new(ManualClock::at(now)), max_subscribers)
+            .await
+            .unwrap();
+        (inbox, dir)
+    }
+
     #[tokio::test]
     async fn resuming_from_a_pruned_seq_is_refused_rather_than_skipping_events() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_000);
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()))
+        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
             .await
             .unwrap();
         inbox.ingest(message("m1")).await.unwrap();
@@ -188,26 +311,101 @@ mod tests {
         store.prune(2_000, 1_500).await.unwrap();
 
         assert!(matches!(
-            inbox.subscribe(1).await,
+            inbox.subscribe(1, everything(), never()).await,
             Err(SubscribeError::Pruned { pruned_through: 2 })
         ));
         for after in [0, 2] {
-            let mut events = inbox.subscribe(after).await.unwrap();
+            let mut events = inbox.subscribe(after, everything(), never()).await.unwrap();
             assert_eq!(events.recv().await.unwrap().unwrap().seq, 3);
         }
     }
 
     #[tokio::test]
     async fn closing_ends_every_subscription() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(store, Arc::new(ManualClock::at(0)))
-            .await
-            .unwrap();
-        let mut waiting = inbox.subscribe(0).await.unwrap();
+        let (inbox, _dir) = inbox_at(0, 10).await;
+        let mut waiting = inbox.subscribe(0, everything(), never()).await.unwrap();
         inbox.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), waiting.recv()).await;
         assert!(matches!(ended, Ok(Some(Err(SubscribeError::ShuttingDown)))));
         assert!(waiting.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_beyond_the_head_is_refused() {
+        let (inbox, _dir) = inbox_at(1_000, 10).await;
+        inbox.ingest(message("m1")).await.unwrap();
+        assert!(matches!(
+            inbox.subscribe(2, everything(), never()).await,
+            Err(SubscribeError::BeyondHead { after: 2, head: 1 })
+        ));
+        assert!(inbox.subscribe(1, everything(), never()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn subscriptions_beyond_the_limit_are_refused_until_one_ends() {
+        let (inbox, _dir) = inbox_at(1_000, 2).await;
+        let a = inbox.subscribe(0, everything(), never()).await.unwrap();
+        let _b = inbox.subscribe(0, everything(), never()).await.unwrap();
+        assert!(matches!(
+            inbox.subscribe(0, everything(), never()).await,
+            Err(SubscribeError::TooMany { max: 2 })
+        ));
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while inbox.subscribe(0, everything(), never()).await.is_err() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the slot came back");
+    }
+
+    #[tokio::test]
+    async fn live_events_are_filtered_and_a_revocation_ends_the_stream() {
+        let (inbox, _dir) = inbox_at(1_000, 10).await;
+        let (revoke, revoked) = tokio::sync::oneshot::channel::<()>();
+        let only_m2: EventFilter =
+            Box::new(|e| matches!(&e.kind, crate::events::EventKind::Message(m) if m.mid == "m2"));
+        let mut events = inbox
+            .subscribe(
+                0,
+                only_m2,
+                Box::pin(async move {
+                    let _ = revoked.await;
+                }),
+            )
+            .await
+            .unwrap();
+        inbox.ingest(message("m1")).await.unwrap();
+        inbox.ingest(message("m2")).await.unwrap();
+        assert_eq!(events.recv().await.unwrap().unwrap().seq, 2);
+        revoke.send(()).unwrap();
+        assert!(matches!(
+            events.recv().await,
+            Some(Err(SubscribeError::Revoked))
+        ));
+        assert!(events.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn event_times_far_ahead_or_out_of_range_are_taken_as_arrival() {
+        let now = 1_795_737_600_000;
+        let (inbox, _dir) = inbox_at(now, 10).await;
+        for ts in [
+            i64::MAX,
+            now + MAX_AHEAD_MS + 1,
+            i64::MIN,
+            -62_135_596_800_001,
+        ] {
+            let mut events = message(&format!("t{ts}"));
+            events[0].timestamp_ms = ts;
+            inbox.ingest(events).await.unwrap();
+        }
+        let mut ok = message("fine");
+        ok[0].timestamp_ms = now + 1_000;
+        inbox.ingest(ok).await.unwrap();
+        let stored = inbox.store().events_after(0, 10).await.unwrap();
+        let times: Vec<i64> = stored.iter().map(|e| e.event.timestamp_ms).collect();
+        assert_eq!(times, [now, now, now, now, now + 1_000]);
     }
 }

@@ -8,6 +8,7 @@
 //! [`startup`] builds the whole from [`cli`]'s settings, and [`sandbox`]
 //! stands in for Graph when there are no credentials.
 
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -18,11 +19,14 @@ pub mod graph;
 pub mod grpc;
 pub mod inbox;
 pub mod message;
+pub mod net;
 pub mod outbox;
+pub mod refusals;
 pub mod sandbox;
 pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod window;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::clock::rfc3339;
-use crate::delivery::{Deliverer, log_outcome};
+use crate::delivery::{Budget, Deliverer, log_outcome};
 use crate::error::{FieldViolation, Reason, SendError};
 use crate::graph;
 use crate::inbox::Inbox;
@@ -40,7 +40,8 @@ pub struct Outbox {
     deliverer: Arc<Deliverer>,
     inbox: Arc<Inbox>,
     policy: OutboxPolicy,
-    pending: Mutex<HashMap<RequestId, Pending>>,
+    /// Keyed by the caller's scope and its `request_id`.
+    pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl From<StoreError> for SendError {
@@ -69,19 +70,28 @@ impl Outbox {
     pub async fn send_action(
         &self,
         action: &OutgoingAction,
-        deadline: Option<Instant>,
+        budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        self.deliverer.send_action(action, deadline).await
+        self.deliverer.send_action(action, budget).await
     }
 
+    /// Sends `message`; with a `request_id` (and the scope of the caller
+    /// that gave it, so two callers never share one) at most once.
     pub async fn send_message(
         &self,
         message: OutgoingMessage,
-        request_id: Option<RequestId>,
-        deadline: Option<Instant>,
+        request_id: Option<(String, RequestId)>,
+        budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        let Some(id) = request_id else {
+        let deadline = budget.into();
+        let Some((scope, id)) = request_id else {
             return self.send_checked(message, deadline).await;
+        };
+        // Scopes (key ids) hold no ':', so the first one splits them apart.
+        let id = if scope.is_empty() {
+            id.as_str().to_owned()
+        } else {
+            format!("{scope}:{}", id.as_str())
         };
         let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
         let done = {
@@ -124,14 +134,14 @@ impl Outbox {
     /// Claims `id` in the store, sends, and records the outcome there.
     async fn send_once(
         &self,
-        id: &RequestId,
+        id: &str,
         fingerprint: &str,
         message: OutgoingMessage,
-        deadline: Option<Instant>,
+        deadline: Budget,
     ) -> Result<Sent, SendError> {
         let store = self.inbox.store();
         match store
-            .claim_request(id.as_str(), fingerprint, self.inbox.now_ms())
+            .claim_request(id, fingerprint, self.inbox.now_ms())
             .await?
         {
             Claim::Claimed => {}
@@ -157,9 +167,9 @@ impl Outbox {
             // Nothing reached the person: the id may be used again.
             Err(_) => None,
         };
-        if let Err(e) = store.settle_request(id.as_str(), outcome).await {
+        if let Err(e) = store.settle_request(id, outcome).await {
             // The claim stays unsettled, so a repeat is refused, never resent.
-            tracing::error!(request_id = id.as_str(), error = %e, "could not record a send's outcome");
+            tracing::error!(request_id = id, error = %e, "could not record a send's outcome");
         }
         result
     }
@@ -168,7 +178,7 @@ impl Outbox {
     async fn send_checked(
         &self,
         mut message: OutgoingMessage,
-        deadline: Option<Instant>,
+        deadline: Budget,
     ) -> Result<Sent, SendError> {
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
@@ -230,7 +240,7 @@ fn conflict() -> SendError {
 
 /// Removes a finished send from the in-process table, even if its task is
 /// cancelled.
-struct Forget<'a>(&'a Mutex<HashMap<RequestId, Pending>>, &'a RequestId);
+struct Forget<'a>(&'a Mutex<HashMap<String, Pending>>, &'a str);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {

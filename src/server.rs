@@ -1,19 +1,27 @@
-//! Serving: the Messenger service beside health and reflection, and a
-//! shutdown that drains sends under way within a grace period.
+//! Serving: the Messenger service beside health and reflection on the gRPC
+//! port, webhooks on their own port, both under connection limits and
+//! optionally TLS, and a shutdown that drains sends under way within a
+//! grace period.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::auth::Keys;
 use crate::delivery::Deliverer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
 use crate::inbox::Inbox;
+use crate::net::{self, Limits};
 use crate::outbox::Outbox;
+use crate::tls::ReloadableTls;
 use crate::webhook::{self, WebhookSecrets};
 
 /// The core parts the servers adapt, each handed only to what uses it.
@@ -23,32 +31,58 @@ pub struct Gateway {
     pub deliverer: Arc<Deliverer>,
     pub outbox: Arc<Outbox>,
     pub inbox: Arc<Inbox>,
+    pub keys: Arc<Keys>,
 }
 
 /// The service name health reports on, besides "" for the whole server.
 const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
+/// How long webhook connections may take to close at shutdown: Meta
+/// redelivers whatever was cut off, so a stalled client never holds it up.
+const WEBHOOK_DRAIN: Duration = Duration::from_secs(2);
+/// A webhook request's headers must arrive within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// How long in-flight sends may take to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    /// The deadline of a send whose caller set none.
+    pub default_timeout: Duration,
+    /// Serve gRPC reflection (the contract is public; off hides it).
+    pub reflection: bool,
+    /// Connections per port, and how soon a new one must speak.
+    pub limits: Limits,
+    /// Calls under way at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl ServeOptions {
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            default_timeout: Self::DEFAULT_TIMEOUT,
+            reflection: true,
+            limits: Limits::default(),
+            max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
 
+/// A bound port, served in plain text or TLS.
+pub struct Listener {
+    pub listener: TcpListener,
+    pub tls: Option<Arc<ReloadableTls>>,
+}
+
 /// Where and with which secrets to take Instagram's webhooks.
 pub struct WebhookListener {
-    pub listener: TcpListener,
+    pub listener: Listener,
     pub secrets: WebhookSecrets,
 }
 
@@ -65,19 +99,34 @@ pub enum ServeError {
 fn serve_webhooks(
     webhooks: WebhookListener,
     inbox: Arc<Inbox>,
+    limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let app = webhook::router(inbox, webhooks.secrets);
     let mut stop = stop;
     tokio::spawn(async move {
-        let served = axum::serve(webhooks.listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the webhook listener failed");
+        let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);
+        let graceful = GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        loop {
+            let conn = tokio::select! {
+                conn = conns.next() => conn,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let Some(Ok(conn)) = conn else { break };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = http.serve_connection(TokioIo::new(conn), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                // Errors here are a client's (reset, timeout); the refusal
+                // itself was logged where it happened.
+                let _ = connection.await;
+            });
         }
+        drop(conns);
+        let _ = tokio::time::timeout(WEBHOOK_DRAIN, graceful.shutdown()).await;
     })
 }
 
@@ -85,7 +134,7 @@ fn serve_webhooks(
 /// way stop retrying, new calls are refused, and the call returns once the
 /// sends in flight finish or the grace period ends.
 pub async fn serve(
-    listener: TcpListener,
+    grpc: Listener,
     gateway: Gateway,
     webhooks: Option<WebhookListener>,
     options: ServeOptions,
@@ -96,9 +145,10 @@ pub async fn serve(
         deliverer,
         outbox,
         inbox,
+        keys,
     } = gateway;
     let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);
-    let hooks = webhooks.map(|w| serve_webhooks(w, inbox.clone(), hooks_stopped));
+    let hooks = webhooks.map(|w| serve_webhooks(w, inbox.clone(), options.limits, hooks_stopped));
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -111,20 +161,34 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = if options.reflection {
+        (
+            Some(reflection().build_v1()?),
+            Some(reflection().build_v1alpha()?),
+        )
+    } else {
+        (None, None)
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = net::incoming(grpc.listener, grpc.tls, options.limits);
+    let messenger = MessengerService::new(
+        outbox,
+        inbox.clone(),
+        keys,
+        account_id,
+        options.default_timeout,
+    );
     // Pings find callers that vanished without closing (a NAT timeout, a
     // killed pod), so their connections do not linger.
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(options.max_concurrent_streams))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(MessengerService::new(outbox, inbox.clone(), account_id).into_server());
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(messenger.into_server());
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));

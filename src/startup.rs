@@ -11,17 +11,19 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, KeysCommand, NewKeyArgs};
 use crate::telemetry;
 
+use crate::auth::Keys;
 use crate::clock::{Clock, SystemClock};
 use crate::delivery::{Deliverer, DeliveryPolicy};
 use crate::graph::{Account, GraphClient};
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxPolicy};
 use crate::sandbox::{self, RunningSandbox};
-use crate::server::{self, Gateway, ServeError, ServeOptions, WebhookListener};
+use crate::server::{self, Gateway, Listener, ServeError, ServeOptions, WebhookListener};
 use crate::store::SqliteStore;
+use crate::tls::{ReloadableTls, TlsFiles};
 use crate::webhook::{self, WebhookSecrets};
 
 /// How long inbound events are kept for `Subscribe` by default.
@@ -43,7 +45,8 @@ pub enum Upstream {
 /// Everything the gateway is built from. `cli` fills it from arguments and
 /// the environment; tests fill it directly.
 pub struct Settings {
-    pub listen: SocketAddr,
+    /// `None`: 127.0.0.1:50051 without authentication, else all interfaces.
+    pub listen: Option<SocketAddr>,
     pub webhook_listen: SocketAddr,
     pub upstream: Upstream,
     /// `None`: webhooks are off (the sandbox makes its own).
@@ -54,14 +57,24 @@ pub struct Settings {
     pub serve: ServeOptions,
     pub event_retention: Duration,
     pub clock: Arc<dyn Clock>,
+    /// The API keys file; `None` with no client CA: no authentication.
+    pub api_keys: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address.
+    pub allow_unauthenticated: bool,
+    pub tls: Option<TlsFiles>,
+    pub webhook_tls: Option<TlsFiles>,
+    pub max_subscribers: usize,
 }
+
+/// The gRPC port when none is given.
+pub const DEFAULT_PORT: u16 = 50051;
 
 impl Settings {
     /// Loopback ports picked by the OS, the defaults for everything else.
     pub fn local(upstream: Upstream, data_dir: PathBuf) -> Self {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
-            listen: any_port,
+            listen: Some(any_port),
             webhook_listen: any_port,
             upstream,
             webhook_secrets: None,
@@ -71,6 +84,11 @@ impl Settings {
             serve: ServeOptions::default(),
             event_retention: DEFAULT_EVENT_RETENTION,
             clock: Arc::new(SystemClock),
+            api_keys: None,
+            allow_unauthenticated: false,
+            tls: None,
+            webhook_tls: None,
+            max_subscribers: Inbox::DEFAULT_MAX_SUBSCRIBERS,
         }
     }
 }
@@ -78,6 +96,9 @@ impl Settings {
 /// Why the gateway could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is wrong: the operator must fix it (exit 2).
+    #[error("{0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -95,7 +116,7 @@ pub enum StartError {
 /// A built gateway: its ports are bound, its store is open, nothing is
 /// served until [`Application::run_until`].
 pub struct Application {
-    grpc: TcpListener,
+    grpc: Listener,
     grpc_addr: SocketAddr,
     webhooks: Option<WebhookListener>,
     webhook_url: Option<String>,
@@ -103,10 +124,49 @@ pub struct Application {
     account: Account,
     gateway: Gateway,
     serve: ServeOptions,
+    keys: Arc<Keys>,
+    /// Reloaded with the keys on SIGHUP.
+    certificates: Vec<Arc<ReloadableTls>>,
+    grpc_tls: bool,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let keys = match &settings.api_keys {
+            Some(file) => {
+                Keys::from_file(file.clone()).map_err(|e| StartError::Config(e.to_string()))?
+            }
+            None => Keys::open(),
+        };
+        let load_tls = |files: &Option<TlsFiles>, alpn: &[&[u8]]| {
+            files
+                .clone()
+                .map(|f| ReloadableTls::load(f, alpn))
+                .transpose()
+                .map_err(|e| StartError::Config(e.to_string()))
+        };
+        let grpc_tls = load_tls(&settings.tls, &[b"h2"])?;
+        let webhook_tls = load_tls(&settings.webhook_tls, &[b"http/1.1"])?;
+        let mutual = grpc_tls.as_ref().is_some_and(|t| t.requires_client_certs());
+        if keys.is_open() && mutual {
+            return Err(StartError::Config(
+                "--tls-client-ca needs --api-keys: client certificates are matched to key entries (client_cert = \"...\")".into(),
+            ));
+        }
+        let authenticated = !keys.is_open();
+        let listen = settings.listen.unwrap_or_else(|| {
+            let ip = if authenticated {
+                [0, 0, 0, 0]
+            } else {
+                [127, 0, 0, 1]
+            };
+            SocketAddr::from((ip, DEFAULT_PORT))
+        });
+        if !authenticated && !listen.ip().is_loopback() && !settings.allow_unauthenticated {
+            return Err(StartError::Config(format!(
+                "refusing to serve {listen} without authentication: anyone who reaches it could send as the business and read its messages. Create a key with `messenger-gateway keys new --id my-service`, put its block in a file and pass --api-keys FILE (or listen on 127.0.0.1, or pass --allow-unauthenticated)"
+            )));
+        }
         let uses_sandbox = matches!(settings.upstream, Upstream::Sandbox { .. });
         // The sandbox signs the webhooks it makes up with a secret of its own,
         // never with a real app secret.
@@ -122,7 +182,14 @@ impl Application {
         let webhook_url = webhook_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
-            .map(|a| format!("http://{}{}", reachable(a), webhook::PATH));
+            .map(|a| {
+                let scheme = if settings.webhook_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}{}", reachable(a), webhook::PATH)
+            });
         let (account, sandbox) = match settings.upstream {
             Upstream::Graph(account) => (account, None),
             Upstream::Sandbox { listen } => {
@@ -139,8 +206,8 @@ impl Application {
                 (running.account.clone(), Some(running))
             }
         };
-        let grpc = bind(settings.listen).await?;
-        let grpc_addr = grpc.local_addr().unwrap_or(settings.listen);
+        let grpc = bind(listen).await?;
+        let grpc_addr = grpc.local_addr().unwrap_or(listen);
 
         let store_failed = |detail: String| StartError::Store {
             dir: settings.data_dir.display().to_string(),
@@ -149,7 +216,7 @@ impl Application {
         let store = Arc::new(
             SqliteStore::open(&settings.data_dir).map_err(|e| store_failed(e.to_string()))?,
         );
-        let inbox = Inbox::new(store, settings.clock)
+        let inbox = Inbox::new(store, settings.clock, settings.max_subscribers)
             .await
             .map_err(|e| store_failed(e.to_string()))?;
         tokio::spawn(
@@ -165,11 +232,17 @@ impl Application {
             settings.delivery,
         );
         let outbox = Outbox::new(deliverer.clone(), inbox.clone(), settings.outbox);
+        let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
         let webhooks = webhook_listener
             .zip(secrets)
-            .map(|(listener, secrets)| WebhookListener { listener, secrets });
+            .map(|(listener, secrets)| WebhookListener {
+                listener: Listener {
+                    listener,
+                    tls: webhook_tls,
+                },
+                secrets,
+            });
         Ok(Self {
-            grpc,
             grpc_addr,
             webhooks,
             webhook_url,
@@ -179,9 +252,17 @@ impl Application {
                 deliverer,
                 outbox,
                 inbox,
+                keys: keys.clone(),
             },
             account,
             serve: settings.serve,
+            keys,
+            certificates,
+            grpc_tls: grpc_tls.is_some(),
+            grpc: Listener {
+                listener: grpc,
+                tls: grpc_tls,
+            },
         })
     }
 
@@ -206,7 +287,63 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         // Kept alive for as long as the gateway sends to it.
         let _sandbox = self.sandbox;
-        server::serve(self.grpc, self.gateway, self.webhooks, self.serve, shutdown).await
+        let reloader = tokio::spawn(reload_on_sighup(self.keys, self.certificates));
+        let served =
+            server::serve(self.grpc, self.gateway, self.webhooks, self.serve, shutdown).await;
+        reloader.abort();
+        served
+    }
+
+    /// How callers are let in, for the banner.
+    pub fn mode(&self) -> String {
+        let transport = if self.grpc_tls { "TLS" } else { "plaintext" };
+        if self.keys.is_open() {
+            format!("{transport}, no authentication: every caller that reaches the port is trusted")
+        } else {
+            format!("{transport}, API keys required")
+        }
+    }
+
+    /// The keys in force, for tests that reload them.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+}
+
+/// SIGHUP re-reads the keys file and the certificates. A bad file is
+/// logged and what is in force stays.
+async fn reload_on_sighup(keys: Arc<Keys>, certificates: Vec<Arc<ReloadableTls>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: keys and certificates will not reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&keys, &certificates);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (keys, certificates);
+}
+
+/// Reloads keys and certificates, as SIGHUP does.
+pub fn reload(keys: &Keys, certificates: &[Arc<ReloadableTls>]) {
+    match keys.reload() {
+        Ok(n) if !keys.is_open() => tracing::info!(keys = n, "API keys reloaded"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "API keys not reloaded: the previous keys stay in force")
+        }
+    }
+    for tls in certificates {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificates not reloaded: the previous ones stay in force")
+            }
+        }
     }
 }
 
@@ -228,8 +365,10 @@ pub fn reachable(addr: SocketAddr) -> String {
 /// The binary's whole body: parse, set up, serve, and say why if it stops.
 /// Exit 2 is a configuration fault; 1 a failure to start or serve.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Keys(KeysCommand::New(new)) => return new_key(&new),
+    };
     // Held to the end so the last log lines are flushed.
     let _log_guard = telemetry::init(args.log_format);
     let settings = match args.into_settings(|name| std::env::var(name).ok()) {
@@ -262,7 +401,10 @@ pub fn main() -> ExitCode {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("messenger-gateway: {e}");
-                return ExitCode::FAILURE;
+                return match e {
+                    StartError::Config(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
         if webhooks_off {
@@ -284,6 +426,23 @@ pub fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `keys new`: the secret once on stdout, with the block to paste.
+fn new_key(args: &NewKeyArgs) -> ExitCode {
+    match crate::auth::new_key(&args.id, &args.accounts, &args.allow) {
+        Ok((secret, block)) => {
+            println!("{secret}");
+            println!();
+            println!("# Add to the --api-keys file; the secret above is shown only now.");
+            print!("{block}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// What a person needs to start using the gateway, on stdout.
@@ -322,6 +481,7 @@ fn announce(app: &Application) {
     if let Some(url) = app.webhook_url() {
         println!("webhooks at {url}");
     }
+    println!("callers: {}", app.mode());
     // Last, so a script that waits for it knows the banner is complete.
     println!("messenger-gateway listening on {local} (gRPC)");
     tracing::info!(%local, graph = %app.account().base_url, account = %app.account().account_id, "ready");

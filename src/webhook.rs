@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hmac::{Hmac, Mac};
@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::events::{PayloadError, parse_delivery};
 use crate::inbox::Inbox;
+use crate::refusals;
 use crate::store::StoreError;
 
 pub const PATH: &str = "/webhook";
@@ -25,6 +26,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Meta wants an answer within 5 s. If the store is slower than this, answer
 /// 503 so Meta redelivers (duplicates are dropped).
 const STORE_DEADLINE: Duration = Duration::from_secs(4);
+/// A body must arrive within this; a sender that trickles is cut off.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
 /// The app's webhook secrets. Never logged.
@@ -69,12 +72,15 @@ fn mac(app_secret: &str, body: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
+/// The 32 bytes of a well-formed `sha256=<64 hex>` header.
+fn parse_signature(header: Option<&str>) -> Option<Vec<u8>> {
+    let given = hex::decode(header?.strip_prefix("sha256=")?.trim()).ok()?;
+    (given.len() == 32).then_some(given)
+}
+
 /// Checks the signature over the raw bytes, in constant time.
 fn verify(app_secret: &str, header: Option<&str>, body: &[u8]) -> bool {
-    let Some(given) = header
-        .and_then(|h| h.strip_prefix("sha256="))
-        .and_then(|h| hex::decode(h.trim()).ok())
-    else {
+    let Some(given) = parse_signature(header) else {
         return false;
     };
     mac(app_secret, body).verify_slice(&given).is_ok()
@@ -85,6 +91,12 @@ fn verify(app_secret: &str, header: Option<&str>, body: &[u8]) -> bool {
 enum WebhookError {
     #[error("missing or invalid X-Hub-Signature-256")]
     BadSignature,
+    #[error("the body is over {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("the body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs())]
+    BodyTimeout,
+    #[error("the body could not be read")]
+    BodyBroken,
     #[error("{0}")]
     BadPayload(#[from] PayloadError),
     #[error("not stored: {0}")]
@@ -97,10 +109,19 @@ impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = match self {
             WebhookError::BadSignature => StatusCode::UNAUTHORIZED,
-            WebhookError::BadPayload(_) => StatusCode::BAD_REQUEST,
+            WebhookError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            WebhookError::BadPayload(_) | WebhookError::BodyBroken => StatusCode::BAD_REQUEST,
             WebhookError::Store(_) | WebhookError::StoreTooSlow => StatusCode::SERVICE_UNAVAILABLE,
         };
-        tracing::warn!(status = status.as_u16(), error = %self, "webhook delivery refused");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(status = status.as_u16(), error = %self, "webhook delivery not stored");
+        } else {
+            // Anyone can send junk: log it at a bounded rate.
+            refusals::log(
+                || tracing::warn!(status = status.as_u16(), error = %self, "webhook delivery refused"),
+            );
+        }
         (status, self.to_string()).into_response()
     }
 }
@@ -113,7 +134,6 @@ struct Hook {
 pub fn router(inbox: Arc<Inbox>, secrets: WebhookSecrets) -> Router {
     Router::new()
         .route(PATH, get(handshake).post(deliver))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(Hook { inbox, secrets }))
 }
 
@@ -132,13 +152,36 @@ async fn handshake(
     }
 }
 
+/// Everything that can be checked before the body is read is checked
+/// first: the signature header's shape and the declared length. Then the
+/// body must arrive in time and within the limit.
 async fn deliver(
     State(hook): State<Arc<Hook>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request<Body>,
 ) -> Result<&'static str, WebhookError> {
-    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    if !verify(&hook.secrets.app_secret, signature, &body) {
+    let headers = request.headers();
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if parse_signature(signature.as_deref()).is_none() {
+        return Err(WebhookError::BadSignature);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(WebhookError::TooLarge);
+    }
+    let read = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES);
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Err(_) => return Err(WebhookError::BodyTimeout),
+        Ok(Err(e)) if is_length_limit(&e) => return Err(WebhookError::TooLarge),
+        Ok(Err(_)) => return Err(WebhookError::BodyBroken),
+        Ok(Ok(body)) => body,
+    };
+    if !verify(&hook.secrets.app_secret, signature.as_deref(), &body) {
         return Err(WebhookError::BadSignature);
     }
     let events = parse_delivery(&body)?;
@@ -154,6 +197,17 @@ async fn deliver(
         "webhook delivery stored"
     );
     Ok("EVENT_RECEIVED")
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -10,13 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::delivery::log_outcome;
+use crate::auth::{Caller, Keys, Operation};
+use crate::delivery::{Budget, log_outcome};
 use crate::error::{FieldViolation, SendError};
+use crate::events::InboundEvent;
 use crate::inbox::Inbox;
 use crate::message::{Igsid, Sent};
+use crate::net::ConnInfo;
 use crate::outbox::Outbox;
+use crate::refusals;
 
 /// Code generated from `proto/messenger/v1/messenger.proto`.
 pub mod pb {
@@ -33,25 +40,95 @@ pub use pb::messenger_server::MessengerServer;
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// The `Messenger` service: sends go to the outbox; windows and the event
-/// stream come from the inbox.
+/// stream come from the inbox. Every call is checked against its caller's
+/// key before anything else happens.
 pub struct MessengerService {
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
-    /// The account windows are reported for.
+    keys: Arc<Keys>,
+    /// The account sends go out as, and windows are reported for.
     account_id: String,
+    /// The deadline of a call that brings none.
+    default_timeout: Duration,
 }
 
 impl MessengerService {
-    pub fn new(outbox: Arc<Outbox>, inbox: Arc<Inbox>, account_id: String) -> Self {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        inbox: Arc<Inbox>,
+        keys: Arc<Keys>,
+        account_id: String,
+        default_timeout: Duration,
+    ) -> Self {
         Self {
             outbox,
             inbox,
+            keys,
             account_id,
+            default_timeout,
         }
     }
 
-    pub fn into_server(self) -> MessengerServer<Self> {
-        MessengerServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    /// The service behind its authentication check.
+    pub fn into_server(self) -> InterceptedService<MessengerServer<Self>, Authenticate> {
+        let authenticate = Authenticate(self.keys.clone());
+        InterceptedService::new(
+            MessengerServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES),
+            authenticate,
+        )
+    }
+
+    /// The caller, cleared for `operation` on this gateway's account.
+    fn authorize<T>(&self, request: &Request<T>, operation: Operation) -> Result<Caller, Status> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::internal("the call was not authenticated"))?;
+        if let Err(e) = caller.authorize(operation, &self.account_id) {
+            tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %e, "call refused");
+            return Err(e.into());
+        }
+        Ok(caller)
+    }
+
+    /// The caller's deadline, or the default one: no send waits forever.
+    fn budget_of<T>(&self, request: &Request<T>) -> Budget {
+        Some(deadline_of(request).unwrap_or_else(|| Instant::now() + self.default_timeout)).into()
+    }
+}
+
+/// Finds the caller's key from `authorization: Bearer …` or a client
+/// certificate, and hands it to the handler; refuses unknown callers.
+#[derive(Clone)]
+pub struct Authenticate(Arc<Keys>);
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let identities = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.identities.0.clone())
+            .unwrap_or_default();
+        match self.0.authenticate(bearer, &identities) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            Err(e) => {
+                refusals::note("call without a valid API key");
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -63,17 +140,27 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let (message, request_id) = convert::message_from_pb(request.get_ref())
-            .map_err(|v| rejected("message", &request.get_ref().recipient_id, v))?;
+        let caller = self.authorize(&request, Operation::Send)?;
+        let span = tracing::info_span!("call", key = caller.id());
+        let budget = self.budget_of(&request);
+        let (message, request_id) = convert::message_from_pb(request.get_ref()).map_err(|v| {
+            span.in_scope(|| rejected("message", &request.get_ref().recipient_id, v))
+        })?;
         // Not kept while the send is under way.
         drop(request);
         let outbox = self.outbox.clone();
-        let sent =
-            finish_detached(
-                async move { outbox.send_message(message, request_id, deadline).await },
-            )
-            .await?;
+        let scope = caller.request_scope().to_owned();
+        let cancelled = budget.cancelled.clone();
+        let sent = finish_detached(
+            async move {
+                outbox
+                    .send_message(message, request_id.map(|id| (scope, id)), budget)
+                    .await
+            }
+            .instrument(span),
+            cancelled,
+        )
+        .await?;
         Ok(Response::new(pb::SendResponse {
             message_id: sent.message_id.unwrap_or_default(),
             recipient_id: sent.recipient_id,
@@ -85,13 +172,20 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendActionRequest>,
     ) -> Result<Response<pb::SendActionResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let action = convert::action_from_pb(request.get_ref())
-            .map_err(|v| rejected("action", &request.get_ref().recipient_id, v))?;
+        let caller = self.authorize(&request, Operation::SendAction)?;
+        let span = tracing::info_span!("call", key = caller.id());
+        let budget = self.budget_of(&request);
+        let action = convert::action_from_pb(request.get_ref()).map_err(|v| {
+            span.in_scope(|| rejected("action", &request.get_ref().recipient_id, v))
+        })?;
         drop(request);
         let outbox = self.outbox.clone();
-        let sent =
-            finish_detached(async move { outbox.send_action(&action, deadline).await }).await?;
+        let cancelled = budget.cancelled.clone();
+        let sent = finish_detached(
+            async move { outbox.send_action(&action, budget).await }.instrument(span),
+            cancelled,
+        )
+        .await?;
         Ok(Response::new(pb::SendActionResponse {
             recipient_id: sent.recipient_id,
             graph_calls: sent.graph_calls,
@@ -102,6 +196,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::GetWindowRequest>,
     ) -> Result<Response<pb::GetWindowResponse>, Status> {
+        self.authorize(&request, Operation::GetWindow)?;
         let recipient_id = request.into_inner().recipient_id;
         let user = Igsid::parse(&recipient_id).map_err(|e| {
             Status::from(SendError::InvalidRequest(vec![FieldViolation::new(
@@ -117,30 +212,46 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.authorize(&request, Operation::Subscribe)?;
         let after = request.into_inner().after;
-        let events = self.inbox.subscribe(after).await?;
-        let stream = ReceiverStream::new(events)
-            .map(|item| item.map(inbound::event_to_pb).map_err(Status::from));
+        if after > i64::MAX as u64 {
+            return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                "after",
+                format!("must be a seq this gateway gave (at most {})", i64::MAX),
+            )])
+            .into());
+        }
+        let sees = caller.clone();
+        let filter = Box::new(move |e: &InboundEvent| sees.sees(&e.account_id));
+        let keys = self.keys.clone();
+        let revoked = Box::pin(async move { keys.revoked(&caller).await });
+        let events = self.inbox.subscribe(after, filter, revoked).await?;
+        let stream = ReceiverStream::new(events).map(|item| {
+            item.map(|e| inbound::event_to_pb(Arc::unwrap_or_clone(e)))
+                .map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
 /// Logs and converts a request that failed validation.
-fn rejected(kind: &str, recipient: &str, violations: Vec<crate::error::FieldViolation>) -> Status {
+fn rejected(kind: &str, recipient: &str, violations: Vec<FieldViolation>) -> Status {
     let error = SendError::InvalidRequest(violations);
     log_outcome(kind, recipient, Instant::now(), Err(&error));
     error.into()
 }
 
-/// Runs a send on its own task: if the caller hangs up or its deadline fires
-/// first, the Graph call still completes and its outcome is still logged.
-/// Spawns at once (not `async fn`), so the handler's future holds only the
-/// join handle, not a copy of the whole send: that is memory per call in flight.
+/// Runs a send on its own task, so the handler's future holds only the join
+/// handle, not a copy of the whole send: that is memory per call in flight.
+/// If the caller hangs up, `cancelled` fires: a send still waiting for its
+/// Graph call is dropped unsent; one under way finishes and is logged.
 fn finish_detached(
     send: impl Future<Output = Result<Sent, SendError>> + Send + 'static,
+    cancelled: CancellationToken,
 ) -> impl Future<Output = Result<Sent, Status>> {
     let task = tokio::spawn(send);
     async move {
+        let _on_hang_up = cancelled.drop_guard();
         match task.await {
             Ok(result) => result.map_err(Status::from),
             Err(_) => Err(Status::internal("the send task failed")),

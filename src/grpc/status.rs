@@ -1,14 +1,16 @@
-//! The one place a [`SendError`] becomes a gRPC `Status`, with AIP-193
-//! details: exactly one ErrorInfo, BadRequest for invalid fields, RetryInfo
-//! where a retry can help.
+//! The one place core errors become a gRPC `Status`, with AIP-193 details:
+//! exactly one ErrorInfo, BadRequest for invalid fields, RetryInfo where a
+//! retry can help. Every status is bounded in size, whatever the request.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::clock::rfc3339;
-use crate::error::{Failure, Reason, SendError};
+use crate::error::{Failure, FieldViolation, Reason, SendError};
 use crate::inbox::SubscribeError;
 use crate::store::StoreError;
 
@@ -16,34 +18,96 @@ use crate::store::StoreError;
 pub const DOMAIN: &str = "messenger-gateway";
 
 /// Status messages travel in a header (16 KiB for all of them in tonic):
-/// keep Graph's words, but never a whole upstream body.
-const MAX_MESSAGE_BYTES: usize = 1024;
+/// keep Graph's words, but never a whole upstream body. With the limits
+/// below a status (message and details) stays under 8 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
 const MAX_METADATA_BYTES: usize = 256;
-/// RetryInfo when the gateway's own store failed.
-const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// A BadRequest names at most this many fields: enough to fix a request,
+/// too few to amplify a hostile one.
+pub const MAX_VIOLATIONS: usize = 20;
+const MAX_FIELD_BYTES: usize = 96;
+const MAX_DESCRIPTION_BYTES: usize = 160;
+/// RetryInfo when the gateway's own store failed, or it is shutting down.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// RetryInfo when too many subscriptions are open.
+const SUBSCRIBERS_RETRY: Duration = Duration::from_secs(5);
 
-pub fn code_for(error: &SendError) -> Code {
-    match error.reason() {
+/// The gRPC code for each reason; a failed send may refine it.
+fn code_of(reason: Reason) -> Code {
+    match reason {
         Reason::InvalidRequest | Reason::RejectedByGraph => Code::InvalidArgument,
         Reason::OutsideMessagingWindow
         | Reason::RecipientUnavailable
         | Reason::AccessTokenInvalid
         | Reason::PermissionMissing => Code::FailedPrecondition,
         Reason::RecipientNotFound => Code::NotFound,
-        Reason::RateLimited => Code::ResourceExhausted,
-        Reason::UpstreamUnavailable => Code::Unavailable,
-        Reason::DeliveryUnknown => match error.failure() {
-            Some(Failure::NoAnswerBeforeDeadline { .. }) => Code::DeadlineExceeded,
-            _ => Code::Unknown,
-        },
-        Reason::GraphError => Code::Unknown,
-        Reason::StoreUnavailable => Code::Unavailable,
+        Reason::RateLimited | Reason::Overloaded | Reason::MessageTooLarge => {
+            Code::ResourceExhausted
+        }
+        Reason::UpstreamUnavailable | Reason::StoreUnavailable | Reason::ShuttingDown => {
+            Code::Unavailable
+        }
+        Reason::DeliveryUnknown | Reason::GraphError => Code::Unknown,
+        Reason::ApiKeyInvalid => Code::Unauthenticated,
+        Reason::OperationNotAllowed | Reason::AccountNotAllowed => Code::PermissionDenied,
+        Reason::EventsPruned | Reason::AfterBeyondHead => Code::OutOfRange,
     }
+}
+
+pub fn code_for(error: &SendError) -> Code {
+    match (error.reason(), error.failure()) {
+        (Reason::DeliveryUnknown, Some(Failure::NoAnswerBeforeDeadline { .. })) => {
+            Code::DeadlineExceeded
+        }
+        (reason, _) => code_of(reason),
+    }
+}
+
+/// Builds a status with one ErrorInfo, cut to size.
+pub fn failure(
+    reason: Reason,
+    message: &str,
+    metadata: HashMap<String, String>,
+    retry: Option<Duration>,
+    violations: &[FieldViolation],
+) -> Status {
+    failure_with_code(
+        code_of(reason),
+        reason,
+        message,
+        metadata,
+        retry,
+        violations,
+    )
+}
+
+fn failure_with_code(
+    code: Code,
+    reason: Reason,
+    message: &str,
+    metadata: HashMap<String, String>,
+    retry: Option<Duration>,
+    violations: &[FieldViolation],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k, truncate(&v, MAX_METADATA_BYTES)))
+        .collect();
+    let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata);
+    for v in violations.iter().take(MAX_VIOLATIONS) {
+        details.add_bad_request_violation(
+            truncate(&v.field, MAX_FIELD_BYTES),
+            truncate(&v.description, MAX_DESCRIPTION_BYTES),
+        );
+    }
+    if retry.is_some() {
+        details.set_retry_info(retry);
+    }
+    Status::with_error_details(code, truncate(message, MAX_MESSAGE_BYTES), details)
 }
 
 impl From<SendError> for Status {
     fn from(error: SendError) -> Self {
-        let code = code_for(&error);
         let mut metadata = HashMap::new();
         if error.attempts() > 0 {
             metadata.insert("attempts".to_owned(), error.attempts().to_string());
@@ -55,7 +119,7 @@ impl From<SendError> for Status {
             if let Some(graph) = failure.graph_error() {
                 let mut put = |key: &str, value: Option<String>| {
                     if let Some(v) = value {
-                        metadata.insert(key.to_owned(), truncate(&v, MAX_METADATA_BYTES));
+                        metadata.insert(key.to_owned(), v);
                     }
                 };
                 put("graphCode", graph.code.map(|c| c.to_string()));
@@ -71,54 +135,50 @@ impl From<SendError> for Status {
         {
             metadata.insert("windowClosedAt".to_owned(), rfc3339(*at));
         }
-        let mut details = ErrorDetails::with_error_info(error.reason().as_str(), DOMAIN, metadata);
-        match &error {
-            SendError::InvalidRequest(violations) => {
-                for v in violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
-                }
-            }
-            SendError::Failed {
-                retry_after: Some(delay),
-                ..
-            } => {
-                details.set_retry_info(Some(*delay));
-            }
-            SendError::Failed { .. } => {}
-            SendError::OutsideWindow { .. } | SendError::MaybeDeliveredBefore(_) => {}
-            SendError::Store(_) => {
-                details.set_retry_info(Some(STORE_RETRY));
-            }
-        }
-        Status::with_error_details(
-            code,
-            truncate(&error.to_string(), MAX_MESSAGE_BYTES),
-            details,
+        let (retry, violations): (_, &[FieldViolation]) = match &error {
+            SendError::InvalidRequest(violations) => (None, violations),
+            SendError::Failed { retry_after, .. } => (*retry_after, &[]),
+            SendError::OutsideWindow { .. } | SendError::MaybeDeliveredBefore(_) => (None, &[]),
+            SendError::Store(_) => (Some(STORE_RETRY), &[]),
+            SendError::Overloaded { retry_after, .. } => (Some(*retry_after), &[]),
+        };
+        failure_with_code(
+            code_for(&error),
+            error.reason(),
+            &error.to_string(),
+            metadata,
+            retry,
+            violations,
         )
     }
 }
 
-/// The inbound side's failures: the store, or a resume point already pruned.
+/// The inbound side's failures.
 impl From<SubscribeError> for Status {
     fn from(error: SubscribeError) -> Self {
-        let (code, reason, metadata) = match &error {
+        let (reason, metadata, retry) = match &error {
             SubscribeError::Pruned { pruned_through } => (
-                Code::OutOfRange,
-                "EVENTS_PRUNED",
+                Reason::EventsPruned,
                 HashMap::from([("prunedThrough".to_owned(), pruned_through.to_string())]),
+                None,
             ),
-            SubscribeError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", HashMap::new()),
-            SubscribeError::Store(_) => (
-                Code::Unavailable,
-                Reason::StoreUnavailable.as_str(),
-                HashMap::new(),
+            SubscribeError::BeyondHead { head, .. } => (
+                Reason::AfterBeyondHead,
+                HashMap::from([("headSeq".to_owned(), head.to_string())]),
+                None,
             ),
+            SubscribeError::TooMany { .. } => {
+                (Reason::Overloaded, HashMap::new(), Some(SUBSCRIBERS_RETRY))
+            }
+            SubscribeError::ShuttingDown => {
+                (Reason::ShuttingDown, HashMap::new(), Some(STORE_RETRY))
+            }
+            SubscribeError::Revoked => (Reason::ApiKeyInvalid, HashMap::new(), None),
+            SubscribeError::Store(_) => {
+                (Reason::StoreUnavailable, HashMap::new(), Some(STORE_RETRY))
+            }
         };
-        let mut info = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
-        if code == Code::Unavailable {
-            info.set_retry_info(Some(STORE_RETRY));
-        }
-        Status::with_error_details(code, truncate(&error.to_string(), MAX_MESSAGE_BYTES), info)
+        failure(reason, &error.to_string(), metadata, retry, &[])
     }
 }
 
@@ -128,7 +188,31 @@ impl From<StoreError> for Status {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        let (reason, metadata) = match &error {
+            AuthError::InvalidKey => (Reason::ApiKeyInvalid, HashMap::new()),
+            AuthError::OperationNotAllowed { key_id, operation } => (
+                Reason::OperationNotAllowed,
+                HashMap::from([
+                    ("keyId".to_owned(), key_id.clone()),
+                    ("operation".to_owned(), operation.as_str().to_owned()),
+                ]),
+            ),
+            AuthError::AccountNotAllowed { key_id, account } => (
+                Reason::AccountNotAllowed,
+                HashMap::from([
+                    ("keyId".to_owned(), key_id.clone()),
+                    ("account".to_owned(), account.clone()),
+                ]),
+            ),
+        };
+        failure(reason, &error.to_string(), metadata, None, &[])
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (plus an ellipsis), on a char boundary.
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
@@ -142,8 +226,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{FieldViolation, GraphError};
-    use std::time::Duration;
+    use crate::error::GraphError;
 
     fn graph_failure(code: i64, subcode: Option<i64>) -> SendError {
         SendError::Failed {
@@ -277,5 +360,34 @@ mod tests {
         }
         let status = Status::from(error);
         assert!(status.message().len() <= MAX_MESSAGE_BYTES + 3);
+    }
+
+    #[test]
+    fn a_status_stays_small_however_many_and_long_the_violations() {
+        let violations: Vec<_> = (0..100_000)
+            .map(|i| {
+                FieldViolation::new(
+                    format!("quick_replies[{i}].title{}", "x".repeat(500)),
+                    "é".repeat(1000),
+                )
+            })
+            .collect();
+        let status = Status::from(SendError::InvalidRequest(violations));
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations.len(),
+            MAX_VIOLATIONS
+        );
+        let size = status.message().len() + status.details().len();
+        assert!(size < 8 * 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn every_reason_has_a_code_and_a_distinct_name() {
+        let names: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            assert_ne!(code_of(r), Code::Ok, "{r}");
+        }
     }
 }

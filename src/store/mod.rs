@@ -6,7 +6,10 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::broadcast;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +72,10 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// How long a delivery's dedup keys are kept at least, even after their
+/// events are pruned: Meta redelivers for up to 36 hours, and late.
+pub const DEDUP_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
 /// How long a `request_id` is remembered (AIP-155 suggests at least a day).
 pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -76,13 +83,16 @@ pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub trait Store: Send + Sync + 'static {
     /// Durably records new events (skipping ones already kept, by
     /// [`InboundEvent::dedup_key`]) and the windows they open, in one step.
-    /// `received_ms` also caps event times, so a clock ahead of ours cannot
-    /// stretch a window.
+    /// Event times are taken as given: the core caps them before.
     async fn ingest(
         &self,
         events: Vec<InboundEvent>,
         received_ms: UnixMs,
     ) -> Result<Ingested, StoreError>;
+
+    /// Every event as it is committed, in seq order. A receiver that falls
+    /// too far behind gets `Lagged` and reads the rest with `events_after`.
+    fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>>;
 
     /// Up to `limit` events with sequence numbers above `after`, in order.
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;

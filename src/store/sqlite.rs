@@ -15,10 +15,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    Claim, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError, StoredEvent,
+    Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
+    StoredEvent,
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
@@ -28,11 +29,14 @@ const MAX_BATCH: usize = 512;
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// Events committed, in seq order, for live subscribers.
+type Feed = broadcast::Sender<Arc<StoredEvent>>;
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
-    windows: RwLock<Windows>,
+    windows: Arc<RwLock<Windows>>,
+    feed: Feed,
 }
 
 /// The windows table in memory: per person, each account's facts.
@@ -54,8 +58,12 @@ fn apply(windows: &mut Windows, account: &str, user: &str, change: &WindowChange
         }
     };
     match *change {
+        // A person who writes reopens the window, whatever Graph said before
+        // and whichever clock is ahead.
         WindowChange::Inbound(at) => {
             facts.last_inbound_ms = Some(facts.last_inbound_ms.map_or(at, |l| l.max(at)));
+            facts.standard_refused_ms = None;
+            facts.human_agent_refused_ms = None;
         }
         WindowChange::Refused {
             at,
@@ -133,7 +141,18 @@ CREATE TABLE IF NOT EXISTS request_ids (
     outcome TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dedup (
+    key TEXT PRIMARY KEY,
+    seen_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_ms);
+-- Stores from before the dedup table kept keys only beside their events.
+INSERT OR IGNORE INTO dedup (key, seen_ms) SELECT dedup_key, received_ms FROM events;
 ";
+
+/// Events a live subscriber may fall behind by before it reads from the
+/// store instead.
+const FEED_CAPACITY: usize = 4096;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
@@ -146,13 +165,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 impl SqliteStore {
     /// Opens (creating if needed) `dir/gateway.sqlite3`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
+        create_private_dir(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("gateway.sqlite3");
         let writer_conn = open_connection(&path)?;
+        restrict_files(dir, &path)
+            .map_err(|e| StoreError::Backend(format!("cannot restrict {}: {e}", path.display())))?;
         writer_conn.execute_batch(SCHEMA)?;
         let reader = open_connection(&path)?;
-        let windows = RwLock::new(load_windows(&reader)?);
+        let windows = Arc::new(RwLock::new(load_windows(&reader)?));
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -162,6 +183,7 @@ impl SqliteStore {
             writer,
             reader: Arc::new(Mutex::new(reader)),
             windows,
+            feed: broadcast::Sender::new(FEED_CAPACITY),
         })
     }
 
@@ -169,11 +191,27 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like `write`, and once the write is committed, `then` runs on the
+    /// writer thread, in commit order, whether or not anyone still awaits
+    /// the answer (a webhook whose client hung up still updates the windows
+    /// mirror and wakes subscribers).
+    async fn write_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        then: impl FnOnce(&R) + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
             Box::new(move |committed| {
-                let _ = tx.send(committed.and(result));
+                let result = committed.and(result);
+                if let Ok(r) = &result {
+                    then(r);
+                }
+                let _ = tx.send(result);
             })
         });
         self.writer.send(job).map_err(|_| StoreError::Closed)?;
@@ -254,51 +292,72 @@ impl Store for SqliteStore {
         events: Vec<InboundEvent>,
         received_ms: UnixMs,
     ) -> Result<Ingested, StoreError> {
-        self.write(move |conn| {
-            // Looked up first: a conflicting insert would still use up a
-            // sequence number, and subscribers would see a gap.
-            let mut seen = conn.prepare_cached("SELECT 1 FROM events WHERE dedup_key = ?1")?;
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO events (dedup_key, received_ms, body) VALUES (?1, ?2, ?3)",
-            )?;
-            let mut open = conn.prepare_cached(
-                "INSERT INTO windows (account, user, last_inbound_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (account, user) DO UPDATE SET last_inbound_ms =
-                   MAX(COALESCE(last_inbound_ms, 0), excluded.last_inbound_ms)",
-            )?;
-            let mut done = Ingested {
-                new_events: 0,
-                duplicates: 0,
-                head: 0,
-            };
-            let mut opened = Vec::new();
-            for event in &events {
-                let body =
-                    serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let key = event.dedup_key();
-                if seen.exists(params![key])? {
-                    done.duplicates += 1;
-                    continue;
+        let windows = self.windows.clone();
+        let feed = self.feed.clone();
+        self.write_then(
+            move |conn| {
+                // Looked up first: a conflicting insert would still use up a
+                // sequence number, and subscribers would see a gap.
+                let mut seen = conn.prepare_cached("SELECT 1 FROM dedup WHERE key = ?1")?;
+                let mut remember =
+                    conn.prepare_cached("INSERT INTO dedup (key, seen_ms) VALUES (?1, ?2)")?;
+                let mut insert = conn.prepare_cached(
+                    "INSERT INTO events (dedup_key, received_ms, body) VALUES (?1, ?2, ?3)",
+                )?;
+                let mut open = conn.prepare_cached(
+                    "INSERT INTO windows (account, user, last_inbound_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (account, user) DO UPDATE SET last_inbound_ms =
+                       MAX(COALESCE(last_inbound_ms, 0), excluded.last_inbound_ms),
+                       standard_refused_ms = NULL, human_agent_refused_ms = NULL",
+                )?;
+                let mut done = Ingested {
+                    new_events: 0,
+                    duplicates: 0,
+                    head: 0,
+                };
+                let mut stored = Vec::new();
+                for event in events {
+                    let body = serde_json::to_string(&event)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let key = event.dedup_key();
+                    if seen.exists(params![key])? {
+                        done.duplicates += 1;
+                        continue;
+                    }
+                    remember.execute(params![key, received_ms])?;
+                    insert.execute(params![key, received_ms, body])?;
+                    done.new_events += 1;
+                    if event.opens_window() {
+                        open.execute(params![
+                            event.account_id,
+                            event.user_id(),
+                            opened_at(&event, received_ms)
+                        ])?;
+                    }
+                    stored.push(Arc::new(StoredEvent {
+                        seq: conn.last_insert_rowid() as u64,
+                        received_ms,
+                        event,
+                    }));
                 }
-                insert.execute(params![key, received_ms, body])?;
-                done.new_events += 1;
-                if event.opens_window() {
-                    let at = event.timestamp_ms.min(received_ms);
-                    open.execute(params![event.account_id, event.user_id(), at])?;
-                    opened.push((event.account_id.clone(), event.user_id().to_owned(), at));
+                done.head = head(conn)?;
+                Ok((done, stored))
+            },
+            move |(_, stored)| {
+                let mut mirror = windows.write().unwrap_or_else(|p| p.into_inner());
+                for e in stored.iter().filter(|e| e.event.opens_window()) {
+                    let change = WindowChange::Inbound(opened_at(&e.event, e.received_ms));
+                    apply(&mut mirror, &e.event.account_id, e.event.user_id(), &change);
                 }
-            }
-            done.head = head(conn)?;
-            Ok((done, opened))
-        })
+                drop(mirror);
+                for e in stored {
+                    // No receivers is not an error: nobody is listening.
+                    let _ = feed.send(e.clone());
+                }
+            },
+        )
         .await
-        .map(|(done, opened)| {
-            let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
-            for (account, user, at) in opened {
-                apply(&mut windows, &account, &user, &WindowChange::Inbound(at));
-            }
-            done
-        })
+        .map(|(done, _)| done)
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
@@ -321,6 +380,10 @@ impl Store for SqliteStore {
             Ok(events)
         })
         .await
+    }
+
+    fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.feed.subscribe()
     }
 
     async fn bounds(&self) -> Result<(u64, u64), StoreError> {
@@ -358,22 +421,26 @@ impl Store for SqliteStore {
         } else {
             "standard_refused_ms"
         };
-        self.write(move |conn| {
-            conn.execute(
-                &format!(
-                    "INSERT INTO windows (account, user, {column}) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (account, user) DO UPDATE SET {column} = excluded.{column}"
-                ),
-                params![account, user, at],
-            )?;
-            Ok((account, user))
-        })
+        let windows = self.windows.clone();
+        self.write_then(
+            move |conn| {
+                conn.execute(
+                    &format!(
+                        "INSERT INTO windows (account, user, {column}) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (account, user) DO UPDATE SET {column} = excluded.{column}"
+                    ),
+                    params![account, user, at],
+                )?;
+                Ok((account, user))
+            },
+            move |(account, user)| {
+                let change = WindowChange::Refused { at, human_agent };
+                let mut windows = windows.write().unwrap_or_else(|p| p.into_inner());
+                apply(&mut windows, account, user, &change);
+            },
+        )
         .await
-        .map(|(account, user)| {
-            let change = WindowChange::Refused { at, human_agent };
-            let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
-            apply(&mut windows, &account, &user, &change);
-        })
+        .map(|_| ())
     }
 
     async fn claim_request(
@@ -462,6 +529,12 @@ impl Store for SqliteStore {
                         params![last],
                     )?;
                 }
+                // Meta redelivers for up to 36 hours: the keys that catch
+                // redeliveries outlive the events they stand for.
+                conn.execute(
+                    "DELETE FROM dedup WHERE seen_ms < ?1",
+                    params![events_before.min(now - DEDUP_TTL.as_millis() as i64)],
+                )?;
                 pruned.request_ids = conn.execute(
                     "DELETE FROM request_ids WHERE claimed_ms < ?1",
                     params![now - REQUEST_ID_TTL.as_millis() as i64],
@@ -482,6 +555,44 @@ impl Store for SqliteStore {
         });
         Ok(pruned)
     }
+}
+
+/// A clock ahead of ours cannot stretch a window.
+fn opened_at(event: &InboundEvent, received_ms: UnixMs) -> UnixMs {
+    event.timestamp_ms.min(received_ms)
+}
+
+/// The data directory holds every direct message of the last days: only
+/// this user may read it.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// The database and its WAL files: owner only.
+fn restrict_files(dir: &Path, db: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![db.to_owned()];
+        for suffix in ["-wal", "-shm"] {
+            files.push(dir.join(format!("gateway.sqlite3{suffix}")));
+        }
+        for f in files.into_iter().filter(|f| f.exists()) {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let _ = (dir, db);
+    Ok(())
 }
 
 fn head(conn: &Connection) -> Result<u64, StoreError> {

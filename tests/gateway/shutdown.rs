@@ -49,6 +49,7 @@ async fn shutdown_lets_sends_in_flight_finish_and_refuses_new_calls() {
 async fn shutdown_gives_up_on_sends_that_outlast_the_grace_period() {
     let options = ServeOptions {
         shutdown_grace: Duration::from_millis(300),
+        ..ServeOptions::default()
     };
     let mut gw = TestGateway::builder().serve(options).start().await;
     gw.graph_answers(ok_reply().set_delay(Duration::from_secs(10)))
@@ -113,6 +114,7 @@ async fn health_goes_not_serving_on_shutdown_and_watchers_are_released() {
 async fn shutdown_ends_open_subscriptions_instead_of_waiting_out_the_grace() {
     let options = ServeOptions {
         shutdown_grace: Duration::from_secs(30),
+        ..ServeOptions::default()
     };
     let mut gw = TestGateway::builder().serve(options).start().await;
     let mut events = crate::inbound::subscribe(&gw, 0).await;

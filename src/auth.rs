@@ -1,0 +1,520 @@
+//! Who may call the gateway: API keys (kept only as SHA-256 hashes) or
+//! client-certificate identities, each with the operations and the accounts
+//! it may act for. Free of gRPC: the adapter reads the credentials off a
+//! request and asks [`Keys::authenticate`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+/// What a key may be allowed to do, as named in the keys file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Send,
+    SendAction,
+    GetWindow,
+    Subscribe,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Send,
+        Operation::SendAction,
+        Operation::GetWindow,
+        Operation::Subscribe,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Send => "send",
+            Operation::SendAction => "send_action",
+            Operation::GetWindow => "get_window",
+            Operation::Subscribe => "subscribe",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+}
+
+/// The prefix of every secret `keys new` makes, so a leaked one is easy to
+/// recognise (and to scan for).
+pub const SECRET_PREFIX: &str = "mgw_";
+/// Bytes of randomness in a secret (256 bits).
+const SECRET_BYTES: usize = 32;
+/// Key ids appear in logs, errors and request-id scopes: keep them plain.
+const MAX_ID_CHARS: usize = 64;
+
+/// One entry of the keys file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Key {
+    pub id: String,
+    /// `None`: every account ("*").
+    accounts: Option<HashSet<String>>,
+    allow: HashSet<Operation>,
+}
+
+impl Key {
+    pub fn may(&self, operation: Operation) -> bool {
+        self.allow.contains(&operation)
+    }
+
+    pub fn may_act_for(&self, account: &str) -> bool {
+        self.accounts.as_ref().is_none_or(|a| a.contains(account))
+    }
+}
+
+/// The caller of one request, once authenticated.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is off: every operation, every account.
+    Open,
+    Key(Arc<Key>),
+}
+
+/// Why a call is refused before it does anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a valid API key is required: send `authorization: Bearer <key>`")]
+    InvalidKey,
+    #[error("key {key_id:?} may not {}", .operation.as_str())]
+    OperationNotAllowed {
+        key_id: String,
+        operation: Operation,
+    },
+    #[error("key {key_id:?} may not act for account {account}")]
+    AccountNotAllowed { key_id: String, account: String },
+}
+
+impl Caller {
+    /// The key id for logs, or "-" when authentication is off.
+    pub fn id(&self) -> &str {
+        match self {
+            Caller::Open => "-",
+            Caller::Key(k) => &k.id,
+        }
+    }
+
+    /// Checks `operation` for `account`; nothing may happen on an error.
+    pub fn authorize(&self, operation: Operation, account: &str) -> Result<(), AuthError> {
+        let Caller::Key(key) = self else {
+            return Ok(());
+        };
+        if !key.may(operation) {
+            return Err(AuthError::OperationNotAllowed {
+                key_id: key.id.clone(),
+                operation,
+            });
+        }
+        if !key.may_act_for(account) {
+            return Err(AuthError::AccountNotAllowed {
+                key_id: key.id.clone(),
+                account: account.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether events of `account` may be shown to this caller.
+    pub fn sees(&self, account: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Key(k) => k.may_act_for(account),
+        }
+    }
+
+    /// The namespace of this caller's `request_id`s: two keys never share one.
+    pub fn request_scope(&self) -> &str {
+        match self {
+            Caller::Open => "",
+            Caller::Key(k) => &k.id,
+        }
+    }
+}
+
+/// A parsed keys file: secrets by hash, and certificate identities.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    by_hash: HashMap<[u8; 32], Arc<Key>>,
+    by_identity: HashMap<String, Arc<Key>>,
+}
+
+impl KeySet {
+    /// The key a bearer secret or one of a client certificate's identities
+    /// names. A secret is looked up by its hash, so the time taken says
+    /// nothing about how close a guess was.
+    pub fn find(&self, bearer: Option<&str>, identities: &[String]) -> Option<Arc<Key>> {
+        if let Some(secret) = bearer {
+            let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            return self.by_hash.get(&hash).cloned();
+        }
+        identities
+            .iter()
+            .find_map(|id| self.by_identity.get(id).cloned())
+    }
+
+    /// Whether `key` is still in force, unchanged.
+    pub fn holds(&self, key: &Arc<Key>) -> bool {
+        self.by_hash
+            .values()
+            .chain(self.by_identity.values())
+            .any(|k| k.as_ref() == key.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len() + self.by_identity.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Parses the text of a keys file; errors name `file`, the line and the
+    /// fault.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, KeysFileError> {
+        let at = |span: std::ops::Range<usize>, what: String| KeysFileError {
+            file: file.to_owned(),
+            line: line_of(text, span.start),
+            what,
+        };
+        let parsed: File = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            KeysFileError {
+                file: file.to_owned(),
+                line,
+                what: e.message().to_owned(),
+            }
+        })?;
+        let mut set = KeySet::default();
+        let mut ids = HashSet::new();
+        for entry in parsed.key {
+            let id = entry.id.get_ref();
+            if id.is_empty()
+                || id.len() > MAX_ID_CHARS
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(at(
+                    entry.id.span(),
+                    format!(
+                        "id {id:?} must be 1 to {MAX_ID_CHARS} letters, digits, '.', '_' or '-'"
+                    ),
+                ));
+            }
+            if !ids.insert(id.clone()) {
+                return Err(at(entry.id.span(), format!("duplicate id {id:?}")));
+            }
+            let mut allow = HashSet::new();
+            for op in &entry.allow {
+                match Operation::parse(op.get_ref()) {
+                    Some(o) => {
+                        allow.insert(o);
+                    }
+                    None => {
+                        return Err(at(
+                            op.span(),
+                            format!(
+                                "unknown operation {:?} (known: {})",
+                                op.get_ref(),
+                                Operation::ALL.map(Operation::as_str).join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            let mut accounts = HashSet::new();
+            for account in &entry.accounts {
+                let a = account.get_ref();
+                if a != "*" && (a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit())) {
+                    return Err(at(
+                        account.span(),
+                        format!("account {a:?} must be an Instagram account id (digits) or \"*\""),
+                    ));
+                }
+                accounts.insert(a.clone());
+            }
+            if accounts.is_empty() {
+                return Err(at(
+                    entry.id.span(),
+                    format!("key {id:?} needs accounts = [...] (ids, or \"*\" for all)"),
+                ));
+            }
+            let key = Arc::new(Key {
+                id: id.clone(),
+                accounts: (!accounts.contains("*")).then_some(accounts),
+                allow,
+            });
+            match (&entry.sha256, &entry.client_cert) {
+                (Some(hash), None) => {
+                    let bytes = hex::decode(hash.get_ref())
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .ok_or_else(|| {
+                            at(
+                                hash.span(),
+                                "sha256 must be 64 hex digits (the SHA-256 of the secret)".into(),
+                            )
+                        })?;
+                    if set.by_hash.insert(bytes, key).is_some() {
+                        return Err(at(hash.span(), "duplicate sha256".into()));
+                    }
+                }
+                (None, Some(identity)) if !identity.get_ref().is_empty() => {
+                    if set
+                        .by_identity
+                        .insert(identity.get_ref().clone(), key)
+                        .is_some()
+                    {
+                        return Err(at(identity.span(), "duplicate client_cert".into()));
+                    }
+                }
+                _ => {
+                    return Err(at(
+                        entry.id.span(),
+                        format!("key {id:?} needs exactly one of sha256 or client_cert"),
+                    ));
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn load(file: &Path) -> Result<Self, KeysFileError> {
+        let text = std::fs::read_to_string(file).map_err(|e| KeysFileError {
+            file: file.to_owned(),
+            line: 0,
+            what: e.to_string(),
+        })?;
+        Self::parse(file, &text)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    key: Vec<Entry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: toml::Spanned<String>,
+    sha256: Option<toml::Spanned<String>>,
+    client_cert: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    accounts: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<toml::Spanned<String>>,
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {what}", .file.display())]
+pub struct KeysFileError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub what: String,
+}
+
+/// The keys in force, swapped whole on reload. Open (no file) means every
+/// caller is let in.
+pub struct Keys {
+    file: Option<PathBuf>,
+    current: ArcSwap<KeySet>,
+    /// Bumped on every reload, so open streams re-check their key.
+    reloaded: watch::Sender<u64>,
+}
+
+impl Keys {
+    /// Authentication off.
+    pub fn open() -> Arc<Self> {
+        Arc::new(Self {
+            file: None,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            reloaded: watch::Sender::new(0),
+        })
+    }
+
+    pub fn from_file(file: PathBuf) -> Result<Arc<Self>, KeysFileError> {
+        let set = KeySet::load(&file)?;
+        Ok(Arc::new(Self {
+            file: Some(file),
+            current: ArcSwap::from_pointee(set),
+            reloaded: watch::Sender::new(0),
+        }))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Re-reads the file; on an error the keys in force stay.
+    pub fn reload(&self) -> Result<usize, KeysFileError> {
+        let Some(file) = &self.file else {
+            return Ok(0);
+        };
+        let set = KeySet::load(file)?;
+        let n = set.len();
+        self.current.store(Arc::new(set));
+        self.reloaded.send_modify(|n| *n += 1);
+        Ok(n)
+    }
+
+    pub fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        identities: &[String],
+    ) -> Result<Caller, AuthError> {
+        if self.is_open() {
+            return Ok(Caller::Open);
+        }
+        self.current
+            .load()
+            .find(bearer, identities)
+            .map(Caller::Key)
+            .ok_or(AuthError::InvalidKey)
+    }
+
+    /// Resolves once `caller`'s key is no longer in force (never for `Open`).
+    pub async fn revoked(&self, caller: &Caller) {
+        let Caller::Key(key) = caller else {
+            return std::future::pending().await;
+        };
+        let mut reloads = self.reloaded.subscribe();
+        loop {
+            if !self.current.load().holds(key) {
+                return;
+            }
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// A fresh secret and its keys-file entry, for `keys new`.
+pub fn new_key(
+    id: &str,
+    accounts: &[String],
+    allow: &[String],
+) -> Result<(String, String), String> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::fill(&mut bytes);
+    let secret = format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hex::encode(Sha256::digest(secret.as_bytes()));
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let block = format!(
+        "[[key]]\nid = {id:?}\nsha256 = \"{hash}\"\naccounts = [{}]\nallow = [{}]\n",
+        list(accounts),
+        list(allow)
+    );
+    // The block must load, or the operator would find out at the next start.
+    KeySet::parse(Path::new("<keys new>"), &block).map_err(|e| e.what)?;
+    Ok((secret, block))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<KeySet, KeysFileError> {
+        KeySet::parse(Path::new("keys.toml"), text)
+    }
+
+    fn entry(id: &str, secret: &str) -> String {
+        format!(
+            "[[key]]\nid = \"{id}\"\nsha256 = \"{}\"\naccounts = [\"*\"]\nallow = [\"send\"]\n",
+            hex::encode(Sha256::digest(secret.as_bytes()))
+        )
+    }
+
+    #[test]
+    fn a_secret_is_found_by_its_hash_and_nothing_else() {
+        let set = parse(&entry("billing", "mgw_abc")).unwrap();
+        assert_eq!(set.find(Some("mgw_abc"), &[]).unwrap().id, "billing");
+        assert!(set.find(Some("mgw_abd"), &[]).is_none());
+        assert!(set.find(None, &[]).is_none());
+        let hash = hex::encode(Sha256::digest(b"mgw_abc"));
+        assert!(set.find(Some(&hash), &[]).is_none(), "the hash is no key");
+    }
+
+    #[test]
+    fn faults_in_the_file_name_the_line() {
+        let dup = format!("{}\n{}", entry("a", "x"), entry("a", "y"));
+        let e = parse(&dup).unwrap_err();
+        assert_eq!((e.line, e.what.as_str()), (8, "duplicate id \"a\""));
+        let same_hash = format!("{}\n{}", entry("a", "x"), entry("b", "x"));
+        let e = parse(&same_hash).unwrap_err();
+        assert_eq!((e.line, e.what.as_str()), (9, "duplicate sha256"));
+        let bad_op = entry("a", "x").replace("\"send\"", "\"send\", \"delete_all\"");
+        let e = parse(&bad_op).unwrap_err();
+        assert_eq!(e.line, 5);
+        assert!(e.what.contains("unknown operation \"delete_all\""), "{e}");
+        let e = parse("[[key]\nid=1").unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.to_string().starts_with("keys.toml:1: "), "{e}");
+        let e = parse(&entry("a", "x").replace("sha256", "sha265")).unwrap_err();
+        assert!(e.what.contains("sha265"), "{e}");
+        let e = parse(&entry("a b", "x")).unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn a_key_is_held_to_its_operations_and_accounts() {
+        let text = "[[key]]\nid = \"shop\"\nsha256 = \"".to_owned()
+            + &hex::encode(Sha256::digest(b"s"))
+            + "\"\naccounts = [\"111\"]\nallow = [\"send\", \"subscribe\"]\n";
+        let set = parse(&text).unwrap();
+        let caller = Caller::Key(set.find(Some("s"), &[]).unwrap());
+        assert!(caller.authorize(Operation::Send, "111").is_ok());
+        assert!(matches!(
+            caller.authorize(Operation::GetWindow, "111"),
+            Err(AuthError::OperationNotAllowed { .. })
+        ));
+        assert!(matches!(
+            caller.authorize(Operation::Send, "222"),
+            Err(AuthError::AccountNotAllowed { .. })
+        ));
+        assert!(caller.sees("111") && !caller.sees("222"));
+    }
+
+    #[test]
+    fn new_keys_are_long_random_url_safe_and_load() {
+        let all = vec!["*".to_owned()];
+        let (a, block) = new_key("svc", &all, &["send".into()]).unwrap();
+        let (b, _) = new_key("svc", &all, &["send".into()]).unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() >= SECRET_PREFIX.len() + 43);
+        assert!(
+            a[4..]
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert!(!block.contains(&a), "only the hash is written down");
+        let set = parse(&block).unwrap();
+        assert_eq!(set.find(Some(&a), &[]).unwrap().id, "svc");
+        assert!(new_key("svc", &all, &["fly".into()]).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! Accepting connections under limits, for both ports: at most
+//! `max_connections` open, a TLS handshake and a first byte within
+//! `first_byte_timeout` (a client that connects and says nothing is
+//! dropped), and TLS when configured.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::refusals;
+use crate::tls::{PeerIdentities, ReloadableTls, identities};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// For the TLS handshake, and then for the first byte of the request.
+    pub first_byte_timeout: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            first_byte_timeout: Self::DEFAULT_FIRST_BYTE_TIMEOUT,
+        }
+    }
+}
+
+/// Accepts on `listener` until the returned stream is dropped. Past the
+/// connection limit, new connections wait in the kernel's backlog.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ReloadableTls>>,
+    limits: Limits,
+) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+                () = tx.closed() => return,
+            };
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = tls.clone() else {
+                let conn = Conn::new(Io::Plain(stream), permit, remote, limits, None);
+                if tx.send(Ok(conn)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            // Handshakes run beside the accept loop: one slow client
+            // cannot hold up the others.
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let acceptor = tls.acceptor();
+                let handshake =
+                    tokio::time::timeout(limits.first_byte_timeout, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        let ids = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(identities)
+                            .unwrap_or_default();
+                        let conn =
+                            Conn::new(Io::Tls(Box::new(stream)), permit, remote, limits, Some(ids));
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => refusals::log(
+                        || tracing::warn!(%remote, error = %e, "refused: TLS handshake failed"),
+                    ),
+                    Err(_) => refusals::note("TLS handshake not finished in time"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// One accepted connection: holds its slot until dropped.
+pub struct Conn {
+    io: Io,
+    info: ConnInfo,
+    /// Until the first byte arrives.
+    first_byte: Option<Pin<Box<Sleep>>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What every request of a connection carries: the peer and, over mutual
+/// TLS, what its certificate proves.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub identities: PeerIdentities,
+}
+
+impl Conn {
+    fn new(
+        io: Io,
+        slot: OwnedSemaphorePermit,
+        remote: SocketAddr,
+        limits: Limits,
+        ids: Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            io,
+            info: ConnInfo {
+                remote,
+                identities: PeerIdentities(ids.unwrap_or_default().into()),
+            },
+            first_byte: Some(Box::pin(tokio::time::sleep(limits.first_byte_timeout))),
+            _slot: slot,
+        }
+    }
+
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        if let Some(timer) = &mut this.first_byte {
+            match read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
+                Poll::Pending => {
+                    ready!(timer.as_mut().poll(cx));
+                    refusals::note("a connection sent nothing in time");
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                _ => {}
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}

@@ -1,0 +1,43 @@
+//! Refused input (bad keys, bad signatures, oversized or stalled requests)
+//! is logged at a bounded rate: a flood of it cannot fill the disk or keep
+//! the log writer busy. What is not logged is counted and reported.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Refusal lines written per second at most.
+pub const PER_SECOND: u64 = 10;
+
+static SECOND: AtomicU64 = AtomicU64::new(0);
+static LOGGED: AtomicU64 = AtomicU64::new(0);
+static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `log` (which writes one line) unless this second's share is spent.
+pub fn log(log: impl FnOnce()) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        LOGGED.store(0, Ordering::Relaxed);
+        let missed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            tracing::warn!(suppressed = missed, "more refusals than are logged");
+        }
+    }
+    if LOGGED.fetch_add(1, Ordering::Relaxed) < PER_SECOND {
+        log();
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A refusal in a few words.
+pub fn note(what: &'static str) {
+    log(|| tracing::warn!("refused: {what}"));
+}
+
+/// Refusals not logged since the last report.
+pub fn suppressed() -> u64 {
+    SUPPRESSED.load(Ordering::Relaxed)
+}
