@@ -101,17 +101,23 @@ impl Caller {
         }
     }
 
+    /// Checks `operation` alone.
+    pub fn authorize_operation(&self, operation: Operation) -> Result<(), AuthError> {
+        match self {
+            Caller::Key(key) if !key.may(operation) => Err(AuthError::OperationNotAllowed {
+                key_id: key.id.clone(),
+                operation,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks `operation` for `account`; nothing may happen on an error.
     pub fn authorize(&self, operation: Operation, account: &str) -> Result<(), AuthError> {
+        self.authorize_operation(operation)?;
         let Caller::Key(key) = self else {
             return Ok(());
         };
-        if !key.may(operation) {
-            return Err(AuthError::OperationNotAllowed {
-                key_id: key.id.clone(),
-                operation,
-            });
-        }
         if !key.may_act_for(account) {
             return Err(AuthError::AccountNotAllowed {
                 key_id: key.id.clone(),

@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Reloaded on SIGHUP.
     #[arg(long, env = "MESSENGER_GATEWAY_API_KEYS")]
     api_keys: Option<PathBuf>,
+    /// Accept an http:// Graph URL to a host other than this machine.
+    #[arg(long, env = "MESSENGER_GATEWAY_ALLOW_INSECURE_GRAPH")]
+    allow_insecure_graph: bool,
     /// Serve a non-loopback address with no authentication at all.
     #[arg(long, env = "MESSENGER_GATEWAY_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
@@ -193,7 +196,7 @@ impl ServeArgs {
         let account = if self.sandbox {
             None
         } else {
-            config::account_from_env(&env)?
+            config::account_from_env(&env, self.allow_insecure_graph)?
         };
         let webhook_secrets = config::webhook_secrets_from_env(&env)?;
         if account.is_none() && !self.sandbox && webhook_secrets.is_some() {

@@ -27,6 +27,7 @@ pub struct ConfigError {
 /// falls through to `INSTAGRAM_GRAPH_API_URL` instead of breaking the URL.
 pub fn account_from_env(
     var: impl Fn(&str) -> Option<String>,
+    allow_insecure_graph: bool,
 ) -> Result<Option<Account>, ConfigError> {
     let get = |name: &'static str| var(name).filter(|v| !v.is_empty()).map(|v| (name, v));
     if VARIABLES.iter().all(|name| get(name).is_none()) {
@@ -37,19 +38,16 @@ pub fn account_from_env(
     let base = get("INSTAGRAM_API_URL").or_else(|| get("INSTAGRAM_GRAPH_API_URL"));
     let base_url = match base {
         None => Some(DEFAULT_GRAPH_URL.to_owned()),
-        Some((name, value)) => match url::Url::parse(&value) {
-            Ok(u)
-                if matches!(u.scheme(), "http" | "https")
-                    && u.host().is_some()
-                    && u.query().is_none()
-                    && u.fragment().is_none() =>
-            {
-                Some(value)
-            }
-            _ => {
-                problems.push(format!(
-                    "{name} must be an http(s) URL without query or fragment, such as {DEFAULT_GRAPH_URL} (got {value:?})"
-                ));
+        Some((name, value)) => match check_graph_url(&value, allow_insecure_graph) {
+            Ok(()) => Some(value),
+            Err(why) => {
+                // Never echo a URL that carries credentials.
+                let shown = if why == CREDENTIALS_IN_URL {
+                    String::new()
+                } else {
+                    format!(" (got {value:?})")
+                };
+                problems.push(format!("{name} {why}{shown}"));
                 None
             }
         },
@@ -96,6 +94,40 @@ pub fn account_from_env(
     }
 }
 
+const CREDENTIALS_IN_URL: &str =
+    "must not carry a user name or password: the token goes in INSTAGRAM_ACCESS_TOKEN";
+
+/// The Graph base URL: https, or http only to this machine (tests, the
+/// sandbox) unless `allow_insecure`: the token must not cross a network in
+/// clear text.
+fn check_graph_url(value: &str, allow_insecure: bool) -> Result<(), String> {
+    let shape =
+        format!("must be an http(s) URL without query or fragment, such as {DEFAULT_GRAPH_URL}");
+    let u = url::Url::parse(value).map_err(|_| shape.clone())?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.host().is_none()
+        || u.query().is_some()
+        || u.fragment().is_some()
+    {
+        return Err(shape);
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(CREDENTIALS_IN_URL.into());
+    }
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if u.scheme() == "http" && !loopback && !allow_insecure {
+        return Err(
+            "must be https:// (http:// only to localhost, or with --allow-insecure-graph)".into(),
+        );
+    }
+    Ok(())
+}
+
 /// The webhook secrets, or `None` when neither variable is set (webhooks
 /// are then off). One without the other is a mistake worth stopping for.
 pub fn webhook_secrets_from_env(
@@ -130,14 +162,47 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
+    fn account_from_env_test(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Account>, ConfigError> {
+        account_from_env(var, false)
+    }
+
+    #[test]
+    fn graph_urls_keep_the_token_safe() {
+        let with = |url: &str, insecure: bool| {
+            account_from_env(
+                env(&[
+                    ("INSTAGRAM_API_URL", url),
+                    ("INSTAGRAM_ACCOUNT_ID", "1"),
+                    ("INSTAGRAM_ACCESS_TOKEN", "t"),
+                ]),
+                insecure,
+            )
+        };
+        let err = with("https://user:hunter2@graph.example/v25.0", false).unwrap_err();
+        assert!(err.to_string().contains("user name or password"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(with("http://graph.example/v25.0", false).is_err());
+        assert!(with("http://graph.example/v25.0", true).is_ok());
+        for local in [
+            "http://127.0.0.1:9/v25.0",
+            "http://localhost:9/v25.0",
+            "http://[::1]:9/x",
+        ] {
+            assert!(with(local, false).is_ok(), "{local}");
+        }
+        assert!(with("https://graph.instagram.com/v25.0", false).is_ok());
+    }
+
     #[test]
     fn nothing_set_means_no_account() {
         assert_eq!(
-            account_from_env(env(&[])).unwrap().map(|a| a.base_url),
+            account_from_env_test(env(&[])).unwrap().map(|a| a.base_url),
             None
         );
         assert!(
-            account_from_env(env(&[("INSTAGRAM_API_URL", "")]))
+            account_from_env_test(env(&[("INSTAGRAM_API_URL", "")]))
                 .unwrap()
                 .is_none()
         );
@@ -145,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_pair_wins_over_the_real_account_pair() {
-        let account = account_from_env(env(&[
+        let account = account_from_env_test(env(&[
             ("INSTAGRAM_API_URL", "http://127.0.0.1:9/sandbox/v25.0/"),
             (
                 "INSTAGRAM_GRAPH_API_URL",
@@ -165,7 +230,7 @@ mod tests {
 
     #[test]
     fn the_real_account_pair_is_used_when_the_sandbox_pair_is_absent() {
-        let account = account_from_env(env(&[
+        let account = account_from_env_test(env(&[
             ("INSTAGRAM_API_URL", ""),
             (
                 "INSTAGRAM_GRAPH_API_URL",
@@ -184,7 +249,7 @@ mod tests {
 
     #[test]
     fn the_base_url_defaults_to_graph_instagram_com() {
-        let account = account_from_env(env(&[
+        let account = account_from_env_test(env(&[
             ("INSTAGRAM_USER_ID", "me"),
             ("INSTAGRAM_ACCESS_TOKEN", "tok"),
         ]))
@@ -198,7 +263,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_named_at_once_and_the_token_is_never_echoed() {
-        let err = account_from_env(env(&[
+        let err = account_from_env_test(env(&[
             ("INSTAGRAM_API_URL", "ftp://x"),
             ("INSTAGRAM_ACCOUNT_ID", "jane"),
             ("INSTAGRAM_ACCESS_TOKEN", "secret value"),
@@ -215,7 +280,7 @@ mod tests {
         }
         assert!(!text.contains("secret"), "{text}");
 
-        let err = account_from_env(env(&[(
+        let err = account_from_env_test(env(&[(
             "INSTAGRAM_GRAPH_API_URL",
             "https://graph.instagram.com/v25.0",
         )]))

@@ -11,7 +11,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Failure, Reason, SendError};
+use crate::error::{Failure, Reason, SendError, truncate};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
 
@@ -285,6 +285,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// What of a caller's input a log line repeats, at most: a line stays
+/// under 2 KiB whatever was sent.
+const LOGGED_RECIPIENT_BYTES: usize = 64;
+const LOGGED_ERROR_BYTES: usize = 1024;
+
 /// The one log line per send.
 pub fn log_outcome(
     kind: &str,
@@ -293,6 +298,8 @@ pub fn log_outcome(
     result: Result<&Sent, &SendError>,
 ) {
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let recipient = truncate(recipient, LOGGED_RECIPIENT_BYTES);
+    let recipient = recipient.as_str();
     match result {
         Ok(sent) => tracing::info!(
             kind,
@@ -314,7 +321,7 @@ pub fn log_outcome(
                 fbtrace_id = graph.and_then(|g| g.fbtrace_id.as_deref()),
                 attempts = error.attempts(),
                 latency_ms,
-                error = %error,
+                error = %truncate(&error.to_string(), LOGGED_ERROR_BYTES),
                 "send failed"
             )
         }

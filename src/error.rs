@@ -303,6 +303,19 @@ impl SendError {
     }
 }
 
+/// Cuts `s` to at most `max` bytes (plus an ellipsis), on a char boundary:
+/// what a caller sent is echoed in errors and logs only this far.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 fn describe_violations(violations: &[FieldViolation]) -> String {
     violations
         .iter()

@@ -4,6 +4,9 @@
 //! The client knows nothing of retries or gRPC; it makes one attempt and
 //! says exactly how it ended (see [`Failure`]).
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,11 +112,23 @@ impl GraphClient {
     /// One connection pool for the process; `connect_timeout` bounds the part
     /// of an attempt during which nothing has been sent yet.
     pub fn new(connect_timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with(Self::settings(connect_timeout))
+    }
+
+    fn settings(connect_timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect would carry the token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("messenger-gateway/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// The outermost connector layer marks attempts that wait for a connection.
+    fn with(settings: reqwest::ClientBuilder) -> Self {
+        let http = settings
+            .connector_layer(tower::layer::layer_fn(WatchConnect))
             .build()
             .expect("the HTTP client's fixed settings are valid");
         Self { http }
@@ -154,12 +169,94 @@ impl GraphClient {
                 retry_after,
             })
         };
+        let connecting = Arc::new(AtomicBool::new(false));
+        let attempt = CONNECTING.scope(connecting.clone(), attempt);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
+            // Still opening the connection: nothing was written.
+            Err(_) if connecting.load(Ordering::SeqCst) => Err(Failure::NotSent {
+                detail: format!("no connection to Graph within {} ms", timeout.as_millis()),
+            }
+            .into()),
             Err(_) => Err(Failure::NoAnswerBeforeDeadline {
                 detail: format!("waited {} ms", timeout.as_millis()),
             }
             .into()),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Set while the attempt of this task waits for a new connection.
+    static CONNECTING: Arc<AtomicBool>;
+}
+
+/// Marks an attempt as "connecting" while the connection it asked for is
+/// being opened on its behalf, so a timeout then is known to be "not sent".
+#[derive(Clone)]
+struct WatchConnect<S>(S);
+
+impl<S: tower::Service<R>, R> tower::Service<R> for WatchConnect<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Connecting<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let flag = CONNECTING.try_with(Arc::clone).ok();
+        if let Some(f) = &flag {
+            f.store(true, Ordering::SeqCst);
+        }
+        Connecting {
+            inner: Box::pin(self.0.call(request)),
+            flag,
+        }
+    }
+}
+
+/// A connect in progress. If the pool hands the attempt another connection
+/// first, hyper finishes this one in the background, in another task: from
+/// then on the attempt no longer waits for it, so the mark is cleared.
+struct Connecting<F> {
+    inner: Pin<Box<F>>,
+    flag: Option<Arc<AtomicBool>>,
+}
+
+impl<F: Future> Future for Connecting<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        if let Some(f) = &self.flag {
+            let ours = CONNECTING
+                .try_with(|current| Arc::ptr_eq(current, f))
+                .unwrap_or(false);
+            if !ours {
+                f.store(false, Ordering::SeqCst);
+            }
+        }
+        let polled = self.inner.as_mut().poll(cx);
+        if polled.is_ready() {
+            self.clear();
+        }
+        polled
+    }
+}
+
+impl<F> Connecting<F> {
+    /// Not on drop: an attempt cut off by its deadline drops the connect
+    /// it waits for, and must still read that it was connecting.
+    fn clear(&mut self) {
+        if let Some(f) = self.flag.take() {
+            f.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -221,9 +318,17 @@ fn interpret(http_status: u16, raw: &[u8]) -> Result<GraphReply, Failure> {
     })
 }
 
+/// The longest wait a Graph hint may ask for: beyond, a number is more
+/// likely garbage than advice.
+pub const MAX_RETRY_HINT: Duration = Duration::from_secs(60 * 60);
+
 /// `Retry-After` (seconds), or the longest `estimated_time_to_regain_access`
-/// (minutes) in `X-Business-Use-Case-Usage`.
+/// (minutes) in `X-Business-Use-Case-Usage`; at most [`MAX_RETRY_HINT`].
 fn retry_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    retry_hint_unclamped(headers).map(|d| d.min(MAX_RETRY_HINT))
+}
+
+fn retry_hint_unclamped(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Some(secs) = headers
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
@@ -241,7 +346,7 @@ fn retry_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .flatten()
         .filter_map(|u| u.get("estimated_time_to_regain_access")?.as_u64())
         .max()?;
-    (minutes > 0).then(|| Duration::from_secs(minutes * 60))
+    (minutes > 0).then(|| Duration::from_secs(minutes.saturating_mul(60)))
 }
 
 // ---- request bodies: borrowed views of the validated message ----
@@ -788,6 +893,24 @@ mod tests {
     }
 
     #[test]
+    fn retry_hints_are_clamped_to_an_hour_without_overflow() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(retry_hint(&h), Some(MAX_RETRY_HINT));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "x-business-use-case-usage",
+            HeaderValue::from_static(
+                r#"{"1":[{"estimated_time_to_regain_access":18446744073709551615}]}"#,
+            ),
+        );
+        assert_eq!(retry_hint(&h), Some(MAX_RETRY_HINT));
+    }
+
+    #[test]
     fn the_token_never_shows_in_debug_output() {
         let token = AccessToken::new("IGQVJ-secret-token");
         let account = Account::new("http://127.0.0.1:1/v25.0/", "me", &token).unwrap();
@@ -796,5 +919,84 @@ mod tests {
             "http://127.0.0.1:1/v25.0/me/messages"
         );
         assert!(!format!("{token:?}{account:?}").contains("secret"));
+    }
+
+    /// A connector that takes its time, as a far or overloaded host does.
+    #[derive(Clone)]
+    struct SlowConnect<S>(S);
+
+    impl<S, R> tower::Service<R> for SlowConnect<S>
+    where
+        S: tower::Service<R> + Clone + Send + 'static,
+        S::Future: Send,
+        R: Send + 'static,
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), S::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: R) -> Self::Future {
+            let call = self.0.call(request);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                call.await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_while_connecting_is_not_sent_and_one_after_is_unknown() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_string(r#"{"recipient_id":"1","message_id":"m"}"#)
+                    .set_delay(Duration::from_millis(600)),
+            )
+            .mount(&server)
+            .await;
+        let account = Account::new(&server.uri(), "1", &AccessToken::new("t")).unwrap();
+        let slow = GraphClient::with(
+            GraphClient::settings(Duration::from_secs(5))
+                .connector_layer(tower::layer::layer_fn(SlowConnect)),
+        );
+        let connecting = slow
+            .post_messages(
+                &account,
+                Bytes::from_static(b"{}"),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(connecting.failure, Failure::NotSent { .. }),
+            "{connecting:?}"
+        );
+        assert_eq!(server.received_requests().await.unwrap().len(), 0);
+
+        let fast = GraphClient::new(Duration::from_secs(5));
+        let answered_late = fast
+            .post_messages(
+                &account,
+                Bytes::from_static(b"{}"),
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                answered_late.failure,
+                Failure::NoAnswerBeforeDeadline { .. }
+            ),
+            "{answered_late:?}"
+        );
     }
 }

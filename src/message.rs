@@ -100,6 +100,24 @@ impl GraphId {
     }
 }
 
+/// Text shown to a person may hold tabs and line breaks, but no other
+/// control characters (they render as garbage or hide content).
+fn no_control_characters(s: &str) -> Result<(), Invalid> {
+    match s
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        Some(c) => Err(format!(
+            "must not contain control characters (found U+{:04X}); \\t, \\n and \\r are allowed",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The reactions Instagram documents for `sender_action: react`.
+pub const REACTIONS: [&str; 1] = ["love"];
+
 /// Message text: 1 to 1000 UTF-8 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Text(String);
@@ -116,6 +134,7 @@ impl Text {
                 limits::TEXT_BYTES
             ));
         }
+        no_control_characters(s)?;
         Ok(Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -159,6 +178,7 @@ impl Label {
                 "is {chars} characters; at most {max_chars} allowed"
             ));
         }
+        no_control_characters(s)?;
         Ok(Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -178,6 +198,7 @@ impl Payload {
         if s.len() > limits::PAYLOAD_BYTES {
             return Err(format!("must be at most {} bytes", limits::PAYLOAD_BYTES));
         }
+        no_control_characters(s)?;
         Ok(Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {

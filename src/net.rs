@@ -25,18 +25,24 @@ pub struct Limits {
     pub max_connections: usize,
     /// For the TLS handshake, and then for the first byte of the request.
     pub first_byte_timeout: Duration,
+    /// For an HTTP/1 request's headers (the webhook port).
+    pub header_read_timeout: Duration,
+    /// For a webhook's body, once its headers are in.
+    pub body_read_timeout: Duration,
 }
 
 impl Limits {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-    pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
-            first_byte_timeout: Self::DEFAULT_FIRST_BYTE_TIMEOUT,
+            first_byte_timeout: Self::DEFAULT_READ_TIMEOUT,
+            header_read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            body_read_timeout: Self::DEFAULT_READ_TIMEOUT,
         }
     }
 }

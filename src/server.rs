@@ -39,8 +39,6 @@ const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::
 /// How long webhook connections may take to close at shutdown: Meta
 /// redelivers whatever was cut off, so a stalled client never holds it up.
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(2);
-/// A webhook request's headers must arrive within this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -102,14 +100,14 @@ fn serve_webhooks(
     limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = webhook::router(inbox, webhooks.secrets);
+    let app = webhook::router(inbox, webhooks.secrets, limits.body_read_timeout);
     let mut stop = stop;
     tokio::spawn(async move {
         let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(limits.header_read_timeout);
         loop {
             let conn = tokio::select! {
                 conn = conns.next() => conn,
@@ -182,6 +180,9 @@ pub async fn serve(
     // Pings find callers that vanished without closing (a NAT timeout, a
     // killed pod), so their connections do not linger.
     let router = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            crate::grpc::status::explain_codec_errors,
+        ))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(options.max_concurrent_streams))

@@ -5,13 +5,14 @@
 use crate::error::FieldViolation;
 use crate::message::{
     Attachment, AttachmentKind, Button, CommentId, Content, GraphId, HttpUrl, Igsid, Invalid,
-    Label, MediaSource, OutgoingAction, OutgoingMessage, Payload, QuickReply, Recipient, RequestId,
-    SenderAction, TemplateElement, Text, limits,
+    Label, MediaSource, OutgoingAction, OutgoingMessage, Payload, QuickReply, REACTIONS, Recipient,
+    RequestId, SenderAction, TemplateElement, Text, limits,
 };
 
 use super::pb;
+use super::status::MAX_VIOLATIONS;
 
-/// Collects violations while converting.
+/// Collects violations while converting, up to what a BadRequest carries.
 #[derive(Default)]
 struct Checker(Vec<FieldViolation>);
 
@@ -20,14 +21,22 @@ impl Checker {
         result.map_err(|e| self.fail(field, e)).ok()
     }
 
+    /// Past the limit the request is known to be bad; more detail would
+    /// only make the answer (and the work) bigger.
     fn fail(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
+        if self.0.len() < MAX_VIOLATIONS {
+            self.0.push(FieldViolation::new(field, description));
+        }
     }
 
-    fn at_most(&mut self, field: &str, len: usize, max: usize) {
+    /// A list over its limit is refused whole: its elements are not
+    /// checked one by one (`false`).
+    fn at_most(&mut self, field: &str, len: usize, max: usize) -> bool {
         if len > max {
             self.fail(field, format!("at most {max} allowed, got {len}"));
+            return false;
         }
+        true
     }
 
     /// An optional string: empty means absent.
@@ -116,7 +125,9 @@ fn attachment(c: &mut Checker, i: usize, a: &pb::Attachment) -> Option<Attachmen
 }
 
 fn attachments(c: &mut Checker, list: &[pb::Attachment]) -> Vec<Attachment> {
-    c.at_most("attachments", list.len(), limits::ATTACHMENTS);
+    if !c.at_most("attachments", list.len(), limits::ATTACHMENTS) {
+        return Vec::new();
+    }
     let parsed: Vec<_> = list
         .iter()
         .enumerate()
@@ -136,7 +147,9 @@ fn attachments(c: &mut Checker, list: &[pb::Attachment]) -> Vec<Attachment> {
 }
 
 fn quick_replies(c: &mut Checker, list: &[pb::QuickReply]) -> Vec<QuickReply> {
-    c.at_most("quick_replies", list.len(), limits::QUICK_REPLIES);
+    if !c.at_most("quick_replies", list.len(), limits::QUICK_REPLIES) {
+        return Vec::new();
+    }
     list.iter()
         .enumerate()
         .filter_map(|(i, q)| {
@@ -195,7 +208,9 @@ fn template(c: &mut Checker, t: &pb::GenericTemplate) -> Vec<TemplateElement> {
     if t.elements.is_empty() {
         c.fail(field, "at least one element is required");
     }
-    c.at_most(field, t.elements.len(), limits::TEMPLATE_ELEMENTS);
+    if !c.at_most(field, t.elements.len(), limits::TEMPLATE_ELEMENTS) {
+        return Vec::new();
+    }
     t.elements
         .iter()
         .enumerate()
@@ -214,13 +229,16 @@ fn template(c: &mut Checker, t: &pb::GenericTemplate) -> Vec<TemplateElement> {
                 &e.default_action_url,
                 HttpUrl::parse,
             );
-            c.at_most(&format!("{at}.buttons"), e.buttons.len(), limits::BUTTONS);
-            let buttons: Vec<_> = e
-                .buttons
-                .iter()
-                .enumerate()
-                .filter_map(|(j, b)| button(c, &format!("{at}.buttons[{j}]"), b))
-                .collect();
+            let buttons: Vec<_> =
+                if c.at_most(&format!("{at}.buttons"), e.buttons.len(), limits::BUTTONS) {
+                    e.buttons
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, b)| button(c, &format!("{at}.buttons[{j}]"), b))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
             Some(TemplateElement {
                 title: title?,
                 subtitle,
@@ -376,7 +394,17 @@ pub fn action_from_pb(r: &pb::SendActionRequest) -> Result<OutgoingAction, Vec<F
             } else {
                 &r.reaction
             };
-            let reaction = c.check("reaction", Payload::parse(reaction));
+            let reaction = c.check(
+                "reaction",
+                if REACTIONS.contains(&reaction) {
+                    Payload::parse(reaction)
+                } else {
+                    Err(format!(
+                        "must be one Instagram documents: {}",
+                        REACTIONS.join(", ")
+                    ))
+                },
+            );
             message_id
                 .zip(reaction)
                 .map(|(message_id, reaction)| SenderAction::React {

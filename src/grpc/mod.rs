@@ -78,14 +78,19 @@ impl MessengerService {
         )
     }
 
-    /// The caller, cleared for `operation` on this gateway's account.
+    /// The caller, cleared for `operation` on this gateway's account (for
+    /// `Subscribe`, the stream is filtered to the key's accounts instead).
     fn authorize<T>(&self, request: &Request<T>, operation: Operation) -> Result<Caller, Status> {
         let caller = request
             .extensions()
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| Status::internal("the call was not authenticated"))?;
-        if let Err(e) = caller.authorize(operation, &self.account_id) {
+        let checked = match operation {
+            Operation::Subscribe => caller.authorize_operation(operation),
+            _ => caller.authorize(operation, &self.account_id),
+        };
+        if let Err(e) = checked {
             tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %e, "call refused");
             return Err(e.into());
         }

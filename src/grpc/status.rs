@@ -10,7 +10,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
 use crate::clock::rfc3339;
-use crate::error::{Failure, FieldViolation, Reason, SendError};
+use crate::error::{Failure, FieldViolation, Reason, SendError, truncate};
 use crate::inbox::SubscribeError;
 use crate::store::StoreError;
 
@@ -182,6 +182,53 @@ impl From<SubscribeError> for Status {
     }
 }
 
+/// tonic refuses some requests before a handler sees them: a body that is
+/// not a valid message (a string that is not UTF-8, say) as INTERNAL, and an
+/// oversized one as OUT_OF_RANGE, both without details. This gives them the
+/// codes and the one ErrorInfo every other failure has.
+pub fn explain_codec_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if !status.details().is_empty() {
+        return response;
+    }
+    let fixed = match status.code() {
+        Code::Internal if status.message().contains("failed to decode") => failure(
+            Reason::InvalidRequest,
+            &format!(
+                "the request is not a valid message (every string must be UTF-8): {}",
+                status.message()
+            ),
+            HashMap::new(),
+            None,
+            &[],
+        ),
+        Code::OutOfRange if status.message().contains("message length too large") => failure(
+            Reason::MessageTooLarge,
+            &format!(
+                "the request is too large: at most {} bytes are accepted",
+                super::MAX_REQUEST_BYTES
+            ),
+            HashMap::from([(
+                "limitBytes".to_owned(),
+                super::MAX_REQUEST_BYTES.to_string(),
+            )]),
+            None,
+            &[],
+        ),
+        _ => return response,
+    };
+    let headers = response.headers_mut();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        headers.remove(name);
+    }
+    if fixed.add_header(headers).is_err() {
+        tracing::error!("could not rewrite a codec error");
+    }
+    response
+}
+
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         SubscribeError::Store(error).into()
@@ -209,18 +256,6 @@ impl From<AuthError> for Status {
         };
         failure(reason, &error.to_string(), metadata, None, &[])
     }
-}
-
-/// Cuts `s` to at most `max` bytes (plus an ellipsis), on a char boundary.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

@@ -760,4 +760,92 @@ mod tests {
         let re = store.ingest(vec![message("m3", 3)], 300).await.unwrap();
         assert_eq!(re.head, 3);
     }
+
+    #[tokio::test]
+    async fn a_committed_delivery_updates_windows_and_subscribers_even_if_nobody_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mut feed = store.committed();
+        {
+            // Polled once (the write is queued), then abandoned, as by a
+            // webhook client that hangs up or a store deadline that fires.
+            let mut ingest = Box::pin(store.ingest(vec![message("m1", 10)], 100));
+            let waker = std::task::Waker::noop();
+            let _ = ingest
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+        }
+        let published = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .expect("subscribers are told")
+            .unwrap();
+        assert_eq!(published.seq, 1);
+        let facts = store
+            .window("A", "U")
+            .await
+            .unwrap()
+            .expect("the mirror knows");
+        assert_eq!(facts.last_inbound_ms, Some(10));
+    }
+
+    #[tokio::test]
+    async fn dedup_keys_outlive_pruned_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.ingest(vec![message("m1", 10)], 100).await.unwrap();
+        let day = 24 * 60 * 60 * 1000;
+        // Events older than 7 days go; the key that catches a redelivery stays.
+        let pruned = store.prune(100 + 8 * day, 100 + day).await.unwrap();
+        assert_eq!(pruned.events, 1);
+        let again = store
+            .ingest(vec![message("m1", 10)], 100 + 8 * day)
+            .await
+            .unwrap();
+        assert_eq!((again.new_events, again.duplicates), (0, 1));
+        // After 30 days the key goes too.
+        store.prune(100 + 31 * day, 100 + 24 * day).await.unwrap();
+        let late = store
+            .ingest(vec![message("m1", 10)], 100 + 31 * day)
+            .await
+            .unwrap();
+        assert_eq!(late.new_events, 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_message_clears_a_remembered_refusal_whatever_the_clocks_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        // Our clock is ahead: the refusal is stamped after the message time.
+        store.window_refused("A", "U", 5_000, false).await.unwrap();
+        store.window_refused("A", "U", 5_000, true).await.unwrap();
+        store
+            .ingest(vec![message("m1", 4_000)], 5_100)
+            .await
+            .unwrap();
+        let expected = WindowFacts {
+            last_inbound_ms: Some(4_000),
+            standard_refused_ms: None,
+            human_agent_refused_ms: None,
+        };
+        assert_eq!(store.window("A", "U").await.unwrap(), Some(expected));
+        drop(store);
+        let reopened = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.window("A", "U").await.unwrap(), Some(expected));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_directory_and_its_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let store = SqliteStore::open(&dir).unwrap();
+        store.ingest(vec![message("m1", 10)], 100).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! Integration tests: a real tonic server on a loopback port, a real HTTP fake
 //! of the Graph API (wiremock), and real gRPC clients.
 
+mod auth;
 mod binary;
 mod concurrency;
 mod durability;
 mod errors;
+mod hostile;
 mod idempotency;
 mod inbound;
 mod retries;
@@ -12,4 +14,5 @@ mod sandbox;
 mod send;
 mod shutdown;
 mod support;
+mod webhook_abuse;
 mod window;

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use messenger_gateway::auth::Keys;
 use messenger_gateway::clock::ManualClock;
 use messenger_gateway::delivery::DeliveryPolicy;
 use messenger_gateway::graph::{AccessToken, Account};
@@ -32,6 +33,9 @@ pub const T0: i64 = 1_795_737_600_000;
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The keys in force, to reload after rewriting `keys_file`.
+    pub keys: Arc<Keys>,
+    pub keys_file: std::path::PathBuf,
     pub webhook_url: String,
     pub graph: MockServer,
     pub clock: ManualClock,
@@ -51,6 +55,8 @@ pub fn quick_policy() -> DeliveryPolicy {
     }
 }
 
+type Configure = Box<dyn FnOnce(&mut Settings)>;
+
 /// How a test gateway is built: anything not set is the test default.
 pub struct Builder {
     graph: Option<(MockServer, String)>,
@@ -58,6 +64,8 @@ pub struct Builder {
     serve: ServeOptions,
     outbox: OutboxPolicy,
     data: Option<Arc<tempfile::TempDir>>,
+    keys: Option<String>,
+    configure: Vec<Configure>,
 }
 
 impl Builder {
@@ -79,6 +87,18 @@ impl Builder {
 
     pub fn outbox(mut self, policy: OutboxPolicy) -> Self {
         self.outbox = policy;
+        self
+    }
+
+    /// Turns on API keys, with this keys file.
+    pub fn keys(mut self, toml: &str) -> Self {
+        self.keys = Some(toml.to_owned());
+        self
+    }
+
+    /// Any other setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut Settings) + 'static) -> Self {
+        self.configure.push(Box::new(f));
         self
     }
 
@@ -112,7 +132,16 @@ impl Builder {
         settings.outbox = self.outbox;
         settings.serve = self.serve;
         settings.clock = Arc::new(clock.clone());
+        let keys_file = data.path().join("keys.toml");
+        if let Some(keys) = &self.keys {
+            std::fs::write(&keys_file, keys).unwrap();
+            settings.api_keys = Some(keys_file.clone());
+        }
+        for configure in self.configure {
+            configure(&mut settings);
+        }
         let app = Application::build(settings).await.unwrap();
+        let keys = app.keys().clone();
         let addr = app.grpc_addr();
         let webhook_url = app.webhook_url().unwrap().to_owned();
         let (stop, stopped) = oneshot::channel();
@@ -121,6 +150,8 @@ impl Builder {
         }));
         TestGateway {
             addr,
+            keys,
+            keys_file,
             webhook_url,
             graph,
             clock,
@@ -139,6 +170,8 @@ impl TestGateway {
             serve: ServeOptions::default(),
             outbox: OutboxPolicy::default(),
             data: None,
+            keys: None,
+            configure: Vec::new(),
         }
     }
 
@@ -276,4 +309,31 @@ pub fn messages_from_user(items: &[(&str, &str, i64)]) -> Vec<u8> {
         &json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":T0,"messaging":messaging}]}),
     )
     .unwrap()
+}
+
+/// A keys-file entry admitting `secret`.
+pub fn key_entry(id: &str, secret: &str, accounts: &[&str], allow: &[&str]) -> String {
+    use sha2::Digest;
+    let quote = |items: &[&str]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[[key]]\nid = {id:?}\nsha256 = \"{}\"\naccounts = [{}]\nallow = [{}]\n\n",
+        hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+        quote(accounts),
+        quote(allow)
+    )
+}
+
+/// `request` as sent with `authorization: Bearer <secret>`.
+pub fn with_key<T>(message: T, secret: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    request
 }

@@ -1,0 +1,284 @@
+//! Requests a hostile or careless client sends: each is answered briefly,
+//! at bounded cost, and never sends anything it should not.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::server::ServeOptions;
+
+use crate::support::*;
+
+fn status_bytes(status: &tonic::Status) -> usize {
+    status.message().len() + status.details().len()
+}
+
+#[tokio::test]
+async fn a_huge_list_is_refused_whole_with_a_small_answer() {
+    let gw = TestGateway::start().await;
+    let request = pb::SendRequest {
+        quick_replies: vec![pb::QuickReply::default(); 120_000],
+        ..text_to(USER, "pick one")
+    };
+    let status = gw.client().await.send(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .clone();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert_eq!(violations[0].field, "quick_replies");
+    assert!(status_bytes(&status) < 8 * 1024);
+
+    // Many bad elements within the limits: at most 20 named.
+    let element = pb::TemplateElement {
+        buttons: vec![pb::Button::default(); 3],
+        ..Default::default()
+    };
+    let request = pb::SendRequest {
+        recipient_id: "not-an-igsid".repeat(1000),
+        generic_template: Some(pb::GenericTemplate {
+            elements: vec![element; 10],
+        }),
+        ..Default::default()
+    };
+    let status = gw.client().await.send(request).await.unwrap_err();
+    let details = status.get_error_details();
+    assert_eq!(details.bad_request().unwrap().field_violations.len(), 20);
+    assert!(
+        status_bytes(&status) < 8 * 1024,
+        "{}",
+        status_bytes(&status)
+    );
+    assert_eq!(gw.graph_calls().await, 0);
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_resource_exhausted_with_its_error_info() {
+    let gw = TestGateway::start().await;
+    let status = gw
+        .client()
+        .await
+        .send(text_to(USER, &"x".repeat(300 * 1024)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let (reason, metadata) = error_info(&status);
+    assert_eq!(reason, "MESSAGE_TOO_LARGE");
+    assert_eq!(metadata["limitBytes"], "262144");
+}
+
+#[tokio::test]
+async fn control_characters_and_undocumented_reactions_are_refused() {
+    let gw = TestGateway::start().await;
+    gw.graph_answers(ok_reply()).await;
+    let mut client = gw.client().await;
+    let status = client
+        .send(text_to(USER, "hello\u{0}\u{1b}[2Jworld"))
+        .await
+        .unwrap_err();
+    let fields = status
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .clone();
+    assert_eq!(fields[0].field, "text");
+    assert!(fields[0].description.contains("U+0000"), "{fields:?}");
+    client
+        .send(text_to(USER, "line one\r\n\tline two"))
+        .await
+        .unwrap();
+    let status = client
+        .send_action(pb::SendActionRequest {
+            recipient_id: USER.into(),
+            action: pb::SenderAction::React as i32,
+            message_id: "aWdfbWlkLTE".into(),
+            reaction: "angry".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(gw.graph_calls().await, 1);
+}
+
+fn one_slot(queue: usize) -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_concurrent_calls: 1,
+        max_queued_sends: queue,
+        ..quick_policy()
+    }
+}
+
+async fn until_graph_received(gw: &TestGateway, n: usize) {
+    let started = Instant::now();
+    while gw.graph_calls().await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "Graph never got {n} calls"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_overloaded_at_once() {
+    let gw = TestGateway::builder().delivery(one_slot(1)).start().await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(800)))
+        .await;
+    let mut waiting = Vec::new();
+    for text in ["under way", "queued"] {
+        let mut client = gw.client().await;
+        waiting.push(tokio::spawn(async move {
+            client.send(text_to(USER, text)).await
+        }));
+        until_graph_received(&gw, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let status = gw.send_text().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).0, "OVERLOADED");
+    assert!(retry_delay(&status).is_some());
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(gw.graph_calls().await, 2);
+}
+
+#[tokio::test]
+async fn a_queued_send_whose_caller_hangs_up_is_never_sent() {
+    let gw = TestGateway::builder().delivery(one_slot(10)).start().await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(600)))
+        .await;
+    let mut client = gw.client().await;
+    let first = tokio::spawn(async move { client.send(text_to(USER, "first")).await });
+    until_graph_received(&gw, 1).await;
+    let mut client = gw.client().await;
+    let abandoned = tokio::spawn(async move { client.send(text_to(USER, "abandoned")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    abandoned.abort();
+    first.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gw.graph_calls().await, 1, "the abandoned send went out");
+}
+
+#[tokio::test]
+async fn a_send_without_a_deadline_gets_the_default_one() {
+    let options = ServeOptions {
+        default_timeout: Duration::from_millis(400),
+        ..ServeOptions::default()
+    };
+    let gw = TestGateway::builder()
+        .delivery(one_slot(10))
+        .serve(options)
+        .start()
+        .await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(1500)))
+        .await;
+    let mut client = gw.client().await;
+    let mut patient = tonic::Request::new(text_to(USER, "first"));
+    patient.set_timeout(Duration::from_secs(5));
+    let first = tokio::spawn(async move { client.send(patient).await });
+    until_graph_received(&gw, 1).await;
+    let started = Instant::now();
+    let status = gw.send_text().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().starts_with("not sent"), "{status:?}");
+    first.await.unwrap().unwrap();
+    assert_eq!(gw.graph_calls().await, 1);
+}
+
+#[tokio::test]
+async fn a_send_with_almost_no_time_left_is_not_started() {
+    let gw = TestGateway::start().await;
+    gw.graph_answers(ok_reply()).await;
+    let mut client = gw.client().await;
+    for timeout in [Duration::from_nanos(1), Duration::from_millis(80)] {
+        let mut request = tonic::Request::new(text_to(USER, "too late"));
+        request.set_timeout(timeout);
+        let status = client.send(request).await.unwrap_err();
+        // Our answer, or the client's own timer (Cancelled in tonic).
+        assert!(
+            matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+            ),
+            "{status:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.graph_calls().await, 0);
+    let mut request = tonic::Request::new(text_to(USER, "in time"));
+    request.set_timeout(Duration::from_secs(2));
+    client.send(request).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_redirect_from_graph_is_not_followed() {
+    let gw = TestGateway::start().await;
+    gw.graph_answers(wiremock::ResponseTemplate::new(307).insert_header("location", "/elsewhere"))
+        .await;
+    let status = gw.send_text().await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let paths: Vec<String> = gw
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        [MESSAGES_PATH],
+        "the token never followed the redirect"
+    );
+}
+
+#[tokio::test]
+async fn subscribe_refuses_impossible_and_future_resume_points() {
+    let gw = TestGateway::builder()
+        .configure(|s| s.max_subscribers = 1)
+        .start()
+        .await;
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    let mut client = gw.client().await;
+    let status = client
+        .subscribe(pb::SubscribeRequest { after: u64::MAX })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_info(&status).0, "INVALID_REQUEST");
+    let status = client
+        .subscribe(pb::SubscribeRequest { after: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    let (reason, metadata) = error_info(&status);
+    assert_eq!(
+        (reason.as_str(), metadata["headSeq"].as_str()),
+        ("AFTER_BEYOND_HEAD", "1")
+    );
+
+    let _open = client
+        .subscribe(pb::SubscribeRequest { after: 1 })
+        .await
+        .unwrap();
+    let status = client
+        .subscribe(pb::SubscribeRequest { after: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).0, "OVERLOADED");
+}
