@@ -127,6 +127,9 @@ pub struct Application {
     keys: Arc<Keys>,
     /// Reloaded with the keys on SIGHUP.
     certificates: Vec<Arc<ReloadableTls>>,
+    /// Watched from the start, so an early SIGHUP reloads rather than kills.
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
     grpc_tls: bool,
 }
 
@@ -258,6 +261,8 @@ impl Application {
             serve: settings.serve,
             keys,
             certificates,
+            #[cfg(unix)]
+            hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
             grpc_tls: grpc_tls.is_some(),
             grpc: Listener {
                 listener: grpc,
@@ -287,7 +292,10 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         // Kept alive for as long as the gateway sends to it.
         let _sandbox = self.sandbox;
-        let reloader = tokio::spawn(reload_on_sighup(self.keys, self.certificates));
+        #[cfg(unix)]
+        let reloader = tokio::spawn(reload_on_sighup(self.hangup, self.keys, self.certificates));
+        #[cfg(not(unix))]
+        let reloader = tokio::spawn(async {});
         let served =
             server::serve(self.grpc, self.gateway, self.webhooks, self.serve, shutdown).await;
         reloader.abort();
@@ -312,20 +320,19 @@ impl Application {
 
 /// SIGHUP re-reads the keys file and the certificates. A bad file is
 /// logged and what is in force stays.
-async fn reload_on_sighup(keys: Arc<Keys>, certificates: Vec<Arc<ReloadableTls>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot watch SIGHUP: keys and certificates will not reload");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            reload(&keys, &certificates);
-        }
+#[cfg(unix)]
+async fn reload_on_sighup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    keys: Arc<Keys>,
+    certificates: Vec<Arc<ReloadableTls>>,
+) {
+    let Some(mut hangup) = hangup else {
+        tracing::warn!("cannot watch SIGHUP: keys and certificates will not reload");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        reload(&keys, &certificates);
     }
-    #[cfg(not(unix))]
-    let _ = (keys, certificates);
 }
 
 /// Reloads keys and certificates, as SIGHUP does.
@@ -417,8 +424,9 @@ pub fn main() -> ExitCode {
                 "the shutdown grace period is not longer than one Graph call may take: a send in flight at shutdown may be abandoned unreported"
             );
         }
+        let shutdown = shutdown_signal();
         announce(&app);
-        match app.run_until(shutdown_signal()).await {
+        match app.run_until(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("messenger-gateway: {e}");
@@ -487,17 +495,23 @@ fn announce(app: &Application) {
     tracing::info!(%local, graph = %app.account().base_url, account = %app.account().account_id, "ready");
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM or SIGINT. The handlers are installed at once, before the
+/// banner, so a signal sent as soon as the banner appears is not fatal.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM can be watched");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM can be watched");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT can be watched");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

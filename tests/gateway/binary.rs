@@ -16,6 +16,9 @@ pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
     for name in messenger_gateway::config::VARIABLES {
         cmd.env_remove(name);
     }
+    for name in ["INSTAGRAM_APP_SECRET", "INSTAGRAM_VERIFY_TOKEN"] {
+        cmd.env_remove(name);
+    }
     cmd.env_remove("RUST_LOG");
     // Never the defaults (./data, port 8080): tests run side by side.
     let data = tempfile::tempdir().unwrap().keep();

@@ -11,6 +11,7 @@ mod idempotency;
 mod inbound;
 mod retries;
 mod sandbox;
+mod secure_defaults;
 mod send;
 mod shutdown;
 mod support;

@@ -67,17 +67,44 @@ class Gateway:
             return json.load(r)["messages"]
 
 
-@pytest.fixture(scope="session")
-def gateway():
-    binary = os.environ.get("MESSENGER_GATEWAY_BIN", str(ROOT / "target/debug/messenger-gateway"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTAGRAM_")}
+BINARY = os.environ.get("MESSENGER_GATEWAY_BIN", str(ROOT / "target/debug/messenger-gateway"))
+
+
+class Running:
+    """A gateway process and the banner it printed."""
+
+    def __init__(self, proc, banner, log_path):
+        self.proc = proc
+        self.banner = banner
+        self.log_path = log_path
+        self.target = banner[-1].split()[3]
+
+    def line(self, prefix):
+        return next(l for l in self.banner if l.startswith(prefix))
+
+    def log(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        self.proc.terminate()
+        assert self.proc.wait(timeout=20) == 0, "the gateway exits 0 on SIGTERM"
+
+
+def start_gateway(args, env=None):
+    """Starts the binary with `args` and only the INSTAGRAM_* variables in
+    `env`; stderr (the log) goes to a file the test can read."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("INSTAGRAM_")}
+    clean.update(env or {})
+    log_path = tempfile.mktemp(prefix="mg-log-")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0", "--sandbox",
-         "--webhook-listen", "127.0.0.1:0", "--data-dir", tempfile.mkdtemp(prefix="mg-data-")],
+        [BINARY, "serve", "--webhook-listen", "127.0.0.1:0",
+         "--data-dir", tempfile.mkdtemp(prefix="mg-data-"), *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         text=True,
-        env=env,
+        env=clean,
     )
     banner = []
     found = threading.Event()
@@ -92,10 +119,13 @@ def gateway():
     if not found.wait(30):
         proc.kill()
         pytest.fail(f"the gateway printed no banner: {banner}")
-    target = banner[-1].split()[3]
-    sandbox = next(l for l in banner if l.startswith("sandbox Graph API at "))
-    base = sandbox.split()[4]  # http://127.0.0.1:PORT/v25.0
+    return Running(proc, banner, log_path)
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    running = start_gateway(["--listen", "127.0.0.1:0", "--sandbox"])
+    base = running.line("sandbox Graph API at ").split()[4]  # http://127.0.0.1:PORT/v25.0
     sandbox_url = base.rsplit("/", 1)[0]
-    yield Gateway(proc, target, sandbox_url)
-    proc.terminate()
-    assert proc.wait(timeout=20) == 0, "the gateway exits 0 on SIGTERM"
+    yield Gateway(running.proc, running.target, sandbox_url)
+    running.stop()
