@@ -1,7 +1,8 @@
 //! Webhook intake: `cargo bench --bench webhooks`.
 //!
-//! Runs the real gateway binary (release, sandbox mode, its SQLite store in
-//! a fresh directory) with one `Subscribe` stream attached, and measures:
+//! Runs the real gateway binary (release, its SQLite store in a fresh
+//! directory, webhooks signed with a known app secret; nothing is sent) with
+//! one `Subscribe` stream attached, and measures:
 //! 1. the baseline: deliveries with a forged signature, which cross the same
 //!    HTTP stack and HMAC check but are refused (401) before any parsing or
 //!    storage;
@@ -45,10 +46,15 @@ impl Drop for Gateway {
 
 fn start_gateway(data: &std::path::Path) -> Gateway {
     let child = Command::new(BIN)
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--webhook-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)
+        // Sends are not measured here; the sandbox would sign with its own
+        // secret, so a Graph URL that is never called stands in.
+        .env("INSTAGRAM_API_URL", "http://127.0.0.1:9/v25.0")
+        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
         .env("INSTAGRAM_APP_SECRET", SECRET)
         .env("INSTAGRAM_VERIFY_TOKEN", "bench")
         .env("RUST_LOG", "warn")

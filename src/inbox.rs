@@ -134,7 +134,7 @@ impl Inbox {
                 tx: &tx,
             };
             let ended = tokio::select! {
-                ended = feed.run(after, live) => ended,
+                ended = feed.run(after, after < head, live) => ended,
                 () = revoked => Some(SubscribeError::Revoked),
                 // At shutdown the stream ends with UNAVAILABLE, which clients
                 // treat as "reconnect", rather than OK, which reads as "done".
@@ -188,12 +188,15 @@ struct Feed<'a> {
 
 impl Feed<'_> {
     /// Runs until the subscriber goes (`None`) or the store fails.
+    /// `behind`: stored events are due before live ones. A subscriber at
+    /// the head costs no store read at all.
     async fn run(
         &self,
         mut cursor: u64,
+        behind: bool,
         mut live: broadcast::Receiver<Arc<StoredEvent>>,
     ) -> Option<SubscribeError> {
-        if let Err(e) = self.catch_up(&mut cursor).await? {
+        if behind && let Err(e) = self.catch_up(&mut cursor).await? {
             return Some(e);
         }
         loop {

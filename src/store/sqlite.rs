@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, oneshot};
@@ -34,9 +35,22 @@ type Feed = broadcast::Sender<Arc<StoredEvent>>;
 
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
-    reader: Arc<Mutex<Connection>>,
+    /// Reads run on one thread of their own, never on tokio's blocking pool:
+    /// a thousand subscribers catching up cost one thread, not a thousand.
+    reader: mpsc::Sender<ReadJob>,
     windows: Arc<RwLock<Windows>>,
     feed: Feed,
+    bounds: Arc<Bounds>,
+}
+
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The newest seq and the highest pruned, kept in memory: every new
+/// subscriber asks, and the answer changes only on commit.
+#[derive(Default)]
+struct Bounds {
+    head: AtomicU64,
+    pruned_through: AtomicU64,
 }
 
 /// The windows table in memory: per person, each account's facts.
@@ -174,6 +188,19 @@ impl SqliteStore {
         writer_conn.execute_batch(SCHEMA)?;
         let reader = open_connection(&path)?;
         let windows = Arc::new(RwLock::new(load_windows(&reader)?));
+        let bounds = Arc::new(Bounds {
+            head: AtomicU64::new(head(&reader)?),
+            pruned_through: AtomicU64::new(pruned_through(&reader)?),
+        });
+        let (read_jobs, reads) = mpsc::channel::<ReadJob>();
+        std::thread::Builder::new()
+            .name("store-reader".into())
+            .spawn(move || {
+                while let Ok(job) = reads.recv() {
+                    job(&reader);
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the reader: {e}")))?;
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -181,9 +208,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writer,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: read_jobs,
             windows,
             feed: broadcast::Sender::new(FEED_CAPACITY),
+            bounds,
         })
     }
 
@@ -222,13 +250,12 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.reader.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -294,6 +321,7 @@ impl Store for SqliteStore {
     ) -> Result<Ingested, StoreError> {
         let windows = self.windows.clone();
         let feed = self.feed.clone();
+        let bounds = self.bounds.clone();
         self.write_then(
             move |conn| {
                 // Looked up first: a conflicting insert would still use up a
@@ -343,7 +371,8 @@ impl Store for SqliteStore {
                 done.head = head(conn)?;
                 Ok((done, stored))
             },
-            move |(_, stored)| {
+            move |(done, stored)| {
+                bounds.head.fetch_max(done.head, Ordering::SeqCst);
                 let mut mirror = windows.write().unwrap_or_else(|p| p.into_inner());
                 for e in stored.iter().filter(|e| e.event.opens_window()) {
                     let change = WindowChange::Inbound(opened_at(&e.event, e.received_ms));
@@ -387,8 +416,10 @@ impl Store for SqliteStore {
     }
 
     async fn bounds(&self) -> Result<(u64, u64), StoreError> {
-        self.read(|conn| Ok((head(conn)?, pruned_through(conn)?)))
-            .await
+        Ok((
+            self.bounds.head.load(Ordering::SeqCst),
+            self.bounds.pruned_through.load(Ordering::SeqCst),
+        ))
     }
 
     async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError> {
@@ -512,47 +543,58 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
-        let pruned = self
-            .write(move |conn| {
-                let last_pruned: Option<i64> = conn.query_row(
-                    "SELECT MAX(seq) FROM events WHERE received_ms < ?1",
-                    params![events_before],
-                    |row| row.get(0),
-                )?;
-                let mut pruned = Pruned::default();
-                if let Some(last) = last_pruned {
-                    pruned.events =
-                        conn.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
-                        params![last],
+        let windows = self.windows.clone();
+        let bounds = self.bounds.clone();
+        let (pruned, _) = self
+            .write_then(
+                move |conn| {
+                    let last_pruned: Option<i64> = conn.query_row(
+                        "SELECT MAX(seq) FROM events WHERE received_ms < ?1",
+                        params![events_before],
+                        |row| row.get(0),
                     )?;
-                }
-                // Meta redelivers for up to 36 hours: the keys that catch
-                // redeliveries outlive the events they stand for.
-                conn.execute(
-                    "DELETE FROM dedup WHERE seen_ms < ?1",
-                    params![events_before.min(now - DEDUP_TTL.as_millis() as i64)],
-                )?;
-                pruned.request_ids = conn.execute(
-                    "DELETE FROM request_ids WHERE claimed_ms < ?1",
-                    params![now - REQUEST_ID_TTL.as_millis() as i64],
-                )?;
-                // Past 7 days nothing here can reopen or narrow a window.
-                pruned.windows = conn.execute(
-                    "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),
+                    let mut pruned = Pruned::default();
+                    if let Some(last) = last_pruned {
+                        pruned.events =
+                            conn.execute("DELETE FROM events WHERE seq <= ?1", params![last])?;
+                        conn.execute(
+                            "INSERT INTO meta (key, value) VALUES ('pruned_through', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                            params![last],
+                        )?;
+                    }
+                    // Meta redelivers for up to 36 hours: the keys that catch
+                    // redeliveries outlive the events they stand for.
+                    conn.execute(
+                        "DELETE FROM dedup WHERE seen_ms < ?1",
+                        params![events_before.min(now - DEDUP_TTL.as_millis() as i64)],
+                    )?;
+                    pruned.request_ids = conn.execute(
+                        "DELETE FROM request_ids WHERE claimed_ms < ?1",
+                        params![now - REQUEST_ID_TTL.as_millis() as i64],
+                    )?;
+                    // Past 7 days nothing here can reopen or narrow a window.
+                    pruned.windows = conn.execute(
+                        "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),
                    COALESCE(standard_refused_ms, 0), COALESCE(human_agent_refused_ms, 0)) < ?1",
-                    params![now - HUMAN_AGENT_MS],
-                )?;
-                Ok(pruned)
-            })
+                        params![now - HUMAN_AGENT_MS],
+                    )?;
+                    Ok((pruned, last_pruned))
+                },
+                move |(_, last_pruned)| {
+                    if let Some(last) = last_pruned {
+                        bounds
+                            .pruned_through
+                            .fetch_max(*last as u64, Ordering::SeqCst);
+                    }
+                    let mut windows = windows.write().unwrap_or_else(|p| p.into_inner());
+                    windows.retain(|_, rows| {
+                        rows.retain(|(_, facts)| latest(facts) >= now - HUMAN_AGENT_MS);
+                        !rows.is_empty()
+                    });
+                },
+            )
             .await?;
-        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
-        windows.retain(|_, rows| {
-            rows.retain(|(_, facts)| latest(facts) >= now - HUMAN_AGENT_MS);
-            !rows.is_empty()
-        });
         Ok(pruned)
     }
 }

@@ -1,0 +1,491 @@
+//! What the safe edge costs: `cargo bench --bench edge`.
+//!
+//! Every figure is a ratio to a baseline measured in the same run (these
+//! machines are shared and noisy); the gateway is the real binary in its
+//! own process, so its CPU time and memory are its own.
+//! 1. CPU time per send (the gateway process's user+system time over the
+//!    sends) with a valid API key, against the same gateway with
+//!    authentication off; rounds alternate and the median ratio is reported.
+//! 2. 10,000 open `Subscribe` streams receiving events one at a time: the
+//!    gateway's peak memory and threads against its idle figures, and the
+//!    delay from a delivery's 200 to its arrival at the last subscriber.
+//! 3. 1,000 stalled webhook connections held open while 32 posters send
+//!    valid (durably stored) deliveries: deliveries per second against the
+//!    same posters with no stalled connections, before and after.
+//!
+//! Knobs: `BENCH_SECONDS` (each delivery window; default 5),
+//! `BENCH_SENDS` (sends per CPU round; default 20000),
+//! `BENCH_SUBSCRIBERS` (default 10000); for checking the CPU method,
+//! `BENCH_AA` (both gateways without keys: the method's own bias) and
+//! `BENCH_HEADER_BOTH` (both get the header: carrying it vs checking it).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::webhook;
+use sha2::Digest;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+const ACCOUNT: &str = "17841400000000001";
+const USER: &str = "17841400000000000";
+const SECRET: &str = "bench-app-secret";
+const KEY: &str = "mgw_bench_key_0123456789abcdefghijklmnopqrstuvwxyz0";
+const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fixed-answer Graph stand-in on this process's runtime.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(REPLY))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Gateway {
+    child: Child,
+    grpc: String,
+    webhook_url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// The release binary with a Graph at `upstream`, webhooks on, and
+    /// API keys when `keys` is set.
+    fn start(upstream: SocketAddr, keys: bool, extra: &[&str]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(extra)
+        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
+        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+        .env("INSTAGRAM_APP_SECRET", SECRET)
+        .env("INSTAGRAM_VERIFY_TOKEN", "bench")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if keys {
+            let file = data.path().join("keys.toml");
+            let mut f = std::fs::File::create(&file).unwrap();
+            write!(
+                f,
+                "[[key]]\nid = \"bench\"\nsha256 = \"{}\"\naccounts = [\"*\"]\nallow = [\"send\", \"subscribe\"]\n",
+                hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+            )
+            .unwrap();
+            cmd.arg("--api-keys").arg(file);
+        }
+        let child = cmd.spawn().expect("the gateway starts");
+        let mut gateway = Gateway {
+            child,
+            grpc: String::new(),
+            webhook_url: String::new(),
+            _data: data,
+        };
+        let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("a banner").unwrap();
+            if let Some(url) = line.strip_prefix("webhooks at ") {
+                gateway.webhook_url = url.trim().to_owned();
+            }
+            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
+                gateway.grpc = rest.split_whitespace().next().unwrap().to_owned();
+                std::thread::spawn(move || for _ in lines {});
+                return gateway;
+            }
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn status_field(&self, name: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15; 11 and 12 after the name.
+        Duration::from_secs_f64((fields[11] + fields[12]) as f64 / clock_ticks())
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100.0)
+    })
+}
+
+fn send_request(keyed: bool) -> tonic::Request<pb::SendRequest> {
+    let mut request = tonic::Request::new(pb::SendRequest {
+        recipient_id: USER.into(),
+        text: "Hello from my app".into(),
+        ..Default::default()
+    });
+    if keyed {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    }
+    request
+}
+
+/// `n` sends from 16 callers.
+async fn sends(channel: &Channel, keyed: bool, n: usize) {
+    let left = Arc::new(AtomicUsize::new(n));
+    let mut callers = Vec::new();
+    for _ in 0..16 {
+        let mut client = MessengerClient::new(channel.clone());
+        let left = left.clone();
+        callers.push(tokio::spawn(async move {
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok()
+            {
+                client.send(send_request(keyed)).await.expect("sent");
+            }
+        }));
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+}
+
+fn delivery(serial: &AtomicU64) -> Vec<u8> {
+    let n = serial.fetch_add(1, Ordering::SeqCst);
+    serde_json::to_vec(
+        &serde_json::json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":1,
+        "messaging":[{"sender":{"id":USER},"recipient":{"id":ACCOUNT},"timestamp":1,
+        "message":{"mid":format!("bench-{n}"),"text":"hi"}}]}]}),
+    )
+    .unwrap()
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>) -> u16 {
+    let signature = webhook::sign(SECRET, &body);
+    match http
+        .post(url)
+        .header(webhook::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Deliveries per second from `posters` concurrent posters over `window`.
+async fn deliveries_per_second(url: &str, posters: usize, window: Duration) -> f64 {
+    let serial = Arc::new(AtomicU64::new(rand_start()));
+    let done = Arc::new(AtomicUsize::new(0));
+    let until = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for _ in 0..posters {
+        let (url, serial, done) = (url.to_owned(), serial.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while Instant::now() < until {
+                if post(&http, &url, delivery(&serial)).await == 200 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / window.as_secs_f64()
+}
+
+fn rand_start() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn auth_cost(upstream: SocketAddr) {
+    let total = env_or("BENCH_SENDS", 20_000) as usize;
+    const CHUNK: usize = 500;
+    println!(
+        "\n1. CPU per send, API key checked vs authentication off ({total} sends each a round, 16 callers,\n   the two gateways taking turns every {CHUNK} sends so both see the same machine)"
+    );
+    let off = Gateway::start(upstream, false, &[]);
+    // BENCH_AA=1: both gateways without keys, to see the two processes'
+    // own difference (an A/A test of the method).
+    let aa = std::env::var("BENCH_AA").is_ok();
+    // BENCH_HEADER_BOTH=1: the gateway without keys gets the header too, to
+    // tell the cost of carrying it from the cost of checking it.
+    let header_both = std::env::var("BENCH_HEADER_BOTH").is_ok();
+    let on = Gateway::start(upstream, !aa, &[]);
+    let (off_channel, on_channel) = (off.channel().await, on.channel().await);
+    // Warm up: connections, caches, the first allocations.
+    sends(&off_channel, header_both, 2000).await;
+    sends(&on_channel, !aa, 2000).await;
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let (mut off_cpu, mut on_cpu) = (Duration::ZERO, Duration::ZERO);
+        for chunk in 0..total / CHUNK {
+            // Each goes first half the time.
+            for second in [chunk % 2 == 0, chunk % 2 == 1] {
+                let (gateway, channel, cpu) = if second {
+                    (&on, &on_channel, &mut on_cpu)
+                } else {
+                    (&off, &off_channel, &mut off_cpu)
+                };
+                let before = gateway.cpu();
+                sends(channel, (second && !aa) || header_both, CHUNK).await;
+                *cpu += gateway.cpu() - before;
+            }
+        }
+        let (off_us, on_us) = (
+            off_cpu.as_secs_f64() * 1e6 / total as f64,
+            on_cpu.as_secs_f64() * 1e6 / total as f64,
+        );
+        let ratio = on_us / off_us;
+        ratios.push(ratio);
+        println!(
+            "   round {round}: off {off_us:.1} µs/send, with key {on_us:.1} µs/send, ratio {ratio:.3}"
+        );
+    }
+    println!(
+        "   median ratio with key / off: {:.3} (aim: within 1.03)",
+        median(ratios)
+    );
+    // The check itself, in this process: what the key adds at most, beside
+    // the noise of the end-to-end rounds.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[key]]\nid = \"bench\"\nsha256 = \"{}\"\naccounts = [\"*\"]\nallow = [\"send\"]\n",
+            hex::encode(sha2::Sha256::digest(KEY.as_bytes()))
+        ),
+    )
+    .unwrap();
+    let keys = messenger_gateway::auth::Keys::from_file(file).unwrap();
+    let open = messenger_gateway::auth::Keys::open();
+    let time = |keys: &messenger_gateway::auth::Keys, bearer: Option<&str>| {
+        let n = 1_000_000;
+        let started = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(
+                keys.authenticate(std::hint::black_box(bearer), &[])
+                    .unwrap(),
+            );
+        }
+        started.elapsed() / n
+    };
+    let checked = time(&keys, Some(KEY));
+    let off = time(&open, None);
+    println!(
+        "   the check alone: {} ns with a key, {} ns with authentication off",
+        checked.as_nanos(),
+        off.as_nanos()
+    );
+}
+
+async fn many_subscribers(upstream: SocketAddr) {
+    let n = env_or("BENCH_SUBSCRIBERS", 10_000) as usize;
+    println!("\n2. {n} Subscribe streams receiving events");
+    let gateway = Gateway::start(upstream, false, &[]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (idle_rss, idle_threads) = (
+        gateway.status_field("VmRSS:"),
+        gateway.status_field("Threads:"),
+    );
+    const EVENTS: usize = 20;
+    let received: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..=EVENTS).map(|_| AtomicUsize::new(0)).collect());
+    let opened = Arc::new(AtomicUsize::new(0));
+    let per_connection = 100;
+    for _ in 0..n.div_ceil(per_connection) {
+        let channel = gateway.channel().await;
+        for _ in 0..per_connection {
+            let (received, opened) = (received.clone(), opened.clone());
+            let mut client = MessengerClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut stream = client
+                    .subscribe(pb::SubscribeRequest { after: 0 })
+                    .await
+                    .expect("subscribed")
+                    .into_inner();
+                opened.fetch_add(1, Ordering::SeqCst);
+                while let Some(Ok(event)) = stream.next().await {
+                    if let Some(c) = received.get(event.seq as usize) {
+                        c.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    }
+    while opened.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut peak_threads = gateway.status_field("Threads:");
+    let http = reqwest::Client::new();
+    let serial = AtomicU64::new(1);
+    let mut delays = Vec::new();
+    for seq in 1..=EVENTS {
+        assert_eq!(
+            post(&http, &gateway.webhook_url, delivery(&serial)).await,
+            200
+        );
+        let acknowledged = Instant::now();
+        while received[seq].load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+            peak_threads = peak_threads.max(gateway.status_field("Threads:"));
+        }
+        delays.push(acknowledged.elapsed().as_secs_f64() * 1e3);
+    }
+    let peak_rss = gateway.status_field("VmHWM:");
+    let mut sorted = delays.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "   gateway memory: idle {:.1} MiB, peak {:.1} MiB ({:.1} MB; aim under 150 MB), {:.1}x idle",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0,
+        peak_rss as f64 * 1024.0 / 1e6,
+        peak_rss as f64 / idle_rss as f64
+    );
+    println!("   gateway threads: idle {idle_threads}, peak {peak_threads} (aim under 40)");
+    println!(
+        "   200 to last of {n} subscribers: median {:.1} ms, max {:.1} ms over {EVENTS} events",
+        sorted[EVENTS / 2],
+        sorted[EVENTS - 1]
+    );
+}
+
+async fn stalled_connections(upstream: SocketAddr) {
+    let window = Duration::from_secs(env_or("BENCH_SECONDS", 5));
+    println!(
+        "\n3. 32 posters of valid deliveries, with and without 1,000 stalled webhook connections"
+    );
+    let gateway = Gateway::start(upstream, false, &[]);
+    let url = gateway.webhook_url.clone();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches(webhook::PATH)
+        .to_owned();
+    let clean_before = deliveries_per_second(&url, 32, window).await;
+    let mut stalled = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Half of them send half a request; the other half nothing at all.
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            s.write_all(b"POST /webhook HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+        }
+        stalled.push(s);
+    }
+    let with_stalled = deliveries_per_second(&url, 32, window).await;
+    drop(stalled);
+    let clean_after = deliveries_per_second(&url, 32, window).await;
+    let baseline = (clean_before + clean_after) / 2.0;
+    println!(
+        "   without: {clean_before:.0} then {clean_after:.0} deliveries/s; with 1,000 stalled: {with_stalled:.0} deliveries/s"
+    );
+    println!(
+        "   ratio with / without: {:.2} (aim: at least 0.8)",
+        with_stalled / baseline
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let upstream = upstream().await;
+        auth_cost(upstream).await;
+        many_subscribers(upstream).await;
+        stalled_connections(upstream).await;
+    });
+}
