@@ -1,7 +1,7 @@
 //! Accepting connections under limits, for both ports: at most
-//! `max_connections` open, a TLS handshake and a first byte within
-//! `first_byte_timeout` (a client that connects and says nothing is
-//! dropped), and TLS when configured.
+//! `max_connections` open, a TLS handshake and then the protocol's opening
+//! bytes within `first_byte_timeout` (a client that connects and says
+//! nothing, or stops mid-preface, is dropped), and TLS when configured.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,8 +23,12 @@ use crate::tls::{PeerIdentities, ReloadableTls, identities};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
-    /// For the TLS handshake, and then for the first byte of the request.
+    /// For the TLS handshake, and then for the opening bytes.
     pub first_byte_timeout: Duration,
+    /// How many bytes must arrive within `first_byte_timeout`: 24 on the
+    /// gRPC port (the whole HTTP/2 client preface), 1 on the webhook port
+    /// (hyper then times the headers itself).
+    pub opening_bytes: usize,
     /// For an HTTP/1 request's headers (the webhook port).
     pub header_read_timeout: Duration,
     /// For a webhook's body, once its headers are in.
@@ -34,6 +38,8 @@ pub struct Limits {
 impl Limits {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
+    pub const HTTP2_PREFACE_BYTES: usize = 24;
 }
 
 impl Default for Limits {
@@ -41,6 +47,7 @@ impl Default for Limits {
         Self {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             first_byte_timeout: Self::DEFAULT_READ_TIMEOUT,
+            opening_bytes: 1,
             header_read_timeout: Self::DEFAULT_READ_TIMEOUT,
             body_read_timeout: Self::DEFAULT_READ_TIMEOUT,
         }
@@ -122,8 +129,10 @@ enum Io {
 pub struct Conn {
     io: Io,
     info: ConnInfo,
-    /// Until the first byte arrives.
+    /// Until the opening bytes have arrived.
     first_byte: Option<Pin<Box<Sleep>>>,
+    /// Opening bytes still to come.
+    awaited: usize,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -150,6 +159,7 @@ impl Conn {
                 identities: PeerIdentities(ids.unwrap_or_default().into()),
             },
             first_byte: Some(Box::pin(tokio::time::sleep(limits.first_byte_timeout))),
+            awaited: limits.opening_bytes.max(1),
             _slot: slot,
         }
     }
@@ -173,7 +183,12 @@ impl AsyncRead for Conn {
         };
         if let Some(timer) = &mut this.first_byte {
             match read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    this.awaited = this.awaited.saturating_sub(buf.filled().len() - before);
+                    if this.awaited == 0 {
+                        this.first_byte = None;
+                    }
+                }
                 Poll::Pending => {
                     ready!(timer.as_mut().poll(cx));
                     refusals::note("a connection sent nothing in time");

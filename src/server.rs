@@ -36,6 +36,10 @@ pub struct Gateway {
 
 /// The service name health reports on, besides "" for the whole server.
 const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
+/// Pings find callers that vanished without closing (a NAT timeout, a
+/// killed pod) or stopped answering, so their connections do not linger.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long webhook connections may take to close at shutdown: Meta
 /// redelivers whatever was cut off, so a stalled client never holds it up.
 const WEBHOOK_DRAIN: Duration = Duration::from_secs(2);
@@ -169,7 +173,14 @@ pub async fn serve(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = net::incoming(grpc.listener, grpc.tls, options.limits);
+    let incoming = net::incoming(
+        grpc.listener,
+        grpc.tls,
+        Limits {
+            opening_bytes: Limits::HTTP2_PREFACE_BYTES,
+            ..options.limits
+        },
+    );
     let messenger = MessengerService::new(
         outbox,
         inbox.clone(),
@@ -177,14 +188,12 @@ pub async fn serve(
         account_id,
         options.default_timeout,
     );
-    // Pings find callers that vanished without closing (a NAT timeout, a
-    // killed pod), so their connections do not linger.
     let router = Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             crate::grpc::status::explain_codec_errors,
         ))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(options.max_concurrent_streams))
         .add_service(health_service)
         .add_optional_service(reflection_v1)

@@ -1,6 +1,7 @@
 //! The tonic adapter: generated types, the `Messenger` service, and the
 //! conversions at its edge. Handlers only convert and delegate.
 
+pub mod codec;
 pub mod convert;
 pub mod inbound;
 pub mod status;

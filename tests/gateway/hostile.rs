@@ -282,3 +282,35 @@ async fn subscribe_refuses_impossible_and_future_resume_points() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(error_info(&status).0, "OVERLOADED");
 }
+
+#[tokio::test]
+async fn a_grpc_connection_that_stalls_before_its_preface_is_dropped() {
+    use messenger_gateway::net::Limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = ServeOptions {
+        limits: Limits {
+            first_byte_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..ServeOptions::default()
+    };
+    let gw = TestGateway::builder().serve(options).start().await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for conn in [&mut silent, &mut half] {
+        // The server's own SETTINGS come first; then the connection closes.
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        closed.await.expect("the stalled connection was dropped");
+    }
+    // A real client, which sends its preface at once, is served.
+    gw.graph_answers(ok_reply()).await;
+    gw.send_text().await.unwrap();
+}
