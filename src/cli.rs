@@ -105,6 +105,7 @@ pub struct ServeArgs {
     webhook_tls_key: Option<PathBuf>,
     /// Serve gRPC reflection (on) or not (off).
     #[arg(long, env = "MESSENGER_GATEWAY_REFLECTION", default_value = "on",
+          action = clap::ArgAction::Set, value_name = "on|off",
           value_parser = clap::builder::BoolishValueParser::new())]
     reflection: bool,
     /// The deadline of a send whose caller sets none.

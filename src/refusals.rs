@@ -41,3 +41,23 @@ pub fn note(what: &'static str) {
 pub fn suppressed() -> u64 {
     SUPPRESSED.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_writes_a_bounded_number_of_lines() {
+        let written = std::sync::atomic::AtomicU64::new(0);
+        let started = std::time::Instant::now();
+        for _ in 0..10_000 {
+            log(|| {
+                written.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        // At most one second's share per second boundary crossed.
+        let seconds = started.elapsed().as_secs() + 2;
+        assert!(written.load(Ordering::Relaxed) <= PER_SECOND * seconds);
+        assert!(suppressed() > 0 || written.load(Ordering::Relaxed) < 10_000);
+    }
+}

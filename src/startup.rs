@@ -196,6 +196,13 @@ impl Application {
         let (account, sandbox) = match settings.upstream {
             Upstream::Graph(account) => (account, None),
             Upstream::Sandbox { listen } => {
+                // It accepts any message with its own token: never a port
+                // another machine can reach.
+                if !listen.ip().is_loopback() {
+                    return Err(StartError::Config(format!(
+                        "the sandbox listens on loopback only (got --sandbox-listen {listen})"
+                    )));
+                }
                 let target = webhook_url
                     .clone()
                     .zip(secrets.as_ref().map(|s| s.app_secret.clone()));

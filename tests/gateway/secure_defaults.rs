@@ -134,3 +134,10 @@ fn a_bad_keys_file_stops_the_start_naming_file_and_line() {
     );
     assert!(stderr.contains("sha256"), "{stderr}");
 }
+
+#[test]
+fn the_sandbox_never_listens_beyond_loopback() {
+    let (code, stderr) = stderr_of(&["serve", "--sandbox-listen", "0.0.0.0:0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("loopback"), "{stderr}");
+}

@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from conftest import BINARY, start_gateway
+from conftest import BINARY, ROOT, start_gateway
 from fakes import (ACCOUNT, TOKEN, USER, FakeGraph, bearer, delivery, grpcurl, key_entry,
                    post_signed, reason_of)
 from messenger.v1 import messenger_pb2 as pb
@@ -279,3 +279,14 @@ def test_an_http_graph_off_this_machine_is_refused_at_start():
     assert out.returncode == 2
     assert "https://" in out.stderr
     assert TOKEN not in out.stderr
+
+
+def test_reflection_can_be_turned_off_while_health_stays():
+    running = start_gateway(["--listen", "127.0.0.1:0", "--sandbox", "--reflection", "off"])
+    try:
+        assert grpcurl("-plaintext", running.target, "list").returncode != 0
+        assert grpcurl("-plaintext", "-import-path", str(ROOT / "proto"), "-proto", "messenger/v1/messenger.proto",
+                       "-d", json.dumps({"recipient_id": USER, "text": "no reflection needed"}),
+                       running.target, "messenger.v1.Messenger/Send").returncode == 0
+    finally:
+        running.stop()
