@@ -677,4 +677,21 @@ mod tests {
         let bad = action_from_pb(&a(pb::SenderAction::Unspecified, "", "")).unwrap_err();
         assert_eq!(bad[0].field, "action");
     }
+
+    #[test]
+    fn conversion_stops_collecting_at_the_violation_limit() {
+        let element = pb::TemplateElement {
+            buttons: vec![pb::Button::default(); 3],
+            ..Default::default()
+        };
+        let request = pb::SendRequest {
+            recipient_id: "not an igsid".into(),
+            generic_template: Some(pb::GenericTemplate {
+                elements: vec![element; 10],
+            }),
+            ..Default::default()
+        };
+        let violations = message_from_pb(&request).unwrap_err();
+        assert_eq!(violations.len(), MAX_VIOLATIONS);
+    }
 }
