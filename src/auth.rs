@@ -58,6 +58,48 @@ pub struct Key {
     /// `None`: every account ("*").
     accounts: Option<HashSet<String>>,
     allow: HashSet<Operation>,
+    /// Part of the entry: a rotated secret is a different key, and streams
+    /// opened with the old one end.
+    credential: Credential,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Credential {
+    Sha256([u8; 32]),
+    /// A client certificate identity, typed (`uri:…` or `dns:…`).
+    Certificate(String),
+}
+
+/// How a certificate identity is written in the keys file and matched: a
+/// URI SAN (it has a scheme, like `spiffe://prod/billing`) or a DNS SAN.
+/// Typed, so a DNS name spelled like a URI never matches a URI entry.
+pub fn identity_key(san_uri: Option<&str>, san_dns: Option<&str>) -> Option<String> {
+    match (san_uri, san_dns) {
+        (Some(uri), _) => Some(format!("uri:{uri}")),
+        (None, Some(dns)) => Some(format!("dns:{}", dns.to_ascii_lowercase())),
+        (None, None) => None,
+    }
+}
+
+/// The typed identity of a `client_cert = "…"` value, or why it is not one.
+fn client_cert_identity(value: &str) -> Result<String, String> {
+    if value.contains("://") {
+        return Ok(format!("uri:{value}"));
+    }
+    let dns_ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if dns_ok {
+        Ok(format!("dns:{}", value.to_ascii_lowercase()))
+    } else {
+        Err(format!(
+            "client_cert {value:?} must be a URI SAN (such as spiffe://prod/billing) or a DNS name"
+        ))
+    }
 }
 
 impl Key {
@@ -160,9 +202,15 @@ impl KeySet {
             let hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
             return self.by_hash.get(&hash).cloned();
         }
-        identities
-            .iter()
-            .find_map(|id| self.by_identity.get(id).cloned())
+        // A certificate that matches two entries is ambiguous: neither.
+        let mut found: Option<&Arc<Key>> = None;
+        for key in identities.iter().filter_map(|id| self.by_identity.get(id)) {
+            match found {
+                Some(k) if !Arc::ptr_eq(k, key) => return None,
+                _ => found = Some(key),
+            }
+        }
+        found.cloned()
     }
 
     /// Whether `key` is still in force, unchanged.
@@ -238,10 +286,14 @@ impl KeySet {
             let mut accounts = HashSet::new();
             for account in &entry.accounts {
                 let a = account.get_ref();
-                if a != "*" && (a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit())) {
+                // `me` is the account a gateway configured with `me` sends as.
+                if a != "*" && a != "me" && (a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()))
+                {
                     return Err(at(
                         account.span(),
-                        format!("account {a:?} must be an Instagram account id (digits) or \"*\""),
+                        format!(
+                            "account {a:?} must be an Instagram account id (digits), \"me\" or \"*\""
+                        ),
                     ));
                 }
                 accounts.insert(a.clone());
@@ -252,11 +304,14 @@ impl KeySet {
                     format!("key {id:?} needs accounts = [...] (ids, or \"*\" for all)"),
                 ));
             }
-            let key = Arc::new(Key {
-                id: id.clone(),
-                accounts: (!accounts.contains("*")).then_some(accounts),
-                allow,
-            });
+            let key = |credential| {
+                Arc::new(Key {
+                    id: id.clone(),
+                    accounts: (!accounts.contains("*")).then(|| accounts.clone()),
+                    allow: allow.clone(),
+                    credential,
+                })
+            };
             match (&entry.sha256, &entry.client_cert) {
                 (Some(hash), None) => {
                     let bytes = hex::decode(hash.get_ref())
@@ -268,16 +323,16 @@ impl KeySet {
                                 "sha256 must be 64 hex digits (the SHA-256 of the secret)".into(),
                             )
                         })?;
+                    let key = key(Credential::Sha256(bytes));
                     if set.by_hash.insert(bytes, key).is_some() {
                         return Err(at(hash.span(), "duplicate sha256".into()));
                     }
                 }
-                (None, Some(identity)) if !identity.get_ref().is_empty() => {
-                    if set
-                        .by_identity
-                        .insert(identity.get_ref().clone(), key)
-                        .is_some()
-                    {
+                (None, Some(identity)) => {
+                    let typed = client_cert_identity(identity.get_ref())
+                        .map_err(|e| at(identity.span(), e))?;
+                    let key = key(Credential::Certificate(typed.clone()));
+                    if set.by_identity.insert(typed, key).is_some() {
                         return Err(at(identity.span(), "duplicate client_cert".into()));
                     }
                 }
@@ -296,7 +351,7 @@ impl KeySet {
         let text = std::fs::read_to_string(file).map_err(|e| KeysFileError {
             file: file.to_owned(),
             line: 0,
-            what: e.to_string(),
+            what: format!("cannot be read: {e}"),
         })?;
         Self::parse(file, &text)
     }
@@ -327,8 +382,9 @@ fn line_of(text: &str, offset: usize) -> usize {
     before.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+/// `file:line: what`, or `file: what` when no line is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {what}", .file.display())]
+#[error("{}{}: {what}", .file.display(), if *.line > 0 { format!(":{}", .line) } else { String::new() })]
 pub struct KeysFileError {
     pub file: PathBuf,
     pub line: usize,
@@ -522,5 +578,47 @@ mod tests {
         let set = parse(&block).unwrap();
         assert_eq!(set.find(Some(&a), &[]).unwrap().id, "svc");
         assert!(new_key("svc", &all, &["fly".into()]).is_err());
+    }
+
+    #[test]
+    fn a_rotated_secret_is_a_different_key() {
+        let before = parse(&entry("svc", "old-secret")).unwrap();
+        let after = parse(&entry("svc", "new-secret")).unwrap();
+        let old = before.find(Some("old-secret"), &[]).unwrap();
+        assert!(before.holds(&old));
+        assert!(
+            !after.holds(&old),
+            "streams opened with the old secret must end"
+        );
+    }
+
+    #[test]
+    fn certificate_identities_are_typed_and_unambiguous() {
+        let cert = |id: &str, identity: &str| {
+            format!(
+                "[[key]]\nid = \"{id}\"\nclient_cert = \"{identity}\"\naccounts = [\"*\"]\nallow = [\"send\"]\n"
+            )
+        };
+        let set =
+            parse(&(cert("billing", "spiffe://prod/billing") + &cert("web", "Web.Prod.Example")))
+                .unwrap();
+        let uri = identity_key(Some("spiffe://prod/billing"), None).unwrap();
+        let dns_spelled_like_uri = identity_key(None, Some("spiffe://prod/billing")).unwrap();
+        let dns = identity_key(None, Some("web.prod.example")).unwrap();
+        assert_eq!(
+            set.find(None, std::slice::from_ref(&uri)).unwrap().id,
+            "billing"
+        );
+        assert!(set.find(None, &[dns_spelled_like_uri]).is_none());
+        assert_eq!(
+            set.find(None, std::slice::from_ref(&dns)).unwrap().id,
+            "web"
+        );
+        assert!(
+            set.find(None, &[uri, dns]).is_none(),
+            "two entries: neither"
+        );
+        let e = parse(&cert("x", "not a name")).unwrap_err();
+        assert!(e.what.contains("client_cert"), "{e}");
     }
 }

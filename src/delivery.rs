@@ -133,6 +133,11 @@ impl Deliverer {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// The least of its deadline a send must have left to be started.
+    pub fn min_send_budget(&self) -> Duration {
+        self.policy.min_send_budget
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Failure, GraphError};
@@ -120,15 +120,15 @@ impl GraphClient {
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            // A redirect would carry the token to wherever it points.
+            // A redirect would carry the token to wherever it points, and so
+            // would a proxy taken from the environment.
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .user_agent(concat!("messenger-gateway/", env!("CARGO_PKG_VERSION")))
     }
 
-    /// The outermost connector layer marks attempts that wait for a connection.
     fn with(settings: reqwest::ClientBuilder) -> Self {
         let http = settings
-            .connector_layer(tower::layer::layer_fn(WatchConnect))
             .build()
             .expect("the HTTP client's fixed settings are valid");
         Self { http }
@@ -141,13 +141,21 @@ impl GraphClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<GraphReply, AttemptError> {
+        let written = Arc::new(AtomicBool::new(false));
+        let len = body.len() as u64;
+        let body = WatchedBody {
+            data: Some(body),
+            len,
+            polled: written.clone(),
+        };
         let attempt = async {
             let mut response = self
                 .http
                 .post(account.messages_url.clone())
                 .header(AUTHORIZATION, account.authorization.clone())
                 .header(CONTENT_TYPE, "application/json")
-                .body(body)
+                .header(CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap(body))
                 .send()
                 .await
                 .map_err(transport_failure)?;
@@ -169,13 +177,15 @@ impl GraphClient {
                 retry_after,
             })
         };
-        let connecting = Arc::new(AtomicBool::new(false));
-        let attempt = CONNECTING.scope(connecting.clone(), attempt);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
-            // Still opening the connection: nothing was written.
-            Err(_) if connecting.load(Ordering::SeqCst) => Err(Failure::NotSent {
-                detail: format!("no connection to Graph within {} ms", timeout.as_millis()),
+            // Still connecting (or waiting for a connection): the body was
+            // never asked for, so nothing Graph could act on was sent.
+            Err(_) if !written.load(Ordering::SeqCst) => Err(Failure::NotSent {
+                detail: format!(
+                    "no connection to Graph was ready within {} ms",
+                    timeout.as_millis()
+                ),
             }
             .into()),
             Err(_) => Err(Failure::NoAnswerBeforeDeadline {
@@ -186,78 +196,33 @@ impl GraphClient {
     }
 }
 
-tokio::task_local! {
-    /// Set while the attempt of this task waits for a new connection.
-    static CONNECTING: Arc<AtomicBool>;
+/// The request body, which marks when hyper first asks for it. Until then
+/// not a byte of it has been written (at most the headers, which Graph
+/// cannot act on without the body), so a timeout is "not sent".
+struct WatchedBody {
+    data: Option<Bytes>,
+    len: u64,
+    polled: Arc<AtomicBool>,
 }
 
-/// Marks an attempt as "connecting" while the connection it asked for is
-/// being opened on its behalf, so a timeout then is known to be "not sent".
-#[derive(Clone)]
-struct WatchConnect<S>(S);
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
 
-impl<S: tower::Service<R>, R> tower::Service<R> for WatchConnect<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Connecting<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let flag = CONNECTING.try_with(Arc::clone).ok();
-        if let Some(f) = &flag {
-            f.store(true, Ordering::SeqCst);
-        }
-        Connecting {
-            inner: Box::pin(self.0.call(request)),
-            flag,
-        }
-    }
-}
-
-/// A connect in progress. If the pool hands the attempt another connection
-/// first, hyper finishes this one in the background, in another task: from
-/// then on the attempt no longer waits for it, so the mark is cleared.
-struct Connecting<F> {
-    inner: Pin<Box<F>>,
-    flag: Option<Arc<AtomicBool>>,
-}
-
-impl<F: Future> Future for Connecting<F> {
-    type Output = F::Output;
-
-    fn poll(
+    fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        if let Some(f) = &self.flag {
-            let ours = CONNECTING
-                .try_with(|current| Arc::ptr_eq(current, f))
-                .unwrap_or(false);
-            if !ours {
-                f.store(false, Ordering::SeqCst);
-            }
-        }
-        let polled = self.inner.as_mut().poll(cx);
-        if polled.is_ready() {
-            self.clear();
-        }
-        polled
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.polled.store(true, Ordering::SeqCst);
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
     }
-}
 
-impl<F> Connecting<F> {
-    /// Not on drop: an attempt cut off by its deadline drops the connect
-    /// it waits for, and must still read that it was connecting.
-    fn clear(&mut self) {
-        if let Some(f) = self.flag.take() {
-            f.store(false, Ordering::SeqCst);
-        }
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::events::{InboundEvent, UnixMs};
@@ -42,7 +42,51 @@ pub enum SubscribeError {
 pub type EventFilter = Box<dyn Fn(&InboundEvent) -> bool + Send + Sync>;
 /// Resolves when a subscription must end because its caller lost the right.
 pub type Revocation = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-pub type Subscription = mpsc::Receiver<Result<Arc<StoredEvent>, SubscribeError>>;
+/// The events of one subscription, then (maybe) why it ended. The ending
+/// overtakes buffered events: a revoked key gets no more of them, and a
+/// client at shutdown learns to reconnect rather than reading "done".
+pub struct Subscription {
+    events: mpsc::Receiver<Arc<StoredEvent>>,
+    ended: Option<oneshot::Receiver<SubscribeError>>,
+}
+
+impl Subscription {
+    /// The next event, or the error that ended the stream, or `None`.
+    pub async fn recv(&mut self) -> Option<Result<Arc<StoredEvent>, SubscribeError>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Arc<StoredEvent>, SubscribeError>>> {
+        use std::task::Poll;
+        if let Some(ended) = &mut self.ended {
+            match std::pin::Pin::new(ended).poll(cx) {
+                Poll::Ready(Ok(e)) => {
+                    self.ended = None;
+                    self.events.close();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // The feed stopped without a reason: what is buffered still counts.
+                Poll::Ready(Err(_)) => self.ended = None,
+                Poll::Pending => {}
+            }
+        }
+        self.events.poll_recv(cx).map(|e| e.map(Ok))
+    }
+}
+
+impl tokio_stream::Stream for Subscription {
+    type Item = Result<Arc<StoredEvent>, SubscribeError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_next(cx)
+    }
+}
 
 /// Inbound events: stored durably, streamed to subscribers, and read back as
 /// windows.
@@ -124,6 +168,7 @@ impl Inbox {
             return Err(SubscribeError::Pruned { pruned_through });
         }
         let (tx, rx) = mpsc::channel(PAGE);
+        let (end, ended) = oneshot::channel();
         let inbox = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -141,10 +186,13 @@ impl Inbox {
                 _ = closing.wait_for(|c| *c) => Some(SubscribeError::ShuttingDown),
             };
             if let Some(e) = ended {
-                let _ = tx.try_send(Err(e));
+                let _ = end.send(e);
             }
         });
-        Ok(rx)
+        Ok(Subscription {
+            events: rx,
+            ended: Some(ended),
+        })
     }
 
     /// Ends every subscription, so shutdown need not wait for them.
@@ -183,7 +231,7 @@ impl Inbox {
 struct Feed<'a> {
     store: &'a Arc<dyn Store>,
     filter: EventFilter,
-    tx: &'a mpsc::Sender<Result<Arc<StoredEvent>, SubscribeError>>,
+    tx: &'a mpsc::Sender<Arc<StoredEvent>>,
 }
 
 impl Feed<'_> {
@@ -224,6 +272,15 @@ impl Feed<'_> {
     /// `None` means the subscriber went.
     async fn catch_up(&self, cursor: &mut u64) -> Option<Result<(), SubscribeError>> {
         loop {
+            // Pruning may have overtaken a slow subscriber: say so rather
+            // than skip what it never saw.
+            match self.store.bounds().await {
+                Ok((_, pruned_through)) if *cursor > 0 && pruned_through > *cursor => {
+                    return Some(Err(SubscribeError::Pruned { pruned_through }));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
             let page = match self.store.events_after(*cursor, PAGE).await {
                 Ok(page) => page,
                 Err(e) => return Some(Err(e.into())),
@@ -244,7 +301,7 @@ impl Feed<'_> {
         if !(self.filter)(&event.event) {
             return Some(());
         }
-        self.tx.send(Ok(event)).await.ok()
+        self.tx.send(event).await.ok()
     }
 }
 

@@ -60,6 +60,27 @@ impl Outbox {
         })
     }
 
+    /// Refuses at once, as not sent, a send with too little of its deadline
+    /// left to be started at all.
+    pub fn budget_refusal(&self, budget: &Budget) -> Option<SendError> {
+        let min = self.deliverer.min_send_budget();
+        match budget.deadline {
+            Some(d) if d.saturating_duration_since(Instant::now()) < min => {
+                Some(SendError::Failed {
+                    failure: crate::error::Failure::NotSent {
+                        detail: format!(
+                            "the caller's deadline leaves less than the {} ms a send needs",
+                            min.as_millis()
+                        ),
+                    },
+                    attempts: 0,
+                    retry_after: None,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The window with `user`, as this gateway's account sees it.
     async fn window(&self, user: &str) -> Result<Window, StoreError> {
         self.inbox
@@ -87,11 +108,12 @@ impl Outbox {
         let Some((scope, id)) = request_id else {
             return self.send_checked(message, deadline).await;
         };
-        // Scopes (key ids) hold no ':', so the first one splits them apart.
+        // A request_id is printable ASCII, so a control character keeps
+        // the scope apart from it (and from ids given with no scope).
         let id = if scope.is_empty() {
             id.as_str().to_owned()
         } else {
-            format!("{scope}:{}", id.as_str())
+            format!("{scope}\u{1f}{}", id.as_str())
         };
         let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
         let done = {

@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::Keys;
 use crate::delivery::Deliverer;
+use crate::grpc::deadline::RefuseHopelessLayer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
 use crate::inbox::Inbox;
 use crate::net::{self, Limits};
@@ -192,6 +193,9 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             crate::grpc::status::explain_codec_errors,
         ))
+        .layer(RefuseHopelessLayer {
+            min_send_budget: deliverer.min_send_budget(),
+        })
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(options.max_concurrent_streams))

@@ -312,10 +312,17 @@ impl Application {
     /// How callers are let in, for the banner.
     pub fn mode(&self) -> String {
         let transport = if self.grpc_tls { "TLS" } else { "plaintext" };
-        if self.keys.is_open() {
-            format!("{transport}, no authentication: every caller that reaches the port is trusted")
-        } else {
-            format!("{transport}, API keys required")
+        match (self.keys.is_open(), self.grpc_tls) {
+            (true, _) => format!(
+                "{transport}, no authentication: every caller that reaches the port is trusted"
+            ),
+            (false, true) => format!("{transport}, API keys required"),
+            (false, false) if self.grpc_addr.ip().is_loopback() => {
+                format!("{transport}, API keys required")
+            }
+            (false, false) => format!(
+                "{transport}, API keys required; WARNING: keys cross the network in clear text, add --tls-cert/--tls-key or put TLS in front"
+            ),
         }
     }
 

@@ -112,7 +112,8 @@ fn server_config(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, Tls
     Ok(config)
 }
 
-/// The URI and DNS SANs of a (verified) client certificate.
+/// The URI and DNS SANs of a (verified) client certificate, typed as the
+/// keys file matches them (`uri:…`, `dns:…`).
 pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
@@ -125,8 +126,8 @@ pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::URI(uri) => crate::auth::identity_key(Some(uri), None),
+            GeneralName::DNSName(dns) => crate::auth::identity_key(None, Some(dns)),
             _ => None,
         })
         .collect()

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod deadline;
 pub mod inbound;
 pub mod status;
 
@@ -10,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
@@ -149,6 +150,11 @@ impl pb::messenger_server::Messenger for MessengerService {
         let caller = self.authorize(&request, Operation::Send)?;
         let span = tracing::info_span!("call", key = caller.id());
         let budget = self.budget_of(&request);
+        // Answered before anything is awaited, so even a deadline of a
+        // nanosecond gets this answer rather than tonic's bare timeout.
+        if let Some(e) = self.outbox.budget_refusal(&budget) {
+            return Err(span.in_scope(|| refused("message", &request.get_ref().recipient_id, e)));
+        }
         let (message, request_id) = convert::message_from_pb(request.get_ref()).map_err(|v| {
             span.in_scope(|| rejected("message", &request.get_ref().recipient_id, v))
         })?;
@@ -181,6 +187,9 @@ impl pb::messenger_server::Messenger for MessengerService {
         let caller = self.authorize(&request, Operation::SendAction)?;
         let span = tracing::info_span!("call", key = caller.id());
         let budget = self.budget_of(&request);
+        if let Some(e) = self.outbox.budget_refusal(&budget) {
+            return Err(span.in_scope(|| refused("action", &request.get_ref().recipient_id, e)));
+        }
         let action = convert::action_from_pb(request.get_ref()).map_err(|v| {
             span.in_scope(|| rejected("action", &request.get_ref().recipient_id, v))
         })?;
@@ -232,7 +241,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         let keys = self.keys.clone();
         let revoked = Box::pin(async move { keys.revoked(&caller).await });
         let events = self.inbox.subscribe(after, filter, revoked).await?;
-        let stream = ReceiverStream::new(events).map(|item| {
+        let stream = events.map(|item| {
             item.map(|e| inbound::event_to_pb(Arc::unwrap_or_clone(e)))
                 .map_err(Status::from)
         });
@@ -242,7 +251,11 @@ impl pb::messenger_server::Messenger for MessengerService {
 
 /// Logs and converts a request that failed validation.
 fn rejected(kind: &str, recipient: &str, violations: Vec<FieldViolation>) -> Status {
-    let error = SendError::InvalidRequest(violations);
+    refused(kind, recipient, SendError::InvalidRequest(violations))
+}
+
+/// Logs and converts a send refused before it started.
+fn refused(kind: &str, recipient: &str, error: SendError) -> Status {
     log_outcome(kind, recipient, Instant::now(), Err(&error));
     error.into()
 }

@@ -17,16 +17,18 @@ use crate::store::StoreError;
 /// ErrorInfo `domain` for every error the gateway reports.
 pub const DOMAIN: &str = "messenger-gateway";
 
-/// Status messages travel in a header (16 KiB for all of them in tonic):
-/// keep Graph's words, but never a whole upstream body. With the limits
-/// below a status (message and details) stays under 8 KiB.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Status messages travel in headers (16 KiB for all of them in tonic; some
+/// clients warn past 8 KiB): keep Graph's words, but never a whole upstream
+/// body. With the limits below a status stays under 8 KiB on the wire too,
+/// where the message is percent-encoded (up to 3 bytes a byte) and the
+/// details, which repeat it, are base64.
+pub const MAX_MESSAGE_BYTES: usize = 512;
 const MAX_METADATA_BYTES: usize = 256;
 /// A BadRequest names at most this many fields: enough to fix a request,
 /// too few to amplify a hostile one.
 pub const MAX_VIOLATIONS: usize = 20;
-const MAX_FIELD_BYTES: usize = 96;
-const MAX_DESCRIPTION_BYTES: usize = 160;
+const MAX_FIELD_BYTES: usize = 64;
+const MAX_DESCRIPTION_BYTES: usize = 100;
 /// RetryInfo when the gateway's own store failed, or it is shutting down.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// RetryInfo when too many subscriptions are open.
@@ -402,7 +404,7 @@ mod tests {
         let violations: Vec<_> = (0..100_000)
             .map(|i| {
                 FieldViolation::new(
-                    format!("quick_replies[{i}].title{}", "x".repeat(500)),
+                    format!("quick_replies[{i}].title{}", "é".repeat(500)),
                     "é".repeat(1000),
                 )
             })
@@ -415,6 +417,14 @@ mod tests {
         );
         let size = status.message().len() + status.details().len();
         assert!(size < 8 * 1024, "{size} bytes");
+        // On the wire: grpc-message percent-encoded, details in base64.
+        let mut headers = http::HeaderMap::new();
+        status.add_header(&mut headers).unwrap();
+        let wire: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        assert!(wire < 8 * 1024, "{wire} bytes on the wire");
     }
 
     #[test]

@@ -165,8 +165,9 @@ INSERT OR IGNORE INTO dedup (key, seen_ms) SELECT dedup_key, received_ms FROM ev
 ";
 
 /// Events a live subscriber may fall behind by before it reads from the
-/// store instead.
-const FEED_CAPACITY: usize = 4096;
+/// store instead: several full group commits of single-event deliveries
+/// (512 each), so a burst does not send every subscriber to the store.
+const FEED_CAPACITY: usize = 16 * 1024;
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use crate::binary::{KillOnDrop, gateway, listening_addr, sigterm, wait_with_timeout};
 
+/// Runs the binary expecting it to stop by itself (within 10 s).
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out = gateway(args, env).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut child = KillOnDrop(gateway(args, env).spawn().unwrap());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
 }
 
 #[test]

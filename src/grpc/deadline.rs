@@ -1,0 +1,91 @@
+//! Sends whose `grpc-timeout` is too short to be started are answered at
+//! once, before the request body is read. tonic's own timeout sits outside
+//! every layer and would otherwise answer first with a bare `CANCELLED`
+//! ("Timeout expired") carrying no ErrorInfo.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::Status;
+use tower::Service;
+
+use super::parse_grpc_timeout;
+use crate::error::{Failure, SendError};
+
+/// The methods that send: only for these is "too little time" a refusal.
+const SENDING_PATHS: [&str; 2] = [
+    "/messenger.v1.Messenger/Send",
+    "/messenger.v1.Messenger/SendAction",
+];
+
+#[derive(Clone)]
+pub struct RefuseHopelessLayer {
+    pub min_send_budget: Duration,
+}
+
+impl<S> tower::Layer<S> for RefuseHopelessLayer {
+    type Service = RefuseHopeless<S>;
+
+    fn layer(&self, inner: S) -> RefuseHopeless<S> {
+        RefuseHopeless {
+            inner,
+            min_send_budget: self.min_send_budget,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RefuseHopeless<S> {
+    inner: S,
+    min_send_budget: Duration,
+}
+
+type Answer<E> =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for RefuseHopeless<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Answer<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let sending = SENDING_PATHS.contains(&request.uri().path());
+        match timeout {
+            Some(t) if sending && t < self.min_send_budget => {
+                let status = Status::from(SendError::Failed {
+                    failure: Failure::NotSent {
+                        detail: format!(
+                            "a grpc-timeout of {} µs leaves less than the {} ms a send needs",
+                            t.as_micros(),
+                            self.min_send_budget.as_millis()
+                        ),
+                    },
+                    attempts: 0,
+                    retry_after: None,
+                });
+                crate::refusals::log(|| {
+                    tracing::warn!(
+                        grpc_timeout_us = t.as_micros() as u64,
+                        "send refused: too little time to start it"
+                    )
+                });
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+            _ => Box::pin(self.inner.call(request)),
+        }
+    }
+}
