@@ -16,9 +16,14 @@ pub struct InboundEvent {
     /// Who acted: the user's IGSID, or our account for an echo.
     pub sender_id: String,
     pub recipient_id: String,
-    /// When it happened, by Instagram's clock.
+    /// When it happened, by Instagram's clock (or, if that was absurd, when
+    /// it arrived: see `original_timestamp_ms`).
     pub timestamp_ms: UnixMs,
     pub kind: EventKind,
+    /// The time as delivered, kept when it was replaced by the arrival time
+    /// (more than a day ahead, or beyond what a protobuf Timestamp holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_timestamp_ms: Option<UnixMs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,8 +128,18 @@ impl InboundEvent {
             }
             _ => {
                 // serde_json's map is sorted, so key order in the delivery
-                // does not change the hash.
-                let canonical = serde_json::to_vec(self).unwrap_or_default();
+                // does not change the hash; and the time is the one
+                // delivered, so a redelivery capped at another moment
+                // still matches.
+                let canonical = match self.original_timestamp_ms {
+                    Some(original) => serde_json::to_vec(&InboundEvent {
+                        timestamp_ms: original,
+                        original_timestamp_ms: None,
+                        ..self.clone()
+                    }),
+                    None => serde_json::to_vec(self),
+                }
+                .unwrap_or_default();
                 let digest = Sha256::digest(&canonical);
                 format!("{a}:sha256:{}", hex::encode(digest))
             }
@@ -161,6 +176,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Vec<InboundEvent>, PayloadError> {
                     .as_i64()
                     .map(seconds_or_ms)
                     .unwrap_or(entry_time),
+                original_timestamp_ms: None,
                 kind: EventKind::Raw {
                     field: change["field"].as_str().unwrap_or("changes").to_owned(),
                     json: change.clone(),
@@ -236,6 +252,7 @@ fn parse_messaging(account_id: &str, entry_time: UnixMs, item: &Value) -> Inboun
         recipient_id: id_string(&item["recipient"]["id"]),
         timestamp_ms: item["timestamp"].as_i64().unwrap_or(entry_time),
         kind,
+        original_timestamp_ms: None,
     }
 }
 
@@ -250,7 +267,12 @@ fn id_string(v: &Value) -> String {
 
 /// Some change payloads carry seconds; messaging carries milliseconds.
 fn seconds_or_ms(t: i64) -> i64 {
-    if t < 100_000_000_000 { t * 1000 } else { t }
+    // Saturating: a hostile value must not overflow (the inbox caps it).
+    if t < 100_000_000_000 {
+        t.saturating_mul(1000)
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]

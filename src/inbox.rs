@@ -132,6 +132,7 @@ impl Inbox {
         for e in &mut events {
             let ahead = e.timestamp_ms.saturating_sub(now);
             if ahead > MAX_AHEAD_MS || !TIMESTAMP_RANGE_MS.contains(&e.timestamp_ms) {
+                e.original_timestamp_ms = Some(e.timestamp_ms);
                 e.timestamp_ms = now;
             }
         }
@@ -467,5 +468,39 @@ mod tests {
         let stored = inbox.store().events_after(0, 10).await.unwrap();
         let times: Vec<i64> = stored.iter().map(|e| e.event.timestamp_ms).collect();
         assert_eq!(times, [now, now, now, now, now + 1_000]);
+        // The stored JSON keeps what was delivered.
+        let originals: Vec<_> = stored
+            .iter()
+            .map(|e| e.event.original_timestamp_ms)
+            .collect();
+        assert_eq!(
+            originals,
+            [
+                Some(i64::MAX),
+                Some(now + MAX_AHEAD_MS + 1),
+                Some(i64::MIN),
+                Some(-62_135_596_800_001),
+                None
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_capped_event_delivered_again_later_is_still_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(1_795_737_600_000);
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let inbox = Inbox::new(store, Arc::new(clock.clone()), 10)
+            .await
+            .unwrap();
+        // A comment (no mid: deduplicated by content) from far in the future,
+        // and one whose seconds would overflow when made milliseconds.
+        let body = br#"{"object":"instagram","entry":[{"id":"A","time":1,"changes":[
+            {"field":"comments","value":{"from":{"id":"U"},"timestamp":9000000000000000,"text":"hi"}},
+            {"field":"comments","value":{"from":{"id":"U"},"timestamp":-9223372036854775807,"text":"yo"}}]}]}"#;
+        let first = inbox.ingest(parse_delivery(body).unwrap()).await.unwrap();
+        clock.advance_ms(60_000);
+        let again = inbox.ingest(parse_delivery(body).unwrap()).await.unwrap();
+        assert_eq!((first.new_events, again.duplicates), (2, 2));
     }
 }

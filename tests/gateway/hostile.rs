@@ -196,14 +196,38 @@ async fn a_send_without_a_deadline_gets_the_default_one() {
     assert_eq!(gw.graph_calls().await, 1);
 }
 
-/// A raw gRPC call over HTTP/2 with `grpc-timeout` set by hand: clients
-/// (tonic's, grpcio, grpcurl) give up on their own before such a deadline.
-async fn raw_send(gw: &TestGateway, grpc_timeout: &str) -> tonic::Status {
+/// A request body that arrives only after `delay`, as from a slow client.
+struct LateBody {
+    frame: Option<bytes::Bytes>,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for LateBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        std::task::Poll::Ready(self.frame.take().map(|f| Ok(http_body::Frame::data(f))))
+    }
+}
+
+/// A raw gRPC call over HTTP/2 with `grpc-timeout` set by hand (clients
+/// such as tonic's, grpcio and grpcurl give up on their own before such a
+/// deadline), its body sent `body_delay` after its headers.
+async fn raw_send(gw: &TestGateway, grpc_timeout: &str, body_delay: Duration) -> tonic::Status {
     use prost::Message;
     let message = text_to(USER, "too late").encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
+    let body = LateBody {
+        frame: Some(frame.into()),
+        sleep: Box::pin(tokio::time::sleep(body_delay)),
+    };
     let http = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -213,7 +237,7 @@ async fn raw_send(gw: &TestGateway, grpc_timeout: &str) -> tonic::Status {
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", grpc_timeout)
-        .body(frame)
+        .body(reqwest::Body::wrap(body))
         .send()
         .await
         .unwrap();
@@ -224,8 +248,10 @@ async fn raw_send(gw: &TestGateway, grpc_timeout: &str) -> tonic::Status {
 async fn a_send_with_almost_no_time_left_is_not_started() {
     let gw = TestGateway::start().await;
     gw.graph_answers(ok_reply()).await;
+    // The body comes late, so only an answer that needs no body beats
+    // tonic's own timer.
     for timeout in ["1n", "80m"] {
-        let status = raw_send(&gw, timeout).await;
+        let status = raw_send(&gw, timeout, Duration::from_millis(150)).await;
         // Our answer with its ErrorInfo, not tonic's bare CANCELLED.
         assert_eq!(status.code(), Code::Unavailable, "{timeout}: {status:?}");
         assert_eq!(error_info(&status).0, "UPSTREAM_UNAVAILABLE");
