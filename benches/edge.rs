@@ -94,8 +94,27 @@ impl Gateway {
     /// The release binary with a Graph at `upstream`, webhooks on, and
     /// API keys when `keys` is set.
     fn start(upstream: SocketAddr, keys: bool, extra: &[&str]) -> Self {
+        Self::start_under(upstream, keys, extra, None)
+    }
+
+    /// As `start`, under callgrind writing to `callgrind_out` when given.
+    fn start_under(
+        upstream: SocketAddr,
+        keys: bool,
+        extra: &[&str],
+        callgrind_out: Option<&std::path::Path>,
+    ) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match callgrind_out {
+            None => Command::new(BIN),
+            Some(out) => {
+                let mut c = Command::new("valgrind");
+                c.arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={}", out.display()))
+                    .arg(BIN);
+                c
+            }
+        };
         cmd.args([
             "serve",
             "--listen",
@@ -282,6 +301,58 @@ fn rand_start() -> u64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Instructions the gateway executes (callgrind's total) for `n` sends,
+/// start-up and shutdown included.
+async fn callgrind_total(upstream: SocketAddr, keyed: bool, n: usize) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("callgrind.out");
+    let mut gateway = Gateway::start_under(upstream, keyed, &[], Some(&out));
+    let channel = gateway.channel().await;
+    sends(&channel, keyed, n).await;
+    drop(channel);
+    // SIGTERM, so callgrind writes its totals on the way out.
+    Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status()
+        .unwrap();
+    gateway.child.wait().unwrap();
+    std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("totals: "))
+        .and_then(|t| t.trim().parse().ok())
+        .expect("callgrind wrote its totals")
+}
+
+/// The same comparison counted in instructions, which a busy machine does
+/// not disturb: the slope between two runs of different lengths.
+async fn auth_instructions(upstream: SocketAddr) {
+    let available = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        println!("   (instructions per send: valgrind not installed, skipped)");
+        return;
+    }
+    let (short, long) = (300, 900);
+    let mut per_send = Vec::new();
+    for keyed in [false, true] {
+        let a = callgrind_total(upstream, keyed, short).await;
+        let b = callgrind_total(upstream, keyed, long).await;
+        per_send.push((b - a) as f64 / (long - short) as f64);
+    }
+    println!(
+        "   instructions per send (callgrind, slope of {short} to {long} sends): off {:.0}, with key {:.0}, ratio {:.3}",
+        per_send[0],
+        per_send[1],
+        per_send[1] / per_send[0]
+    );
+    println!(
+        "   (under valgrind SHA-256 runs in software, about 3,500 instructions a digest; this CPU's SHA-NI path is a few hundred)"
+    );
 }
 
 async fn auth_cost(upstream: SocketAddr) {
@@ -495,6 +566,7 @@ fn main() {
     runtime.block_on(async {
         let upstream = upstream().await;
         auth_cost(upstream).await;
+        auth_instructions(upstream).await;
         many_subscribers(upstream).await;
         stalled_connections(upstream).await;
     });

@@ -4,6 +4,7 @@
 //! request and asks [`Keys::authenticate`].
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,6 +44,43 @@ impl Operation {
     }
 }
 
+/// A set of operations, as bits: checked on every call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Operations(u8);
+
+impl Operations {
+    fn insert(&mut self, op: Operation) {
+        self.0 |= 1 << op as u8;
+    }
+
+    fn contains(self, op: Operation) -> bool {
+        self.0 & (1 << op as u8) != 0
+    }
+}
+
+/// Keys of `by_hash` are SHA-256 digests, already uniform: their first
+/// bytes are the hash. (SipHash over them would cost more than the lookup.)
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    /// The digest's bytes come last (after the slice length): the last
+    /// write of eight bytes or more decides.
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(first) = bytes.first_chunk::<8>() {
+            self.0 = u64::from_le_bytes(*first);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+            }
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The prefix of every secret `keys new` makes, so a leaked one is easy to
 /// recognise (and to scan for).
 pub const SECRET_PREFIX: &str = "mgw_";
@@ -57,7 +95,7 @@ pub struct Key {
     pub id: String,
     /// `None`: every account ("*").
     accounts: Option<HashSet<String>>,
-    allow: HashSet<Operation>,
+    allow: Operations,
     /// Part of the entry: a rotated secret is a different key, and streams
     /// opened with the old one end.
     credential: Credential,
@@ -104,7 +142,7 @@ fn client_cert_identity(value: &str) -> Result<String, String> {
 
 impl Key {
     pub fn may(&self, operation: Operation) -> bool {
-        self.allow.contains(&operation)
+        self.allow.contains(operation)
     }
 
     pub fn may_act_for(&self, account: &str) -> bool {
@@ -189,7 +227,7 @@ impl Caller {
 /// A parsed keys file: secrets by hash, and certificate identities.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_hash: HashMap<[u8; 32], Arc<Key>>,
+    by_hash: HashMap<[u8; 32], Arc<Key>, BuildHasherDefault<DigestHasher>>,
     by_identity: HashMap<String, Arc<Key>>,
 }
 
@@ -265,7 +303,7 @@ impl KeySet {
             if !ids.insert(id.clone()) {
                 return Err(at(entry.id.span(), format!("duplicate id {id:?}")));
             }
-            let mut allow = HashSet::new();
+            let mut allow = Operations::default();
             for op in &entry.allow {
                 match Operation::parse(op.get_ref()) {
                     Some(o) => {
@@ -308,7 +346,7 @@ impl KeySet {
                 Arc::new(Key {
                     id: id.clone(),
                     accounts: (!accounts.contains("*")).then(|| accounts.clone()),
-                    allow: allow.clone(),
+                    allow,
                     credential,
                 })
             };
