@@ -128,6 +128,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONNECTIONS",
           default_value_t = Limits::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Connections open at once from one IP address, per port.
+    #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONNECTIONS_PER_IP",
+          default_value_t = Limits::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
     /// Calls under way at once on one gRPC connection.
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONCURRENT_STREAMS",
           default_value_t = ServeOptions::DEFAULT_MAX_CONCURRENT_STREAMS)]
@@ -240,6 +244,7 @@ impl ServeArgs {
                 reflection: self.reflection,
                 limits: Limits {
                     max_connections: self.max_connections,
+                    max_connections_per_ip: self.max_connections_per_ip,
                     ..Limits::default()
                 },
                 max_concurrent_streams: self.max_concurrent_streams,

@@ -23,6 +23,9 @@ use crate::tls::{PeerIdentities, ReloadableTls, identities};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections open at once from one IP address, so that no single
+    /// client (with or without a key) can take every slot.
+    pub max_connections_per_ip: usize,
     /// For the TLS handshake, and then for the opening bytes.
     pub first_byte_timeout: Duration,
     /// How many bytes must arrive within `first_byte_timeout`: 24 on the
@@ -37,6 +40,7 @@ pub struct Limits {
 
 impl Limits {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 512;
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
     pub const HTTP2_PREFACE_BYTES: usize = 24;
@@ -46,6 +50,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: Self::DEFAULT_MAX_CONNECTIONS_PER_IP,
             first_byte_timeout: Self::DEFAULT_READ_TIMEOUT,
             opening_bytes: 1,
             header_read_timeout: Self::DEFAULT_READ_TIMEOUT,
@@ -63,6 +68,7 @@ pub fn incoming(
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -80,6 +86,14 @@ pub fn incoming(
                     }
                 },
                 () = tx.closed() => return,
+            };
+            let Some(permit) = per_ip.admit(remote.ip(), limits.max_connections_per_ip, permit)
+            else {
+                refusals::log(
+                    || tracing::warn!(ip = %remote.ip(), "refused: too many connections from one address"),
+                );
+                drop(stream);
+                continue;
             };
             let _ = stream.set_nodelay(true);
             let Some(tls) = tls.clone() else {
@@ -133,7 +147,52 @@ pub struct Conn {
     first_byte: Option<Pin<Box<Sleep>>>,
     /// Opening bytes still to come.
     awaited: usize,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
+}
+
+/// A connection's place: one of `max_connections`, and one of its
+/// address's `max_connections_per_ip`. Given back on drop.
+pub struct Slot {
+    _global: OwnedSemaphorePermit,
+    ip: std::net::IpAddr,
+    per_ip: Arc<PerIp>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Open connections per address.
+#[derive(Default)]
+pub struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerIp {
+    fn admit(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        max: usize,
+        global: OwnedSemaphorePermit,
+    ) -> Option<Slot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _global: global,
+            ip,
+            per_ip: self.clone(),
+        })
+    }
 }
 
 /// What every request of a connection carries: the peer and, over mutual
@@ -147,7 +206,7 @@ pub struct ConnInfo {
 impl Conn {
     fn new(
         io: Io,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
         remote: SocketAddr,
         limits: Limits,
         ids: Option<Vec<String>>,

@@ -165,3 +165,29 @@ async fn a_stalled_webhook_connection_does_not_hold_up_shutdown() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let limits = Limits {
+        max_connections_per_ip: 2,
+        ..Limits::default()
+    };
+    let gw = TestGateway::builder().serve(quick(limits)).start().await;
+    let a = TcpStream::connect(host_port(&gw)).await.unwrap();
+    let _b = TcpStream::connect(host_port(&gw)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The third from the same address is closed at once.
+    let mut third = TcpStream::connect(host_port(&gw)).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A slot given back is free again.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+}
