@@ -89,10 +89,12 @@ pub enum Reason {
     AfterBeyondHead,
     /// The gateway is stopping; call again (another replica, or soon).
     ShuttingDown,
+    /// The caller's deadline passed before the gateway could answer.
+    DeadlineExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -113,6 +115,7 @@ impl Reason {
         Reason::EventsPruned,
         Reason::AfterBeyondHead,
         Reason::ShuttingDown,
+        Reason::DeadlineExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +140,7 @@ impl Reason {
             Reason::EventsPruned => "EVENTS_PRUNED",
             Reason::AfterBeyondHead => "AFTER_BEYOND_HEAD",
             Reason::ShuttingDown => "SHUTTING_DOWN",
+            Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
         }
     }
 }

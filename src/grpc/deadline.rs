@@ -1,7 +1,8 @@
-//! Sends whose `grpc-timeout` is too short to be started are answered at
-//! once, before the request body is read. tonic's own timeout sits outside
-//! every layer and would otherwise answer first with a bare `CANCELLED`
-//! ("Timeout expired") carrying no ErrorInfo.
+//! Deadlines answered by the gateway, with an ErrorInfo, rather than by
+//! tonic: its own timeout sits outside every layer and answers a bare
+//! `CANCELLED` ("Timeout expired"). Sends whose `grpc-timeout` is too short
+//! to be started are answered at once, before the body is read; any other
+//! call still unanswered just before its deadline gets `DEADLINE_EXCEEDED`.
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,8 +10,8 @@ use std::time::Duration;
 use tonic::Status;
 use tower::Service;
 
-use super::parse_grpc_timeout;
-use crate::error::{Failure, SendError};
+use super::{answer_margin, parse_grpc_timeout};
+use crate::error::{Failure, Reason, SendError};
 
 /// The methods that send: only for these is "too little time" a refusal.
 const SENDING_PATHS: [&str; 2] = [
@@ -85,7 +86,47 @@ where
                 });
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
-            _ => Box::pin(self.inner.call(request)),
+            // After the handler's own answer would have come (it keeps a
+            // margin), before tonic's.
+            Some(t) => {
+                let answer_by = t.saturating_sub(answer_margin(t) / 2);
+                let call = self.inner.call(request);
+                Box::pin(async move {
+                    match tokio::time::timeout(answer_by, call).await {
+                        Ok(answered) => answered,
+                        Err(_) => Ok(late(sending).into_http()),
+                    }
+                })
+            }
+            None => Box::pin(self.inner.call(request)),
         }
     }
+}
+
+/// The answer to a call its handler could not answer in time. A send may
+/// have gone out meanwhile.
+fn late(sending: bool) -> Status {
+    if sending {
+        let status = super::status::failure(
+            Reason::DeliveryUnknown,
+            "the deadline passed before the gateway could answer; a send under way may still be delivered",
+            Default::default(),
+            None,
+            &[],
+        );
+        // DELIVERY_UNKNOWN by a deadline is DEADLINE_EXCEEDED, as for sends
+        // whose Graph call had no answer in time.
+        return Status::with_details(
+            tonic::Code::DeadlineExceeded,
+            status.message(),
+            status.details().to_vec().into(),
+        );
+    }
+    super::status::failure(
+        Reason::DeadlineExceeded,
+        "the deadline passed before the gateway could answer",
+        Default::default(),
+        None,
+        &[],
+    )
 }

@@ -282,8 +282,13 @@ fn finish_detached(
 /// own answer (with its details) beats tonic's bare timeout.
 fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
     let timeout = parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
-    let margin = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    Some(Instant::now() + timeout.saturating_sub(margin))
+    Some(Instant::now() + timeout.saturating_sub(answer_margin(timeout)))
+}
+
+/// How much earlier than the caller's deadline the gateway answers, so its
+/// answer (with details) arrives first.
+fn answer_margin(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
 }
 
 /// `grpc-timeout` is at most 8 digits and a unit (gRPC over HTTP/2 spec).

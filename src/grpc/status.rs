@@ -53,6 +53,7 @@ fn code_of(reason: Reason) -> Code {
         Reason::ApiKeyInvalid => Code::Unauthenticated,
         Reason::OperationNotAllowed | Reason::AccountNotAllowed => Code::PermissionDenied,
         Reason::EventsPruned | Reason::AfterBeyondHead => Code::OutOfRange,
+        Reason::DeadlineExceeded => Code::DeadlineExceeded,
     }
 }
 

@@ -221,6 +221,16 @@ impl http_body::Body for LateBody {
 async fn raw_send(gw: &TestGateway, grpc_timeout: &str, body_delay: Duration) -> tonic::Status {
     use prost::Message;
     let message = text_to(USER, "too late").encode_to_vec();
+    raw_call(gw, "Send", message, grpc_timeout, body_delay).await
+}
+
+async fn raw_call(
+    gw: &TestGateway,
+    method: &str,
+    message: Vec<u8>,
+    grpc_timeout: &str,
+    body_delay: Duration,
+) -> tonic::Status {
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
@@ -233,7 +243,10 @@ async fn raw_send(gw: &TestGateway, grpc_timeout: &str, body_delay: Duration) ->
         .build()
         .unwrap();
     let response = http
-        .post(format!("http://{}/messenger.v1.Messenger/Send", gw.addr))
+        .post(format!(
+            "http://{}/messenger.v1.Messenger/{method}",
+            gw.addr
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", grpc_timeout)
@@ -242,6 +255,19 @@ async fn raw_send(gw: &TestGateway, grpc_timeout: &str, body_delay: Duration) ->
         .await
         .unwrap();
     tonic::Status::from_header_map(response.headers()).expect("a trailers-only answer")
+}
+
+#[tokio::test]
+async fn any_call_the_deadline_overtakes_gets_the_gateways_answer_not_tonics() {
+    use prost::Message;
+    let gw = TestGateway::start().await;
+    let message = pb::GetWindowRequest {
+        recipient_id: USER.into(),
+    }
+    .encode_to_vec();
+    let status = raw_call(&gw, "GetWindow", message, "20m", Duration::from_millis(300)).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_info(&status).0, "DEADLINE_EXCEEDED");
 }
 
 #[tokio::test]
