@@ -133,6 +133,25 @@ impl Deliverer {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// `Some` when the queue is full already: a cheap early answer, before
+    /// a send spends a store write on its `request_id`. (`deliver` checks
+    /// again, exactly.)
+    pub fn refuse_if_full(&self) -> Option<SendError> {
+        let policy = &self.policy;
+        (self.in_flight() >= policy.max_concurrent_calls + policy.max_queued_sends)
+            .then(|| self.overloaded())
+    }
+
+    fn overloaded(&self) -> SendError {
+        SendError::Overloaded {
+            detail: format!(
+                "{} sends are already waiting for the account's {} Graph call slots",
+                self.policy.max_queued_sends, self.policy.max_concurrent_calls
+            ),
+            retry_after: DeliveryPolicy::OVERLOADED_RETRY,
+        }
+    }
+
     /// The least of its deadline a send must have left to be started.
     pub fn min_send_budget(&self) -> Duration {
         self.policy.min_send_budget
@@ -182,13 +201,7 @@ impl Deliverer {
         let _guard = InFlight(&self.in_flight);
         let policy = &self.policy;
         if before >= policy.max_concurrent_calls + policy.max_queued_sends {
-            return Err(SendError::Overloaded {
-                detail: format!(
-                    "{} sends are already waiting for the account's {} Graph call slots",
-                    policy.max_queued_sends, policy.max_concurrent_calls
-                ),
-                retry_after: DeliveryPolicy::OVERLOADED_RETRY,
-            });
+            return Err(self.overloaded());
         }
         let mut attempts = 0;
         loop {

@@ -105,6 +105,9 @@ impl Outbox {
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let deadline = budget.into();
+        if let Some(full) = self.deliverer.refuse_if_full() {
+            return Err(full);
+        }
         let Some((scope, id)) = request_id else {
             return self.send_checked(message, deadline).await;
         };

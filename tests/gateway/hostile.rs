@@ -146,10 +146,18 @@ async fn a_full_queue_answers_overloaded_at_once() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(error_info(&status).0, "OVERLOADED");
     assert!(retry_delay(&status).is_some());
+    // A send with a request_id is refused too, and its id stays free.
+    let with_id = pb::SendRequest {
+        request_id: "while-full-1".into(),
+        ..text_to(USER, "later")
+    };
+    let status = gw.client().await.send(with_id.clone()).await.unwrap_err();
+    assert_eq!(error_info(&status).0, "OVERLOADED");
     for w in waiting {
         w.await.unwrap().unwrap();
     }
-    assert_eq!(gw.graph_calls().await, 2);
+    gw.client().await.send(with_id).await.unwrap();
+    assert_eq!(gw.graph_calls().await, 3);
 }
 
 #[tokio::test]
