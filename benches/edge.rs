@@ -17,7 +17,9 @@
 //! `BENCH_SENDS` (sends per CPU round; default 20000),
 //! `BENCH_SUBSCRIBERS` (default 10000); for checking the CPU method,
 //! `BENCH_AA` (both gateways without keys: the method's own bias) and
-//! `BENCH_HEADER_BOTH` (both get the header: carrying it vs checking it).
+//! `BENCH_HEADER_BOTH` (both get the header: carrying it vs checking it),
+//! `BENCH_ROUNDS` (CPU rounds; default 5) and `BENCH_ONLY_CPU` (stop after
+//! the CPU rounds).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -395,7 +397,7 @@ async fn auth_cost(upstream: SocketAddr) {
     sends(&off_channel, header_both, 2000).await;
     sends(&on_channel, !aa, 2000).await;
     let mut ratios = Vec::new();
-    for round in 1..=5 {
+    for round in 1..=env_or("BENCH_ROUNDS", 5) {
         let (mut off_cpu, mut on_cpu) = (Duration::ZERO, Duration::ZERO);
         for chunk in 0..total / CHUNK {
             // Each goes first half the time.
@@ -589,6 +591,9 @@ fn main() {
     runtime.block_on(async {
         let upstream = upstream().await;
         auth_cost(upstream).await;
+        if std::env::var("BENCH_ONLY_CPU").is_ok() {
+            return;
+        }
         auth_instructions(upstream).await;
         many_subscribers(upstream).await;
         stalled_connections(upstream).await;
