@@ -36,6 +36,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// For a webhook's body, once its headers are in.
     pub body_read_timeout: Duration,
+    /// When set (the gRPC port with API keys), a connection must carry an
+    /// authenticated call within this, or it is closed: a client with no
+    /// key cannot sit on connection slots.
+    pub authenticate_within: Option<Duration>,
 }
 
 impl Limits {
@@ -44,6 +48,7 @@ impl Limits {
     pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".
     pub const HTTP2_PREFACE_BYTES: usize = 24;
+    pub const DEFAULT_AUTHENTICATE_WITHIN: Duration = Duration::from_secs(60);
 }
 
 impl Default for Limits {
@@ -55,6 +60,7 @@ impl Default for Limits {
             opening_bytes: 1,
             header_read_timeout: Self::DEFAULT_READ_TIMEOUT,
             body_read_timeout: Self::DEFAULT_READ_TIMEOUT,
+            authenticate_within: None,
         }
     }
 }
@@ -147,6 +153,8 @@ pub struct Conn {
     first_byte: Option<Pin<Box<Sleep>>>,
     /// Opening bytes still to come.
     awaited: usize,
+    /// Until a call on this connection presents a valid key.
+    unauthenticated: Option<Pin<Box<Sleep>>>,
     _slot: Slot,
 }
 
@@ -201,6 +209,8 @@ impl PerIp {
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub identities: PeerIdentities,
+    /// Set by the first call on the connection that presents a valid key.
+    pub authenticated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Conn {
@@ -216,8 +226,12 @@ impl Conn {
             info: ConnInfo {
                 remote,
                 identities: PeerIdentities(ids.unwrap_or_default().into()),
+                authenticated: Arc::default(),
             },
             first_byte: Some(Box::pin(tokio::time::sleep(limits.first_byte_timeout))),
+            unauthenticated: limits
+                .authenticate_within
+                .map(|d| Box::pin(tokio::time::sleep(d))),
             awaited: limits.opening_bytes.max(1),
             _slot: slot,
         }
@@ -254,6 +268,18 @@ impl AsyncRead for Conn {
                     return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
                 }
                 _ => {}
+            }
+        }
+        if let Some(timer) = &mut this.unauthenticated {
+            if this
+                .info
+                .authenticated
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                this.unauthenticated = None;
+            } else if read.is_pending() && timer.as_mut().poll(cx).is_ready() {
+                refusals::note("a connection made no authenticated call in time");
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
         }
         read

@@ -179,6 +179,12 @@ pub async fn serve(
         grpc.tls,
         Limits {
             opening_bytes: Limits::HTTP2_PREFACE_BYTES,
+            authenticate_within: (!keys.is_open()).then(|| {
+                options
+                    .limits
+                    .authenticate_within
+                    .unwrap_or(Limits::DEFAULT_AUTHENTICATE_WITHIN)
+            }),
             ..options.limits
         },
     );

@@ -121,13 +121,14 @@ impl Interceptor for Authenticate {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim);
-        let identities = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|c| c.identities.0.clone())
-            .unwrap_or_default();
+        let conn = request.extensions().get::<ConnInfo>();
+        let identities = conn.map(|c| c.identities.0.clone()).unwrap_or_default();
         match self.0.authenticate(bearer, &identities) {
             Ok(caller) => {
+                if let Some(c) = conn {
+                    c.authenticated
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 request.extensions_mut().insert(caller);
                 Ok(request)
             }

@@ -216,3 +216,49 @@ async fn a_reload_revokes_a_removed_key_and_ends_its_streams_but_a_bad_file_chan
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_with_no_authenticated_call_is_closed_in_time() {
+    use messenger_gateway::net::Limits;
+    use messenger_gateway::server::ServeOptions;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = ServeOptions {
+        limits: Limits {
+            authenticate_within: Some(Duration::from_millis(300)),
+            ..Limits::default()
+        },
+        ..ServeOptions::default()
+    };
+    let gw = TestGateway::builder()
+        .keys(&keys())
+        .serve(options)
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    // A well-behaved HTTP/2 client that never presents a key.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut buf = [0u8; 256];
+        // It answers pings; the gateway's SETTINGS come, then the close.
+        while let Ok(n) = idle.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    closed.await.expect("the keyless connection was closed");
+    // One that presents a key is served, and stays past the limit.
+    let mut client = gw.client().await;
+    client
+        .send(with_key(text_to(USER, "hi"), BILLING))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client
+        .send(with_key(text_to(USER, "again"), BILLING))
+        .await
+        .unwrap();
+}
