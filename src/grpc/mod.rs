@@ -9,6 +9,7 @@ pub mod status;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio_stream::{Stream, StreamExt};
@@ -82,11 +83,16 @@ impl MessengerService {
 
     /// The caller, cleared for `operation` on this gateway's account (for
     /// `Subscribe`, the stream is filtered to the key's accounts instead).
-    fn authorize<T>(&self, request: &Request<T>, operation: Operation) -> Result<Caller, Status> {
+    /// Borrowed, not cloned: a clone per call would bounce the key's
+    /// reference count between the worker threads.
+    fn authorize<'r, T>(
+        &self,
+        request: &'r Request<T>,
+        operation: Operation,
+    ) -> Result<&'r Caller, Status> {
         let caller = request
             .extensions()
             .get::<Caller>()
-            .cloned()
             .ok_or_else(|| Status::internal("the call was not authenticated"))?;
         let checked = match operation {
             Operation::Subscribe => caller.authorize_operation(operation),
@@ -125,9 +131,10 @@ impl Interceptor for Authenticate {
         let identities = conn.map(|c| c.identities.0.clone()).unwrap_or_default();
         match self.0.authenticate(bearer, &identities) {
             Ok(caller) => {
-                if let Some(c) = conn {
-                    c.authenticated
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                // Written once: a store on every call would bounce the
+                // cache line between the worker threads.
+                if let Some(c) = conn.filter(|c| !c.authenticated.load(Relaxed)) {
+                    c.authenticated.store(true, Relaxed);
                 }
                 request.extensions_mut().insert(caller);
                 Ok(request)
@@ -148,8 +155,11 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let caller = self.authorize(&request, Operation::Send)?;
-        let span = tracing::info_span!("call", key = caller.id());
+        let (span, scope) = {
+            let caller = self.authorize(&request, Operation::Send)?;
+            let span = tracing::info_span!("call", key = caller.id());
+            (span, caller.request_scope().to_owned())
+        };
         let budget = self.budget_of(&request);
         // Answered before anything is awaited, so even a deadline of a
         // nanosecond gets this answer rather than tonic's bare timeout.
@@ -162,7 +172,6 @@ impl pb::messenger_server::Messenger for MessengerService {
         // Not kept while the send is under way.
         drop(request);
         let outbox = self.outbox.clone();
-        let scope = caller.request_scope().to_owned();
         let cancelled = budget.cancelled.clone();
         let sent = finish_detached(
             async move {
@@ -185,8 +194,10 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendActionRequest>,
     ) -> Result<Response<pb::SendActionResponse>, Status> {
-        let caller = self.authorize(&request, Operation::SendAction)?;
-        let span = tracing::info_span!("call", key = caller.id());
+        let span = {
+            let caller = self.authorize(&request, Operation::SendAction)?;
+            tracing::info_span!("call", key = caller.id())
+        };
         let budget = self.budget_of(&request);
         if let Some(e) = self.outbox.budget_refusal(&budget) {
             return Err(span.in_scope(|| refused("action", &request.get_ref().recipient_id, e)));
@@ -228,7 +239,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = self.authorize(&request, Operation::Subscribe)?;
+        let caller = self.authorize(&request, Operation::Subscribe)?.clone();
         let after = request.into_inner().after;
         if after > i64::MAX as u64 {
             return Err(SendError::InvalidRequest(vec![FieldViolation::new(
