@@ -108,21 +108,21 @@ enum Credential {
     Certificate(String),
 }
 
-/// How a certificate identity is written in the keys file and matched: a
-/// URI SAN (it has a scheme, like `spiffe://prod/billing`) or a DNS SAN.
-/// Typed, so a DNS name spelled like a URI never matches a URI entry.
-pub fn identity_key(san_uri: Option<&str>, san_dns: Option<&str>) -> Option<String> {
-    match (san_uri, san_dns) {
-        (Some(uri), _) => Some(format!("uri:{uri}")),
-        (None, Some(dns)) => Some(format!("dns:{}", dns.to_ascii_lowercase())),
-        (None, None) => None,
-    }
+/// A certificate identity as matched: a URI SAN (it has a scheme, like
+/// `spiffe://prod/billing`) or a DNS SAN, typed, so a DNS name spelled like
+/// a URI never matches a URI entry.
+pub fn uri_identity(uri: &str) -> String {
+    format!("uri:{uri}")
+}
+
+pub fn dns_identity(dns: &str) -> String {
+    format!("dns:{}", dns.to_ascii_lowercase())
 }
 
 /// The typed identity of a `client_cert = "…"` value, or why it is not one.
 fn client_cert_identity(value: &str) -> Result<String, String> {
     if value.contains("://") {
-        return Ok(format!("uri:{value}"));
+        return Ok(uri_identity(value));
     }
     let dns_ok = !value.is_empty()
         && value.len() <= 253
@@ -132,7 +132,7 @@ fn client_cert_identity(value: &str) -> Result<String, String> {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if dns_ok {
-        Ok(format!("dns:{}", value.to_ascii_lowercase()))
+        Ok(dns_identity(value))
     } else {
         Err(format!(
             "client_cert {value:?} must be a URI SAN (such as spiffe://prod/billing) or a DNS name"
@@ -640,9 +640,9 @@ mod tests {
         let set =
             parse(&(cert("billing", "spiffe://prod/billing") + &cert("web", "Web.Prod.Example")))
                 .unwrap();
-        let uri = identity_key(Some("spiffe://prod/billing"), None).unwrap();
-        let dns_spelled_like_uri = identity_key(None, Some("spiffe://prod/billing")).unwrap();
-        let dns = identity_key(None, Some("web.prod.example")).unwrap();
+        let uri = uri_identity("spiffe://prod/billing");
+        let dns_spelled_like_uri = dns_identity("spiffe://prod/billing");
+        let dns = dns_identity("web.prod.example");
         assert_eq!(
             set.find(None, std::slice::from_ref(&uri)).unwrap().id,
             "billing"

@@ -281,6 +281,15 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Refused before any Graph call: nothing was sent.
+    pub fn not_sent(detail: String) -> Self {
+        SendError::Failed {
+            failure: Failure::NotSent { detail },
+            attempts: 0,
+            retry_after: None,
+        }
+    }
+
     pub fn reason(&self) -> Reason {
         match self {
             SendError::InvalidRequest(_) => Reason::InvalidRequest,

@@ -236,10 +236,6 @@ impl Conn {
             _slot: slot,
         }
     }
-
-    pub fn info(&self) -> &ConnInfo {
-        &self.info
-    }
 }
 
 impl AsyncRead for Conn {

@@ -66,16 +66,10 @@ impl Outbox {
         let min = self.deliverer.min_send_budget();
         match budget.deadline {
             Some(d) if d.saturating_duration_since(Instant::now()) < min => {
-                Some(SendError::Failed {
-                    failure: crate::error::Failure::NotSent {
-                        detail: format!(
-                            "the caller's deadline leaves less than the {} ms a send needs",
-                            min.as_millis()
-                        ),
-                    },
-                    attempts: 0,
-                    retry_after: None,
-                })
+                Some(SendError::not_sent(format!(
+                    "the caller's deadline leaves less than the {} ms a send needs",
+                    min.as_millis()
+                )))
             }
             _ => None,
         }

@@ -126,8 +126,8 @@ pub fn identities(cert: &CertificateDer<'_>) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => crate::auth::identity_key(Some(uri), None),
-            GeneralName::DNSName(dns) => crate::auth::identity_key(None, Some(dns)),
+            GeneralName::URI(uri) => Some(crate::auth::uri_identity(uri)),
+            GeneralName::DNSName(dns) => Some(crate::auth::dns_identity(dns)),
             _ => None,
         })
         .collect()

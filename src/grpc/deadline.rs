@@ -10,8 +10,9 @@ use std::time::Duration;
 use tonic::Status;
 use tower::Service;
 
+use super::status::failure_with_code;
 use super::{answer_margin, parse_grpc_timeout};
-use crate::error::{Failure, Reason, SendError};
+use crate::error::{Reason, SendError};
 
 /// The methods that send: only for these is "too little time" a refusal.
 const SENDING_PATHS: [&str; 2] = [
@@ -67,17 +68,11 @@ where
         let sending = SENDING_PATHS.contains(&request.uri().path());
         match timeout {
             Some(t) if sending && t < self.min_send_budget => {
-                let status = Status::from(SendError::Failed {
-                    failure: Failure::NotSent {
-                        detail: format!(
-                            "a grpc-timeout of {} µs leaves less than the {} ms a send needs",
-                            t.as_micros(),
-                            self.min_send_budget.as_millis()
-                        ),
-                    },
-                    attempts: 0,
-                    retry_after: None,
-                });
+                let status = Status::from(SendError::not_sent(format!(
+                    "a grpc-timeout of {} µs leaves less than the {} ms a send needs",
+                    t.as_micros(),
+                    self.min_send_budget.as_millis()
+                )));
                 crate::refusals::log(|| {
                     tracing::warn!(
                         grpc_timeout_us = t.as_micros() as u64,
@@ -106,25 +101,23 @@ where
 /// The answer to a call its handler could not answer in time. A send may
 /// have gone out meanwhile.
 fn late(sending: bool) -> Status {
-    if sending {
-        let status = super::status::failure(
+    // DELIVERY_UNKNOWN by a deadline is DEADLINE_EXCEEDED, as for sends
+    // whose Graph call had no answer in time.
+    let (reason, message) = if sending {
+        (
             Reason::DeliveryUnknown,
             "the deadline passed before the gateway could answer; a send under way may still be delivered",
-            Default::default(),
-            None,
-            &[],
-        );
-        // DELIVERY_UNKNOWN by a deadline is DEADLINE_EXCEEDED, as for sends
-        // whose Graph call had no answer in time.
-        return Status::with_details(
-            tonic::Code::DeadlineExceeded,
-            status.message(),
-            status.details().to_vec().into(),
-        );
-    }
-    super::status::failure(
-        Reason::DeadlineExceeded,
-        "the deadline passed before the gateway could answer",
+        )
+    } else {
+        (
+            Reason::DeadlineExceeded,
+            "the deadline passed before the gateway could answer",
+        )
+    };
+    failure_with_code(
+        tonic::Code::DeadlineExceeded,
+        reason,
+        message,
         Default::default(),
         None,
         &[],

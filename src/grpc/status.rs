@@ -84,7 +84,8 @@ pub fn failure(
     )
 }
 
-fn failure_with_code(
+/// As [`failure`], with a code other than the reason's own.
+pub fn failure_with_code(
     code: Code,
     reason: Reason,
     message: &str,
