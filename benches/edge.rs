@@ -5,7 +5,8 @@
 //! own process, so its CPU time and memory are its own.
 //! 1. CPU time per send (the gateway process's user+system time over the
 //!    sends) with a valid API key, against the same gateway with
-//!    authentication off; rounds alternate and the median ratio is reported.
+//!    authentication off: a fresh pair of processes each round, taking turns
+//!    every 500 sends; the median ratio over the rounds is reported.
 //! 2. 10,000 open `Subscribe` streams receiving events one at a time: the
 //!    gateway's peak memory and threads against its idle figures, and the
 //!    delay from a delivery's 200 to its arrival at the last subscriber.
@@ -18,7 +19,7 @@
 //! `BENCH_SUBSCRIBERS` (default 10000); for checking the CPU method,
 //! `BENCH_AA` (both gateways without keys: the method's own bias) and
 //! `BENCH_HEADER_BOTH` (both get the header: carrying it vs checking it),
-//! `BENCH_ROUNDS` (CPU rounds; default 5) and `BENCH_ONLY_CPU` (stop after
+//! `BENCH_ROUNDS` (CPU rounds; default 9) and `BENCH_ONLY_CPU` (stop after
 //! the CPU rounds).
 
 use std::convert::Infallible;
@@ -189,26 +190,26 @@ impl Gateway {
     }
 
     /// User + system CPU time so far.
+    /// The process's CPU time, user and system, as the scheduler counts
+    /// it to the nanosecond: `/proc/PID/stat`'s utime and stime are sampled
+    /// at each clock tick, which over a round of ~1 s of CPU is ~100
+    /// samples and a few per cent of noise by itself.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        // utime and stime are fields 14 and 15; 11 and 12 after the name.
-        Duration::from_secs_f64((fields[11] + fields[12]) as f64 / clock_ticks())
+        let mut clock: libc::clockid_t = 0;
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: both pointers are to live locals of the right types.
+        unsafe {
+            assert_eq!(
+                libc::clock_getcpuclockid(self.child.id() as libc::pid_t, &mut clock),
+                0
+            );
+            assert_eq!(libc::clock_gettime(clock, &mut now), 0);
+        }
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(100.0)
-    })
 }
 
 fn send_request(keyed: bool) -> tonic::Request<pb::SendRequest> {
@@ -382,40 +383,48 @@ async fn auth_cost(upstream: SocketAddr) {
     let total = env_or("BENCH_SENDS", 20_000) as usize;
     const CHUNK: usize = 500;
     println!(
-        "\n1. CPU per send, API key checked vs authentication off ({total} sends each a round, 16 callers,\n   the two gateways taking turns every {CHUNK} sends so both see the same machine)"
+        "\n1. CPU per send, API key checked vs authentication off ({total} sends each a round, 16 callers;\n   a fresh pair of gateways each round, taking turns every {CHUNK} sends so both see the same machine)"
     );
-    let off = Gateway::start(upstream, false, &[]);
     // BENCH_AA=1: both gateways without keys, to see the two processes'
     // own difference (an A/A test of the method).
     let aa = std::env::var("BENCH_AA").is_ok();
     // BENCH_HEADER_BOTH=1: the gateway without keys gets the header too, to
     // tell the cost of carrying it from the cost of checking it.
     let header_both = std::env::var("BENCH_HEADER_BOTH").is_ok();
-    let on = Gateway::start(upstream, !aa, &[]);
-    let (off_channel, on_channel) = (off.channel().await, on.channel().await);
-    // Warm up, taking turns as the rounds do: connections, caches, the
-    // allocator's arenas. (With 2,000 sends each, the first rounds still
-    // ran up to 25 % apart, then settled.)
-    for _ in 0..10 {
-        sends(&off_channel, header_both, 2000).await;
-        sends(&on_channel, !aa, 2000).await;
-    }
     let mut ratios = Vec::new();
-    for round in 1..=env_or("BENCH_ROUNDS", 5) {
-        let (mut off_cpu, mut on_cpu) = (Duration::ZERO, Duration::ZERO);
+    for round in 1..=env_or("BENCH_ROUNDS", 9) {
+        // A fresh pair of processes each round, started in turns: one
+        // process's luck of layout (where its code, heap and stacks fall in
+        // the caches) made two gateways without keys differ by up to 5 % for
+        // as long as they ran, which a pair kept for every round repeats.
+        let (off, on) = if round % 2 == 0 {
+            let off = Gateway::start(upstream, false, &[]);
+            (off, Gateway::start(upstream, !aa, &[]))
+        } else {
+            let on = Gateway::start(upstream, !aa, &[]);
+            (Gateway::start(upstream, false, &[]), on)
+        };
+        let (off_channel, on_channel) = (off.channel().await, on.channel().await);
+        // Warm up, taking turns as the rounds do: connections, caches, the
+        // allocator's arenas. (With 2,000 sends each, the first rounds still
+        // ran up to 25 % apart, then settled.)
+        for _ in 0..10 {
+            sends(&off_channel, header_both, 2000).await;
+            sends(&on_channel, !aa, 2000).await;
+        }
+        // Each process's whole CPU time over the round, its quiet turns
+        // included: the work a burst of sends leaves behind (log lines
+        // written, connections tidied, workers winding down) runs after its
+        // last answer, and a reading taken at each turn's end would miss it.
+        let (off_start, on_start) = (off.cpu(), on.cpu());
         for chunk in 0..total / CHUNK {
             // Each goes first half the time.
             for second in [chunk % 2 == 0, chunk % 2 == 1] {
-                let (gateway, channel, cpu) = if second {
-                    (&on, &on_channel, &mut on_cpu)
-                } else {
-                    (&off, &off_channel, &mut off_cpu)
-                };
-                let before = gateway.cpu();
+                let channel = if second { &on_channel } else { &off_channel };
                 sends(channel, (second && !aa) || header_both, CHUNK).await;
-                *cpu += gateway.cpu() - before;
             }
         }
+        let (off_cpu, on_cpu) = (off.cpu() - off_start, on.cpu() - on_start);
         let (off_us, on_us) = (
             off_cpu.as_secs_f64() * 1e6 / total as f64,
             on_cpu.as_secs_f64() * 1e6 / total as f64,
@@ -423,7 +432,7 @@ async fn auth_cost(upstream: SocketAddr) {
         let ratio = on_us / off_us;
         ratios.push(ratio);
         println!(
-            "   round {round}: off {off_us:.1} µs/send, with key {on_us:.1} µs/send, ratio {ratio:.3}"
+            "   round {round}: off {off_us:.2} µs/send, with key {on_us:.2} µs/send, ratio {ratio:.3}"
         );
     }
     println!(
