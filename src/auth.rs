@@ -13,6 +13,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::accounts::{is_account_id, is_alias};
+
 /// What a key may be allowed to do, as named in the keys file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
@@ -145,8 +147,11 @@ impl Key {
         self.allow.contains(operation)
     }
 
-    pub fn may_act_for(&self, account: &str) -> bool {
-        self.accounts.as_ref().is_none_or(|a| a.contains(account))
+    /// Whether the key's accounts name this one, by id or by alias.
+    pub fn may_act_for(&self, id: &str, alias: Option<&str>) -> bool {
+        self.accounts
+            .as_ref()
+            .is_none_or(|a| a.contains(id) || alias.is_some_and(|n| a.contains(n)))
     }
 }
 
@@ -192,26 +197,33 @@ impl Caller {
         }
     }
 
-    /// Checks `operation` for `account`; nothing may happen on an error.
-    pub fn authorize(&self, operation: Operation, account: &str) -> Result<(), AuthError> {
+    /// Checks `operation` for the account `id` (known also as `alias`);
+    /// nothing may happen on an error.
+    pub fn authorize(
+        &self,
+        operation: Operation,
+        id: &str,
+        alias: Option<&str>,
+    ) -> Result<(), AuthError> {
         self.authorize_operation(operation)?;
         let Caller::Key(key) = self else {
             return Ok(());
         };
-        if !key.may_act_for(account) {
+        if !key.may_act_for(id, alias) {
             return Err(AuthError::AccountNotAllowed {
                 key_id: key.id.clone(),
-                account: account.to_owned(),
+                account: id.to_owned(),
             });
         }
         Ok(())
     }
 
-    /// Whether events of `account` may be shown to this caller.
-    pub fn sees(&self, account: &str) -> bool {
+    /// Whether events of the account `id` (known also as `alias`) may be
+    /// shown to this caller.
+    pub fn sees(&self, id: &str, alias: Option<&str>) -> bool {
         match self {
             Caller::Open => true,
-            Caller::Key(k) => k.may_act_for(account),
+            Caller::Key(k) => k.may_act_for(id, alias),
         }
     }
 
@@ -325,12 +337,11 @@ impl KeySet {
             for account in &entry.accounts {
                 let a = account.get_ref();
                 // `me` is the account a gateway configured with `me` sends as.
-                if a != "*" && a != "me" && (a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()))
-                {
+                if a != "*" && a != "me" && !is_account_id(a) && !is_alias(a) {
                     return Err(at(
                         account.span(),
                         format!(
-                            "account {a:?} must be an Instagram account id (digits), \"me\" or \"*\""
+                            "account {a:?} must be an Instagram account id (digits), an alias from the accounts file, \"me\" or \"*\""
                         ),
                     ));
                 }
@@ -588,16 +599,16 @@ mod tests {
             + "\"\naccounts = [\"111\"]\nallow = [\"send\", \"subscribe\"]\n";
         let set = parse(&text).unwrap();
         let caller = Caller::Key(set.find(Some("s"), &[]).unwrap());
-        assert!(caller.authorize(Operation::Send, "111").is_ok());
+        assert!(caller.authorize(Operation::Send, "111", None).is_ok());
         assert!(matches!(
-            caller.authorize(Operation::GetWindow, "111"),
+            caller.authorize(Operation::GetWindow, "111", None),
             Err(AuthError::OperationNotAllowed { .. })
         ));
         assert!(matches!(
-            caller.authorize(Operation::Send, "222"),
+            caller.authorize(Operation::Send, "222", None),
             Err(AuthError::AccountNotAllowed { .. })
         ));
-        assert!(caller.sees("111") && !caller.sees("222"));
+        assert!(caller.sees("111", None) && !caller.sees("222", None));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -99,12 +100,14 @@ impl DeliveryPolicy {
     }
 }
 
-/// Sends as one account through one Graph client. Cheap to share behind an
-/// `Arc`; the account is a value so several can follow.
+/// Sends as one account through one Graph client: the account's own call
+/// limit and queue. Cheap to share behind an `Arc`. The account's settings
+/// (its token) can be replaced while sends are under way: the next Graph
+/// call uses the new ones.
 #[derive(Debug)]
 pub struct Deliverer {
     graph: GraphClient,
-    account: Account,
+    account: ArcSwap<Account>,
     policy: DeliveryPolicy,
     calls: Semaphore,
     draining: AtomicBool,
@@ -115,7 +118,7 @@ impl Deliverer {
     pub fn new(graph: GraphClient, account: Account, policy: DeliveryPolicy) -> Arc<Self> {
         Arc::new(Self {
             graph,
-            account,
+            account: ArcSwap::from_pointee(account),
             calls: Semaphore::new(policy.max_concurrent_calls.max(1)),
             policy,
             draining: AtomicBool::new(false),
@@ -123,8 +126,13 @@ impl Deliverer {
         })
     }
 
-    pub fn account(&self) -> &Account {
-        &self.account
+    pub fn account(&self) -> Arc<Account> {
+        self.account.load_full()
+    }
+
+    /// Uses `account`'s settings (a new token, say) from the next Graph call.
+    pub fn replace_account(&self, account: Account) {
+        self.account.store(Arc::new(account));
     }
 
     /// From now on, sends already under way make no further attempts, so a
@@ -291,7 +299,8 @@ impl Deliverer {
         });
         // Boxed: a send waiting for a slot then holds a pointer, not room for
         // the whole HTTP exchange.
-        Box::pin(self.graph.post_messages(&self.account, body, timeout)).await
+        let account = self.account.load_full();
+        Box::pin(self.graph.post_messages(&account, body, timeout)).await
     }
 }
 

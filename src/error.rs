@@ -79,6 +79,8 @@ pub enum Reason {
     OperationNotAllowed,
     /// The key may not act for the account.
     AccountNotAllowed,
+    /// No account by that id or alias is configured.
+    AccountNotFound,
     /// Too much waiting already (queued sends, subscriptions); retry later.
     Overloaded,
     /// The request is bigger than the gateway accepts.
@@ -94,7 +96,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -110,6 +112,7 @@ impl Reason {
         Reason::ApiKeyInvalid,
         Reason::OperationNotAllowed,
         Reason::AccountNotAllowed,
+        Reason::AccountNotFound,
         Reason::Overloaded,
         Reason::MessageTooLarge,
         Reason::EventsPruned,
@@ -135,6 +138,7 @@ impl Reason {
             Reason::ApiKeyInvalid => "API_KEY_INVALID",
             Reason::OperationNotAllowed => "OPERATION_NOT_ALLOWED",
             Reason::AccountNotAllowed => "ACCOUNT_NOT_ALLOWED",
+            Reason::AccountNotFound => "ACCOUNT_NOT_FOUND",
             Reason::Overloaded => "OVERLOADED",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Reason::EventsPruned => "EVENTS_PRUNED",

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::clock::Clock;
 use crate::events::{InboundEvent, UnixMs};
 use crate::store::{Ingested, Store, StoreError, StoredEvent};
-use crate::window::Window;
+use crate::window::{Window, WindowFacts};
 
 /// Events read from the store per page, and buffered per subscriber. A slow
 /// subscriber fills only its own buffer; intake never waits for it.
@@ -140,7 +140,8 @@ impl Inbox {
     }
 
     pub async fn window(&self, account: &str, user: &str) -> Result<Window, StoreError> {
-        let facts = self.store.window(account, user).await?;
+        let rows = self.store.windows(user).await?;
+        let facts = WindowFacts::of_account(account, &rows);
         Ok(Window::evaluate(facts.as_ref(), self.clock.now_ms()))
     }
 

@@ -8,6 +8,7 @@
 //! [`startup`] builds the whole from [`cli`]'s settings, and [`sandbox`]
 //! stands in for Graph when there are no credentials.
 
+pub mod accounts;
 pub mod auth;
 pub mod cli;
 pub mod clock;

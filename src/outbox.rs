@@ -9,14 +9,15 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::accounts::{AccountPath, Registry};
 use crate::clock::rfc3339;
-use crate::delivery::{Budget, Deliverer, log_outcome};
+use crate::delivery::{Budget, log_outcome};
 use crate::error::{FieldViolation, Reason, SendError};
 use crate::graph;
 use crate::inbox::Inbox;
 use crate::message::{OutgoingAction, OutgoingMessage, Recipient, RequestId, Sent};
 use crate::store::{Claim, RecordedOutcome, StoreError};
-use crate::window::{Decision, Window, WindowPolicy};
+use crate::window::{Decision, WindowPolicy};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxPolicy {
@@ -35,12 +36,13 @@ struct Pending {
 }
 
 /// Sends with what the gateway knows: the window check, remembered Graph
-/// refusals and `request_id`s, in front of the [`Deliverer`].
+/// refusals and `request_id`s, in front of each account's
+/// [`Deliverer`](crate::delivery::Deliverer).
 pub struct Outbox {
-    deliverer: Arc<Deliverer>,
+    accounts: Arc<Registry>,
     inbox: Arc<Inbox>,
     policy: OutboxPolicy,
-    /// Keyed by the caller's scope and its `request_id`.
+    /// Keyed by the caller's scope, the account and the `request_id`.
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -51,9 +53,9 @@ impl From<StoreError> for SendError {
 }
 
 impl Outbox {
-    pub fn new(deliverer: Arc<Deliverer>, inbox: Arc<Inbox>, policy: OutboxPolicy) -> Arc<Self> {
+    pub fn new(accounts: Arc<Registry>, inbox: Arc<Inbox>, policy: OutboxPolicy) -> Arc<Self> {
         Arc::new(Self {
-            deliverer,
+            accounts,
             inbox,
             policy,
             pending: Mutex::new(HashMap::new()),
@@ -63,7 +65,7 @@ impl Outbox {
     /// Refuses at once, as not sent, a send with too little of its deadline
     /// left to be started at all.
     pub fn budget_refusal(&self, budget: &Budget) -> Option<SendError> {
-        let min = self.deliverer.min_send_budget();
+        let min = self.accounts.min_send_budget();
         match budget.deadline {
             Some(d) if d.saturating_duration_since(Instant::now()) < min => {
                 Some(SendError::not_sent(format!(
@@ -75,43 +77,35 @@ impl Outbox {
         }
     }
 
-    /// The window with `user`, as this gateway's account sees it.
-    async fn window(&self, user: &str) -> Result<Window, StoreError> {
-        self.inbox
-            .window(&self.deliverer.account().account_id, user)
-            .await
-    }
-
     pub async fn send_action(
         &self,
+        account: &AccountPath,
         action: &OutgoingAction,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        self.deliverer.send_action(action, budget).await
+        account.deliverer.send_action(action, budget).await
     }
 
-    /// Sends `message`; with a `request_id` (and the scope of the caller
-    /// that gave it, so two callers never share one) at most once.
+    /// Sends `message` as `account`; with a `request_id` (and the scope of
+    /// the caller that gave it, so two callers never share one) at most
+    /// once per account.
     pub async fn send_message(
         &self,
+        account: &AccountPath,
         message: OutgoingMessage,
         request_id: Option<(String, RequestId)>,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let deadline = budget.into();
-        if let Some(full) = self.deliverer.refuse_if_full() {
+        if let Some(full) = account.deliverer.refuse_if_full() {
             return Err(full);
         }
         let Some((scope, id)) = request_id else {
-            return self.send_checked(message, deadline).await;
+            return self.send_checked(account, message, deadline).await;
         };
         // A request_id is printable ASCII, so a control character keeps
-        // the scope apart from it (and from ids given with no scope).
-        let id = if scope.is_empty() {
-            id.as_str().to_owned()
-        } else {
-            format!("{scope}\u{1f}{}", id.as_str())
-        };
+        // the scope, the account and the id apart.
+        let id = format!("{scope}\u{1f}{}\u{1f}{}", account.id, id.as_str());
         let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
         let done = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,7 +137,8 @@ impl Outbox {
             Ok(tx) => {
                 let _forget = Forget(&self.pending, &id);
                 // Boxed: only sends with a request_id pay for its state.
-                let result = Box::pin(self.send_once(&id, &fingerprint, message, deadline)).await;
+                let result =
+                    Box::pin(self.send_once(account, &id, &fingerprint, message, deadline)).await;
                 tx.send_replace(Some(result.clone()));
                 result
             }
@@ -153,6 +148,7 @@ impl Outbox {
     /// Claims `id` in the store, sends, and records the outcome there.
     async fn send_once(
         &self,
+        account: &AccountPath,
         id: &str,
         fingerprint: &str,
         message: OutgoingMessage,
@@ -177,7 +173,7 @@ impl Outbox {
                 ));
             }
         }
-        let result = self.send_checked(message, deadline).await;
+        let result = self.send_checked(account, message, deadline).await;
         let outcome = match &result {
             Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
             Err(e) if e.reason() == Reason::DeliveryUnknown => {
@@ -196,17 +192,18 @@ impl Outbox {
     /// The window check, the send, and remembering a window refusal.
     async fn send_checked(
         &self,
+        account: &AccountPath,
         mut message: OutgoingMessage,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
-            return self.deliverer.send_message(&message, deadline).await;
+            return account.deliverer.send_message(&message, deadline).await;
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
-        let window = self.window(&user).await?;
+        let window = self.inbox.window(&account.id, &user).await?;
         match window.decide(
             message.human_agent,
             self.policy.window,
@@ -232,15 +229,14 @@ impl Outbox {
                 return Err(error);
             }
         }
-        let result = self.deliverer.send_message(&message, deadline).await;
+        let result = account.deliverer.send_message(&message, deadline).await;
         if let Err(e) = &result
             && e.reason() == Reason::OutsideMessagingWindow
         {
-            let account = &self.deliverer.account().account_id;
             if let Err(e) = self
                 .inbox
                 .store()
-                .window_refused(account, &user, now, message.human_agent)
+                .window_refused(&account.id, &user, now, message.human_agent)
                 .await
             {
                 tracing::warn!(error = %e, "could not remember a window refusal");

@@ -15,8 +15,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::accounts::Registry;
 use crate::auth::Keys;
-use crate::delivery::Deliverer;
 use crate::grpc::deadline::RefuseHopelessLayer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
 use crate::inbox::Inbox;
@@ -27,9 +27,8 @@ use crate::webhook::{self, WebhookSecrets};
 
 /// The core parts the servers adapt, each handed only to what uses it.
 pub struct Gateway {
-    /// The account sends go out as.
-    pub account_id: String,
-    pub deliverer: Arc<Deliverer>,
+    /// The accounts sends go out as, each with its own delivery path.
+    pub accounts: Arc<Registry>,
     pub outbox: Arc<Outbox>,
     pub inbox: Arc<Inbox>,
     pub keys: Arc<Keys>,
@@ -144,8 +143,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let Gateway {
-        account_id,
-        deliverer,
+        accounts,
         outbox,
         inbox,
         keys,
@@ -192,7 +190,7 @@ pub async fn serve(
         outbox,
         inbox.clone(),
         keys,
-        account_id,
+        accounts.clone(),
         options.default_timeout,
     );
     let router = Server::builder()
@@ -200,7 +198,7 @@ pub async fn serve(
             crate::grpc::status::explain_codec_errors,
         ))
         .layer(RefuseHopelessLayer {
-            min_send_budget: deliverer.min_send_budget(),
+            min_send_budget: accounts.min_send_budget(),
         })
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -219,7 +217,7 @@ pub async fn serve(
     }
 
     tracing::info!(
-        in_flight = deliverer.in_flight(),
+        in_flight = accounts.in_flight(),
         "shutting down: draining sends in flight"
     );
     for name in ["", SERVICE_NAME] {
@@ -229,7 +227,7 @@ pub async fn serve(
         // Ends open Watch streams, which would otherwise hold the drain open.
         health.clear_service_status(name).await;
     }
-    deliverer.start_draining();
+    accounts.start_draining();
     // Subscriptions never end by themselves: end them so the drain can.
     inbox.close();
     stop_hooks.send_replace(true);
@@ -248,7 +246,7 @@ pub async fn serve(
         }
         Err(_) => {
             tracing::error!(
-                in_flight = deliverer.in_flight(),
+                in_flight = accounts.in_flight(),
                 grace_ms = options.shutdown_grace.as_millis() as u64,
                 "grace period over: abandoning sends still in flight"
             );

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 use crate::cli::{Cli, Command, KeysCommand, NewKeyArgs};
 use crate::telemetry;
 
+use crate::accounts::{AccountSpec, Registry};
 use crate::auth::Keys;
 use crate::clock::{Clock, SystemClock};
-use crate::delivery::{Deliverer, DeliveryPolicy};
+use crate::delivery::DeliveryPolicy;
 use crate::graph::{Account, GraphClient};
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxPolicy};
@@ -236,12 +237,12 @@ impl Application {
         );
 
         let connect_timeout = settings.delivery.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
-        let deliverer = Deliverer::new(
+        let accounts = Registry::new(
             GraphClient::new(connect_timeout),
-            account.clone(),
             settings.delivery,
+            vec![AccountSpec::new(account.clone())],
         );
-        let outbox = Outbox::new(deliverer.clone(), inbox.clone(), settings.outbox);
+        let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
         let webhooks = webhook_listener
             .zip(secrets)
@@ -258,8 +259,7 @@ impl Application {
             webhook_url,
             sandbox,
             gateway: Gateway {
-                account_id: account.account_id.clone(),
-                deliverer,
+                accounts,
                 outbox,
                 inbox,
                 keys: keys.clone(),

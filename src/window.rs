@@ -18,6 +18,26 @@ pub struct WindowFacts {
     pub human_agent_refused_ms: Option<UnixMs>,
 }
 
+impl WindowFacts {
+    /// What `account` knows of its window with a person, from every
+    /// account's facts. An account configured as `me` (Graph's name for
+    /// "the token's own account") matches whichever id the webhooks carry,
+    /// so it sees the union.
+    pub fn of_account(account: &str, rows: &[(String, WindowFacts)]) -> Option<WindowFacts> {
+        rows.iter()
+            .filter(|(a, _)| account == ME || a == account)
+            .map(|(_, facts)| *facts)
+            .reduce(|a, b| WindowFacts {
+                last_inbound_ms: a.last_inbound_ms.max(b.last_inbound_ms),
+                standard_refused_ms: a.standard_refused_ms.max(b.standard_refused_ms),
+                human_agent_refused_ms: a.human_agent_refused_ms.max(b.human_agent_refused_ms),
+            })
+    }
+}
+
+/// Graph's alias for the account a token belongs to.
+pub const ME: &str = "me";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowState {
     Open,
@@ -141,6 +161,19 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_sees_its_own_facts_and_me_sees_every_accounts() {
+        let facts = |at| WindowFacts {
+            last_inbound_ms: Some(at),
+            standard_refused_ms: None,
+            human_agent_refused_ms: None,
+        };
+        let rows = vec![("1".to_owned(), facts(10)), ("2".to_owned(), facts(20))];
+        assert_eq!(WindowFacts::of_account("1", &rows), Some(facts(10)));
+        assert_eq!(WindowFacts::of_account("me", &rows), Some(facts(20)));
+        assert_eq!(WindowFacts::of_account("3", &rows), None);
+    }
 
     const T0: i64 = 1_700_000_000_000;
 

@@ -18,7 +18,8 @@ use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::auth::{Caller, Keys, Operation};
+use crate::accounts::{AccountPath, Registry};
+use crate::auth::{AuthError, Caller, Keys, Operation};
 use crate::delivery::{Budget, log_outcome};
 use crate::error::{FieldViolation, SendError};
 use crate::events::InboundEvent;
@@ -49,8 +50,8 @@ pub struct MessengerService {
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
     keys: Arc<Keys>,
-    /// The account sends go out as, and windows are reported for.
-    account_id: String,
+    /// The accounts sends go out as, and windows are reported for.
+    accounts: Arc<Registry>,
     /// The deadline of a call that brings none.
     default_timeout: Duration,
 }
@@ -60,14 +61,14 @@ impl MessengerService {
         outbox: Arc<Outbox>,
         inbox: Arc<Inbox>,
         keys: Arc<Keys>,
-        account_id: String,
+        accounts: Arc<Registry>,
         default_timeout: Duration,
     ) -> Self {
         Self {
             outbox,
             inbox,
             keys,
-            account_id,
+            accounts,
             default_timeout,
         }
     }
@@ -81,10 +82,10 @@ impl MessengerService {
         )
     }
 
-    /// The caller, cleared for `operation` on this gateway's account (for
-    /// `Subscribe`, the stream is filtered to the key's accounts instead).
-    /// Borrowed, not cloned: a clone per call would bounce the key's
-    /// reference count between the worker threads.
+    /// The caller, cleared for `operation` (for `Subscribe`, the stream is
+    /// filtered to the key's accounts instead). Borrowed, not cloned: a
+    /// clone per call would bounce the key's reference count between the
+    /// worker threads.
     fn authorize<'r, T>(
         &self,
         request: &'r Request<T>,
@@ -94,15 +95,26 @@ impl MessengerService {
             .extensions()
             .get::<Caller>()
             .ok_or_else(|| Status::internal("the call was not authenticated"))?;
-        let checked = match operation {
-            Operation::Subscribe => caller.authorize_operation(operation),
-            _ => caller.authorize(operation, &self.account_id),
-        };
-        if let Err(e) = checked {
-            tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %e, "call refused");
-            return Err(e.into());
+        if let Err(e) = caller.authorize_operation(operation) {
+            return Err(refused_call(caller, operation, e));
         }
         Ok(caller)
+    }
+
+    /// The caller, cleared for `operation` as the account it names (`given`,
+    /// an id or alias; empty for the only one), and that account's path.
+    fn authorize_for<'r, T>(
+        &self,
+        request: &'r Request<T>,
+        operation: Operation,
+        given: &str,
+    ) -> Result<(&'r Caller, Arc<AccountPath>), Status> {
+        let caller = self.authorize(request, operation)?;
+        let account = self.accounts.resolve(given)?;
+        if let Err(e) = caller.authorize(operation, &account.id, account.name.as_deref()) {
+            return Err(refused_call(caller, operation, e));
+        }
+        Ok((caller, account))
     }
 
     /// The caller's deadline, or the default one: no send waits forever.
@@ -155,10 +167,10 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let (span, scope) = {
-            let caller = self.authorize(&request, Operation::Send)?;
+        let (span, scope, account) = {
+            let (caller, account) = self.authorize_for(&request, Operation::Send, "")?;
             let span = tracing::info_span!("call", key = caller.id());
-            (span, caller.request_scope().to_owned())
+            (span, caller.request_scope().to_owned(), account)
         };
         let budget = self.budget_of(&request);
         // Answered before anything is awaited, so even a deadline of a
@@ -176,7 +188,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         let sent = finish_detached(
             async move {
                 outbox
-                    .send_message(message, request_id.map(|id| (scope, id)), budget)
+                    .send_message(&account, message, request_id.map(|id| (scope, id)), budget)
                     .await
             }
             .instrument(span),
@@ -194,9 +206,9 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendActionRequest>,
     ) -> Result<Response<pb::SendActionResponse>, Status> {
-        let span = {
-            let caller = self.authorize(&request, Operation::SendAction)?;
-            tracing::info_span!("call", key = caller.id())
+        let (span, account) = {
+            let (caller, account) = self.authorize_for(&request, Operation::SendAction, "")?;
+            (tracing::info_span!("call", key = caller.id()), account)
         };
         let budget = self.budget_of(&request);
         if let Some(e) = self.outbox.budget_refusal(&budget) {
@@ -209,7 +221,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         let outbox = self.outbox.clone();
         let cancelled = budget.cancelled.clone();
         let sent = finish_detached(
-            async move { outbox.send_action(&action, budget).await }.instrument(span),
+            async move { outbox.send_action(&account, &action, budget).await }.instrument(span),
             cancelled,
         )
         .await?;
@@ -223,7 +235,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::GetWindowRequest>,
     ) -> Result<Response<pb::GetWindowResponse>, Status> {
-        self.authorize(&request, Operation::GetWindow)?;
+        let (_, account) = self.authorize_for(&request, Operation::GetWindow, "")?;
         let recipient_id = request.into_inner().recipient_id;
         let user = Igsid::parse(&recipient_id).map_err(|e| {
             Status::from(SendError::InvalidRequest(vec![FieldViolation::new(
@@ -231,7 +243,7 @@ impl pb::messenger_server::Messenger for MessengerService {
                 e,
             )]))
         })?;
-        let window = self.inbox.window(&self.account_id, user.as_str()).await?;
+        let window = self.inbox.window(&account.id, user.as_str()).await?;
         Ok(Response::new(inbound::window_to_pb(recipient_id, &window)))
     }
 
@@ -249,7 +261,11 @@ impl pb::messenger_server::Messenger for MessengerService {
             .into());
         }
         let sees = caller.clone();
-        let filter = Box::new(move |e: &InboundEvent| sees.sees(&e.account_id));
+        let accounts = self.accounts.clone();
+        let filter = Box::new(move |e: &InboundEvent| {
+            let alias = accounts.by_id(&e.account_id).and_then(|a| a.name.clone());
+            sees.sees(&e.account_id, alias.as_deref())
+        });
         let keys = self.keys.clone();
         let revoked = Box::pin(async move { keys.revoked(&caller).await });
         let events = self.inbox.subscribe(after, filter, revoked).await?;
@@ -259,6 +275,12 @@ impl pb::messenger_server::Messenger for MessengerService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Logs and converts a call its key does not allow.
+fn refused_call(caller: &Caller, operation: Operation, error: AuthError) -> Status {
+    tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %error, "call refused");
+    error.into()
 }
 
 /// Logs and converts a request that failed validation.

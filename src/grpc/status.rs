@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::accounts::AccountError;
 use crate::auth::AuthError;
 use crate::clock::rfc3339;
 use crate::error::{Failure, FieldViolation, Reason, SendError, truncate};
@@ -42,7 +43,7 @@ fn code_of(reason: Reason) -> Code {
         | Reason::RecipientUnavailable
         | Reason::AccessTokenInvalid
         | Reason::PermissionMissing => Code::FailedPrecondition,
-        Reason::RecipientNotFound => Code::NotFound,
+        Reason::RecipientNotFound | Reason::AccountNotFound => Code::NotFound,
         Reason::RateLimited | Reason::Overloaded | Reason::MessageTooLarge => {
             Code::ResourceExhausted
         }
@@ -236,6 +237,25 @@ pub fn explain_codec_errors<B>(mut response: http::Response<B>) -> http::Respons
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         SubscribeError::Store(error).into()
+    }
+}
+
+impl From<AccountError> for Status {
+    fn from(error: AccountError) -> Self {
+        match &error {
+            AccountError::Required { .. } => SendError::InvalidRequest(vec![FieldViolation::new(
+                "account_id",
+                "is required: several accounts are configured (give an id or alias)",
+            )])
+            .into(),
+            AccountError::NotFound(given) => failure(
+                Reason::AccountNotFound,
+                &error.to_string(),
+                HashMap::from([("account".to_owned(), given.clone())]),
+                None,
+                &[],
+            ),
+        }
     }
 }
 

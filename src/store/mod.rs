@@ -100,9 +100,9 @@ pub trait Store: Send + Sync + 'static {
     /// The highest sequence number stored, and the highest pruned (0: none).
     async fn bounds(&self) -> Result<(u64, u64), StoreError>;
 
-    /// What is known of the window between `account` (`me` matches any) and
-    /// `user`.
-    async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError>;
+    /// What is known of the window between `user` and each account that
+    /// has one with them.
+    async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError>;
 
     /// Remembers that Graph refused a send as outside the window.
     async fn window_refused(

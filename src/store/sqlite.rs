@@ -423,21 +423,9 @@ impl Store for SqliteStore {
         ))
     }
 
-    async fn window(&self, account: &str, user: &str) -> Result<Option<WindowFacts>, StoreError> {
+    async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
         let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
-        // `me` stands for whichever account: merge what each knows.
-        let merged = windows
-            .get(user)
-            .into_iter()
-            .flatten()
-            .filter(|(a, _)| account == "me" || a == account)
-            .map(|(_, facts)| *facts)
-            .reduce(|a, b| WindowFacts {
-                last_inbound_ms: a.last_inbound_ms.max(b.last_inbound_ms),
-                standard_refused_ms: a.standard_refused_ms.max(b.standard_refused_ms),
-                human_agent_refused_ms: a.human_agent_refused_ms.max(b.human_agent_refused_ms),
-            });
-        Ok(merged)
+        Ok(windows.get(user).cloned().unwrap_or_default())
     }
 
     async fn window_refused(
@@ -667,6 +655,18 @@ mod tests {
     use crate::events::parse_delivery;
     use crate::message::Sent;
 
+    impl SqliteStore {
+        /// One account's facts, as the tests ask for them.
+        async fn window(
+            &self,
+            account: &str,
+            user: &str,
+        ) -> Result<Option<WindowFacts>, StoreError> {
+            let rows = self.windows(user).await?;
+            Ok(rows.into_iter().find(|(a, _)| a == account).map(|(_, f)| f))
+        }
+    }
+
     fn message(mid: &str, ts: i64) -> InboundEvent {
         let body = format!(
             r#"{{"object":"instagram","entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":{ts},"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
@@ -695,10 +695,11 @@ mod tests {
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [2, 3]);
         assert_eq!(events[1].event, message("m3", 30));
-        let facts = store.window("A", "U").await.unwrap().unwrap();
-        assert_eq!(facts.last_inbound_ms, Some(30));
-        assert_eq!(store.window("me", "U").await.unwrap(), Some(facts));
-        assert_eq!(store.window("A", "V").await.unwrap(), None);
+        let rows = store.windows("U").await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, "A");
+        assert_eq!(rows[0].1.last_inbound_ms, Some(30));
+        assert!(store.windows("V").await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -717,8 +718,8 @@ mod tests {
             human_agent_refused_ms: Some(60),
         };
         assert_eq!(store.window("A", "U").await.unwrap(), Some(expected));
-        let merged = store.window("me", "U").await.unwrap().unwrap();
-        assert_eq!(merged.standard_refused_ms, Some(70));
+        let b = store.window("B", "U").await.unwrap().unwrap();
+        assert_eq!(b.standard_refused_ms, Some(70));
         let pruned = store.prune(65 + HUMAN_AGENT_MS, 0).await.unwrap();
         assert_eq!(pruned.windows, 1);
         assert_eq!(store.window("A", "U").await.unwrap(), None);

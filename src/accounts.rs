@@ -1,0 +1,252 @@
+//! The Instagram accounts the gateway sends as. The [`Registry`] maps an
+//! account's id or alias to that account's own delivery path (its Graph
+//! settings and token, its call limit, its queue), so "which account" is a
+//! lookup, never a global.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::delivery::{Deliverer, DeliveryPolicy};
+use crate::graph::{Account, GraphClient};
+
+/// An Instagram account id: digits only.
+pub fn is_account_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An account alias: a letter, then up to 63 letters, digits, `-`, `_` or
+/// `.`, so it can never be mistaken for an id, `me` aside.
+pub fn is_alias(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s != crate::window::ME
+}
+
+/// One account as configured: what the registry builds a path from.
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    /// An alias usable wherever the account is named.
+    pub name: Option<String>,
+    /// Its Graph settings: base URL, Instagram user id, token.
+    pub account: Account,
+}
+
+impl AccountSpec {
+    pub fn new(account: Account) -> Self {
+        Self {
+            name: None,
+            account,
+        }
+    }
+
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.account.account_id
+    }
+}
+
+/// One account's delivery path.
+#[derive(Debug)]
+pub struct AccountPath {
+    pub id: String,
+    pub name: Option<String>,
+    pub deliverer: Arc<Deliverer>,
+}
+
+impl AccountPath {
+    /// Whether `given` names this account, by id or alias.
+    pub fn is_named(&self, given: &str) -> bool {
+        self.id == given || self.name.as_deref() == Some(given)
+    }
+}
+
+/// Why a request's account could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("account_id is required: this gateway sends as {configured} accounts")]
+    Required { configured: usize },
+    #[error("no account {0:?} is configured")]
+    NotFound(String),
+}
+
+/// The configured accounts, each with its own delivery path.
+pub struct Registry {
+    table: ArcSwap<Table>,
+    graph: GraphClient,
+    policy: DeliveryPolicy,
+    /// Paths taken out of the table that may still finish sends: a shutdown
+    /// drains them too.
+    retired: Mutex<Vec<Weak<Deliverer>>>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// In configuration order.
+    paths: Vec<Arc<AccountPath>>,
+    /// Id and alias, each to its index in `paths`.
+    index: HashMap<String, usize>,
+}
+
+impl Table {
+    fn new(paths: Vec<Arc<AccountPath>>) -> Self {
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            index.insert(p.id.clone(), i);
+            if let Some(name) = &p.name {
+                index.insert(name.clone(), i);
+            }
+        }
+        Self { paths, index }
+    }
+}
+
+impl Registry {
+    /// One path per spec; ids and aliases must be distinct (the accounts
+    /// file's parser checks).
+    pub fn new(graph: GraphClient, policy: DeliveryPolicy, specs: Vec<AccountSpec>) -> Arc<Self> {
+        let registry = Self {
+            table: ArcSwap::from_pointee(Table::default()),
+            graph,
+            policy,
+            retired: Mutex::new(Vec::new()),
+        };
+        let paths = specs.into_iter().map(|s| registry.path(s)).collect();
+        registry.table.store(Arc::new(Table::new(paths)));
+        Arc::new(registry)
+    }
+
+    fn path(&self, spec: AccountSpec) -> Arc<AccountPath> {
+        Arc::new(AccountPath {
+            id: spec.account.account_id.clone(),
+            name: spec.name,
+            deliverer: Deliverer::new(self.graph.clone(), spec.account, self.policy.clone()),
+        })
+    }
+
+    /// The account `given` names (id or alias); an empty `given` names the
+    /// only account when there is exactly one.
+    pub fn resolve(&self, given: &str) -> Result<Arc<AccountPath>, AccountError> {
+        let table = self.table.load();
+        if given.is_empty() {
+            return match table.paths.as_slice() {
+                [only] => Ok(only.clone()),
+                paths => Err(AccountError::Required {
+                    configured: paths.len(),
+                }),
+            };
+        }
+        table
+            .index
+            .get(given)
+            .map(|&i| table.paths[i].clone())
+            .ok_or_else(|| AccountError::NotFound(given.to_owned()))
+    }
+
+    /// The path of the account with this id, if configured.
+    pub fn by_id(&self, id: &str) -> Option<Arc<AccountPath>> {
+        let table = self.table.load();
+        table
+            .index
+            .get(id)
+            .map(|&i| table.paths[i].clone())
+            .filter(|p| p.id == id)
+    }
+
+    /// Every configured account, in configuration order.
+    pub fn paths(&self) -> Vec<Arc<AccountPath>> {
+        self.table.load().paths.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.load().paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The least of its deadline a send must have left to be started.
+    pub fn min_send_budget(&self) -> Duration {
+        self.policy.min_send_budget
+    }
+
+    /// Sends under way or waiting, over every account (retired ones too).
+    pub fn in_flight(&self) -> usize {
+        self.deliverers().iter().map(|d| d.in_flight()).sum()
+    }
+
+    /// From now on no account's sends make further attempts.
+    pub fn start_draining(&self) {
+        for d in self.deliverers() {
+            d.start_draining();
+        }
+    }
+
+    fn deliverers(&self) -> Vec<Arc<Deliverer>> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        let table = self.table.load();
+        table
+            .paths
+            .iter()
+            .map(|p| p.deliverer.clone())
+            .chain(retired.iter().filter_map(Weak::upgrade))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::AccessToken;
+
+    fn spec(id: &str, name: Option<&str>) -> AccountSpec {
+        let account = Account::new("http://127.0.0.1:1/v25.0", id, &AccessToken::new("t")).unwrap();
+        let spec = AccountSpec::new(account);
+        match name {
+            Some(n) => spec.named(n),
+            None => spec,
+        }
+    }
+
+    fn registry(specs: Vec<AccountSpec>) -> Arc<Registry> {
+        Registry::new(
+            GraphClient::new(Duration::from_secs(1)),
+            DeliveryPolicy::default(),
+            specs,
+        )
+    }
+
+    #[test]
+    fn an_account_is_found_by_id_or_alias() {
+        let r = registry(vec![spec("1", Some("shop")), spec("2", None)]);
+        assert_eq!(r.resolve("1").unwrap().id, "1");
+        assert_eq!(r.resolve("shop").unwrap().id, "1");
+        assert_eq!(r.resolve("2").unwrap().id, "2");
+        assert_eq!(
+            r.resolve("3").unwrap_err(),
+            AccountError::NotFound("3".into())
+        );
+        assert!(r.by_id("shop").is_none());
+    }
+
+    #[test]
+    fn no_account_named_means_the_only_one() {
+        let one = registry(vec![spec("1", None)]);
+        assert_eq!(one.resolve("").unwrap().id, "1");
+        let two = registry(vec![spec("1", None), spec("2", None)]);
+        assert_eq!(
+            two.resolve("").unwrap_err(),
+            AccountError::Required { configured: 2 }
+        );
+    }
+}
