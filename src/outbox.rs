@@ -232,15 +232,13 @@ impl Outbox {
         let result = account.deliverer.send_message(&message, deadline).await;
         if let Err(e) = &result
             && e.reason() == Reason::OutsideMessagingWindow
-        {
-            if let Err(e) = self
+            && let Err(e) = self
                 .inbox
                 .store()
                 .window_refused(&account.id, &user, now, message.human_agent)
                 .await
-            {
-                tracing::warn!(error = %e, "could not remember a window refusal");
-            }
+        {
+            tracing::warn!(error = %e, "could not remember a window refusal");
         }
         result
     }
