@@ -10,7 +10,6 @@
 //! pruned at 7 days) windows table mirrored in memory: this process is its
 //! only writer, and the mirror changes only after a commit succeeds.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, mpsc};
@@ -25,11 +24,14 @@ use super::{
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
 
-/// The most writes folded into one transaction.
-const MAX_BATCH: usize = 512;
+mod schema;
+mod windows;
+mod writer;
 
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+use schema::{SCHEMA, create_private_dir, head, open_connection, pruned_through, restrict_files};
+use windows::{WindowChange, Windows, apply, latest, load_windows};
+use writer::{Job, in_savepoint, write_loop};
+
 /// Events committed, in seq order, for live subscribers.
 type Feed = broadcast::Sender<Arc<StoredEvent>>;
 
@@ -53,129 +55,16 @@ struct Bounds {
     pruned_through: AtomicU64,
 }
 
-/// The windows table in memory: per person, each account's facts.
-type Windows = HashMap<String, Vec<(String, WindowFacts)>>;
-
-/// A change to one (account, user) row of the windows table.
-enum WindowChange {
-    Inbound(i64),
-    Refused { at: i64, human_agent: bool },
-}
-
-fn apply(windows: &mut Windows, account: &str, user: &str, change: &WindowChange) {
-    let rows = windows.entry(user.to_owned()).or_default();
-    let facts = match rows.iter_mut().find(|(a, _)| a == account) {
-        Some((_, facts)) => facts,
-        None => {
-            rows.push((account.to_owned(), WindowFacts::default()));
-            &mut rows.last_mut().expect("just pushed").1
-        }
-    };
-    match *change {
-        // A person who writes reopens the window, whatever Graph said before
-        // and whichever clock is ahead.
-        WindowChange::Inbound(at) => {
-            facts.last_inbound_ms = Some(facts.last_inbound_ms.map_or(at, |l| l.max(at)));
-            facts.standard_refused_ms = None;
-            facts.human_agent_refused_ms = None;
-        }
-        WindowChange::Refused {
-            at,
-            human_agent: false,
-        } => facts.standard_refused_ms = Some(at),
-        WindowChange::Refused {
-            at,
-            human_agent: true,
-        } => facts.human_agent_refused_ms = Some(at),
-    }
-}
-
-fn latest(facts: &WindowFacts) -> i64 {
-    [
-        facts.last_inbound_ms,
-        facts.standard_refused_ms,
-        facts.human_agent_refused_ms,
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(0)
-}
-
-fn load_windows(conn: &Connection) -> Result<Windows, StoreError> {
-    let mut windows = Windows::new();
-    let mut stmt = conn.prepare(
-        "SELECT account, user, last_inbound_ms, standard_refused_ms, human_agent_refused_ms FROM windows",
-    )?;
-    let rows = stmt.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            WindowFacts {
-                last_inbound_ms: row.get(2)?,
-                standard_refused_ms: row.get(3)?,
-                human_agent_refused_ms: row.get(4)?,
-            },
-        ))
-    })?;
-    for row in rows {
-        let (account, user, facts) = row?;
-        windows.entry(user).or_default().push((account, facts));
-    }
-    Ok(windows)
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Backend(e.to_string())
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    dedup_key TEXT NOT NULL UNIQUE,
-    received_ms INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
-CREATE TABLE IF NOT EXISTS windows (
-    account TEXT NOT NULL,
-    user TEXT NOT NULL,
-    last_inbound_ms INTEGER,
-    standard_refused_ms INTEGER,
-    human_agent_refused_ms INTEGER,
-    PRIMARY KEY (account, user)
-);
-CREATE INDEX IF NOT EXISTS windows_user ON windows(user);
-CREATE TABLE IF NOT EXISTS request_ids (
-    id TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    claimed_ms INTEGER NOT NULL,
-    outcome TEXT
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dedup (
-    key TEXT PRIMARY KEY,
-    seen_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_ms);
--- Stores from before the dedup table kept keys only beside their events.
-INSERT OR IGNORE INTO dedup (key, seen_ms) SELECT dedup_key, received_ms FROM events;
-";
-
 /// Events a live subscriber may fall behind by before it reads from the
 /// store instead: several full group commits of single-event deliveries
 /// (512 each), so a burst does not send every subscriber to the store.
 const FEED_CAPACITY: usize = 16 * 1024;
-
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
-}
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/gateway.sqlite3`.
@@ -257,49 +146,6 @@ impl SqliteStore {
         });
         self.reader.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-/// A failed job is rolled back alone; the others in its batch still commit.
-fn in_savepoint<R>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
-    let result = f(conn);
-    if result.is_err() {
-        conn.execute_batch("ROLLBACK TO job")?;
-    }
-    conn.execute_batch("RELEASE job")?;
-    result
-}
-
-fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let finishers: Vec<Finish> = match begun {
-            Ok(()) => batch.into_iter().map(|job| job(&conn)).collect(),
-            Err(e) => {
-                let message = e.to_string();
-                drop(batch);
-                tracing::error!(error = %message, "the store cannot begin a transaction");
-                continue;
-            }
-        };
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-        if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        for finish in finishers {
-            finish(committed.clone().map_err(StoreError::Backend));
-        }
     }
 }
 
@@ -591,62 +437,6 @@ impl Store for SqliteStore {
 /// A clock ahead of ours cannot stretch a window.
 fn opened_at(event: &InboundEvent, received_ms: UnixMs) -> UnixMs {
     event.timestamp_ms.min(received_ms)
-}
-
-/// The data directory holds every direct message of the last days: only
-/// this user may read it.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir)
-}
-
-/// The database and its WAL files: owner only.
-fn restrict_files(dir: &Path, db: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mut files = vec![db.to_owned()];
-        for suffix in ["-wal", "-shm"] {
-            files.push(dir.join(format!("gateway.sqlite3{suffix}")));
-        }
-        for f in files.into_iter().filter(|f| f.exists()) {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    let _ = (dir, db);
-    Ok(())
-}
-
-fn head(conn: &Connection) -> Result<u64, StoreError> {
-    // AUTOINCREMENT keeps the highest seq ever used here, even once pruned.
-    let seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(seq.unwrap_or(0) as u64)
-}
-
-fn pruned_through(conn: &Connection) -> Result<u64, StoreError> {
-    let value: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'pruned_through'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(value.unwrap_or(0) as u64)
 }
 
 #[cfg(test)]
