@@ -494,7 +494,10 @@ async fn many_subscribers(upstream: SocketAddr) {
             let mut client = MessengerClient::new(channel.clone());
             tokio::spawn(async move {
                 let mut stream = client
-                    .subscribe(pb::SubscribeRequest { after: 0 })
+                    .subscribe(pb::SubscribeRequest {
+                        after: 0,
+                        ..Default::default()
+                    })
                     .await
                     .expect("subscribed")
                     .into_inner();

@@ -113,7 +113,10 @@ async fn subscribe(grpc: &str, seen: Arc<Seen>) {
         .await
         .unwrap();
     let mut stream = client
-        .subscribe(pb::SubscribeRequest { after: 0 })
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

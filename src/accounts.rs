@@ -4,6 +4,7 @@
 //! lookup, never a global.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -54,15 +55,80 @@ impl AccountSpec {
     }
 }
 
+/// What the gateway knows of an account's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenState {
+    /// Not checked with Graph yet.
+    #[default]
+    Unchecked,
+    /// Graph accepted it at the last check or send.
+    Valid,
+    /// Valid, but close to expiry and not yet refreshed.
+    Expiring,
+    /// Graph refused it (code 190), or it belongs to another account.
+    Invalid,
+}
+
+/// An account's token and Graph health, for `ListAccounts` and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenStatus {
+    pub state: TokenState,
+    /// The Instagram username, as Graph last reported it.
+    pub username: Option<String>,
+    pub expires_at_ms: Option<i64>,
+    pub last_refresh_ms: Option<i64>,
+    /// The last error Graph gave for the token or a send.
+    pub last_error: Option<String>,
+}
+
 /// One account's delivery path.
 #[derive(Debug)]
 pub struct AccountPath {
     pub id: String,
     pub name: Option<String>,
     pub deliverer: Arc<Deliverer>,
+    status: Mutex<TokenStatus>,
+    /// Mirrors `status.state == Invalid`, so a send's success need not lock
+    /// to find there is nothing to clear.
+    invalid: AtomicBool,
 }
 
 impl AccountPath {
+    pub fn status(&self) -> TokenStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the status in one step.
+    pub fn update_status(&self, f: impl FnOnce(&mut TokenStatus)) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut status);
+        self.invalid
+            .store(status.state == TokenState::Invalid, Ordering::Relaxed);
+    }
+
+    /// Graph refused the token (code 190): sends fail until it is replaced
+    /// or a check passes. Logged once per change, never with the token.
+    pub fn token_refused(&self, graph_message: &str) {
+        if !self.invalid.load(Ordering::Relaxed) {
+            tracing::error!(account = %self.id, error = graph_message, "Graph refused the account's access token: sends fail until it is replaced (reload) or a check passes");
+        }
+        self.update_status(|s| {
+            s.state = TokenState::Invalid;
+            s.last_error = Some(graph_message.to_owned());
+        });
+    }
+
+    /// A send went through: a token marked invalid works again.
+    pub fn token_worked(&self) {
+        if self.invalid.load(Ordering::Relaxed) {
+            tracing::info!(account = %self.id, "the account's access token works again");
+            self.update_status(|s| s.state = TokenState::Valid);
+        }
+    }
+
     /// Whether `given` names this account, by id or alias.
     pub fn is_named(&self, given: &str) -> bool {
         self.id == given || self.name.as_deref() == Some(given)
@@ -129,6 +195,8 @@ impl Registry {
             id: spec.account.account_id.clone(),
             name: spec.name,
             deliverer: Deliverer::new(self.graph.clone(), spec.account, self.policy.clone()),
+            status: Mutex::new(TokenStatus::default()),
+            invalid: AtomicBool::new(false),
         })
     }
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::accounts::{is_account_id, is_alias};
+use crate::config::{FileError, line_of};
 
 /// What a key may be allowed to do, as named in the keys file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,14 +23,17 @@ pub enum Operation {
     SendAction,
     GetWindow,
     Subscribe,
+    /// Operator calls: `ListAccounts`.
+    Admin,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::Send,
         Operation::SendAction,
         Operation::GetWindow,
         Operation::Subscribe,
+        Operation::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Operation {
             Operation::SendAction => "send_action",
             Operation::GetWindow => "get_window",
             Operation::Subscribe => "subscribe",
+            Operation::Admin => "admin",
         }
     }
 
@@ -281,15 +286,15 @@ impl KeySet {
 
     /// Parses the text of a keys file; errors name `file`, the line and the
     /// fault.
-    pub fn parse(file: &Path, text: &str) -> Result<Self, KeysFileError> {
-        let at = |span: std::ops::Range<usize>, what: String| KeysFileError {
+    pub fn parse(file: &Path, text: &str) -> Result<Self, FileError> {
+        let at = |span: std::ops::Range<usize>, what: String| FileError {
             file: file.to_owned(),
             line: line_of(text, span.start),
             what,
         };
         let parsed: File = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-            KeysFileError {
+            FileError {
                 file: file.to_owned(),
                 line,
                 what: e.message().to_owned(),
@@ -396,8 +401,8 @@ impl KeySet {
         Ok(set)
     }
 
-    pub fn load(file: &Path) -> Result<Self, KeysFileError> {
-        let text = std::fs::read_to_string(file).map_err(|e| KeysFileError {
+    pub fn load(file: &Path) -> Result<Self, FileError> {
+        let text = std::fs::read_to_string(file).map_err(|e| FileError {
             file: file.to_owned(),
             line: 0,
             what: format!("cannot be read: {e}"),
@@ -426,20 +431,6 @@ struct Entry {
 }
 
 /// The 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    let before = &text.as_bytes()[..offset.min(text.len())];
-    before.iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// `file:line: what`, or `file: what` when no line is at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{}: {what}", .file.display(), if *.line > 0 { format!(":{}", .line) } else { String::new() })]
-pub struct KeysFileError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub what: String,
-}
-
 /// The keys in force, swapped whole on reload. Open (no file) means every
 /// caller is let in.
 pub struct Keys {
@@ -459,7 +450,7 @@ impl Keys {
         })
     }
 
-    pub fn from_file(file: PathBuf) -> Result<Arc<Self>, KeysFileError> {
+    pub fn from_file(file: PathBuf) -> Result<Arc<Self>, FileError> {
         let set = KeySet::load(&file)?;
         Ok(Arc::new(Self {
             file: Some(file),
@@ -473,7 +464,7 @@ impl Keys {
     }
 
     /// Re-reads the file; on an error the keys in force stay.
-    pub fn reload(&self) -> Result<usize, KeysFileError> {
+    pub fn reload(&self) -> Result<usize, FileError> {
         let Some(file) = &self.file else {
             return Ok(0);
         };
@@ -550,7 +541,7 @@ pub fn new_key(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<KeySet, KeysFileError> {
+    fn parse(text: &str) -> Result<KeySet, FileError> {
         KeySet::parse(Path::new("keys.toml"), text)
     }
 

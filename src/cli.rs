@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use humantime::Duration;
 
+use crate::accounts::AccountSpec;
 use crate::clock::SystemClock;
 use crate::config::{self, ConfigError};
 use crate::delivery::DeliveryPolicy;
@@ -136,6 +137,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONCURRENT_STREAMS",
           default_value_t = ServeOptions::DEFAULT_MAX_CONCURRENT_STREAMS)]
     max_concurrent_streams: u32,
+    /// A TOML file of the Instagram accounts to send as, one `[[account]]`
+    /// each (id, optional name, token_env or token_file, optional api_url).
+    /// Without it the INSTAGRAM_* variables configure one account.
+    #[arg(long, env = "MESSENGER_GATEWAY_ACCOUNTS")]
+    accounts: Option<PathBuf>,
     /// Send to the built-in sandbox even if credentials are set.
     #[arg(long, conflicts_with = "no_sandbox")]
     sandbox: bool,
@@ -198,11 +204,32 @@ impl ServeArgs {
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let account = if self.sandbox {
-            None
-        } else {
-            config::account_from_env(&env, self.allow_insecure_graph)?
-        };
+        let account =
+            if self.sandbox {
+                None
+            } else if let Some(file) = &self.accounts {
+                let set: Vec<&str> = config::VARIABLES
+                    .into_iter()
+                    .filter(|name| env(name).is_some_and(|v| !v.is_empty()))
+                    .collect();
+                if !set.is_empty() {
+                    return Err(ConfigError {
+                        problems: vec![format!(
+                            "--accounts {} and {} are both set: configure accounts in one place",
+                            file.display(),
+                            set.join(", ")
+                        )],
+                    });
+                }
+                let specs = config::read_accounts_file(file, &env, self.allow_insecure_graph)
+                    .map_err(|e| ConfigError {
+                        problems: vec![e.to_string()],
+                    })?;
+                Some(specs)
+            } else {
+                config::account_from_env(&env, self.allow_insecure_graph)?
+                    .map(|a| vec![AccountSpec::new(a)])
+            };
         let webhook_secrets = config::webhook_secrets_from_env(&env)?;
         if account.is_none() && !self.sandbox && webhook_secrets.is_some() {
             return Err(ConfigError {

@@ -1,6 +1,10 @@
 //! Settings from the environment, read exactly as the Instagram starter kit
 //! reads them, and checked all at once so one message names every problem.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::accounts::{AccountSpec, is_account_id, is_alias};
 use crate::graph::{AccessToken, Account};
 use crate::webhook::WebhookSecrets;
 
@@ -14,6 +18,21 @@ pub const VARIABLES: [&str; 5] = [
     "INSTAGRAM_USER_ID",
     "INSTAGRAM_ACCESS_TOKEN",
 ];
+
+/// The line of a byte offset in `text`, from 1.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// `file:line: what`, or `file: what` when no line is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {what}", .file.display(), if *.line > 0 { format!(":{}", .line) } else { String::new() })]
+pub struct FileError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub what: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {}", .problems.join("; "))]
@@ -94,6 +113,169 @@ pub fn account_from_env(
     }
 }
 
+/// The accounts file as written: one `[[account]]` per Instagram account.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsFile {
+    #[serde(default)]
+    account: Vec<toml::Spanned<AccountEntry>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountEntry {
+    id: toml::Spanned<String>,
+    name: Option<toml::Spanned<String>>,
+    token_env: Option<toml::Spanned<String>>,
+    token_file: Option<toml::Spanned<PathBuf>>,
+    api_url: Option<toml::Spanned<String>>,
+    /// Refused with its own message: tokens never sit in the file.
+    token: Option<toml::Spanned<toml::Value>>,
+}
+
+/// Reads the accounts file at `file`; tokens come from the environment
+/// (`var`) or the files the entries name. Every fault names the file and
+/// line.
+pub fn read_accounts_file(
+    file: &Path,
+    var: impl Fn(&str) -> Option<String>,
+    allow_insecure_graph: bool,
+) -> Result<Vec<AccountSpec>, FileError> {
+    let text = std::fs::read_to_string(file).map_err(|e| FileError {
+        file: file.to_owned(),
+        line: 0,
+        what: format!("cannot read the accounts file: {e}"),
+    })?;
+    parse_accounts(file, &text, var, allow_insecure_graph)
+}
+
+/// Parses the text of an accounts file (see [`read_accounts_file`]).
+pub fn parse_accounts(
+    file: &Path,
+    text: &str,
+    var: impl Fn(&str) -> Option<String>,
+    allow_insecure_graph: bool,
+) -> Result<Vec<AccountSpec>, FileError> {
+    let at = |span: std::ops::Range<usize>, what: String| FileError {
+        file: file.to_owned(),
+        line: line_of(text, span.start),
+        what,
+    };
+    let parsed: AccountsFile = toml::from_str(text).map_err(|e| FileError {
+        file: file.to_owned(),
+        line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
+        what: e.message().to_owned(),
+    })?;
+    if parsed.account.is_empty() {
+        return Err(at(0..0, "no [[account]] is configured".into()).no_line());
+    }
+    let mut names = HashSet::new();
+    let mut specs = Vec::new();
+    for entry in parsed.account {
+        let span = entry.span();
+        let entry = entry.into_inner();
+        let id = entry.id.get_ref();
+        if !is_account_id(id) {
+            return Err(at(
+                entry.id.span(),
+                format!("account id {id:?} must be the Instagram user id (digits)"),
+            ));
+        }
+        if !names.insert(id.clone()) {
+            return Err(at(
+                entry.id.span(),
+                format!("account {id} is configured twice"),
+            ));
+        }
+        if let Some(name) = &entry.name {
+            let n = name.get_ref();
+            if !is_alias(n) {
+                return Err(at(
+                    name.span(),
+                    format!(
+                        "name {n:?} must start with a letter and hold only letters, digits, '-', '_' or '.' (at most 64)"
+                    ),
+                ));
+            }
+            if !names.insert(n.clone()) {
+                return Err(at(name.span(), format!("name {n:?} is used twice")));
+            }
+        }
+        if let Some(t) = &entry.token {
+            return Err(at(
+                t.span(),
+                "a token never goes in the file: use token_env = \"VAR\" or token_file = \"/path\""
+                    .into(),
+            ));
+        }
+        // Never echoes a token, not even a bad one.
+        let raw = match (&entry.token_env, &entry.token_file) {
+            (Some(_), Some(f)) => {
+                return Err(at(
+                    f.span(),
+                    "give token_env or token_file, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    span,
+                    format!("account {id} needs token_env or token_file"),
+                ));
+            }
+            (Some(env), None) => var(env.get_ref())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    at(
+                        env.span(),
+                        format!("account {id}: the variable {} is not set", env.get_ref()),
+                    )
+                })?,
+            (None, Some(path)) => std::fs::read_to_string(path.get_ref())
+                .map(|t| t.trim().to_owned())
+                .ok()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    at(
+                        path.span(),
+                        format!(
+                            "account {id}: the token file {} cannot be read or is empty",
+                            path.get_ref().display()
+                        ),
+                    )
+                })?,
+        };
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(at(
+                span,
+                format!("account {id}: the token must not contain spaces or control characters"),
+            ));
+        }
+        let base_url = match &entry.api_url {
+            None => DEFAULT_GRAPH_URL.to_owned(),
+            Some(u) => {
+                check_graph_url(u.get_ref(), allow_insecure_graph)
+                    .map_err(|why| at(u.span(), format!("api_url {why}")))?;
+                u.get_ref().clone()
+            }
+        };
+        let account = Account::new(&base_url, id, &AccessToken::new(raw))
+            .map_err(|e| at(span.clone(), format!("account {id}: {e}")))?;
+        let spec = AccountSpec::new(account);
+        specs.push(match entry.name {
+            Some(n) => spec.named(n.into_inner()),
+            None => spec,
+        });
+    }
+    Ok(specs)
+}
+
+impl FileError {
+    fn no_line(mut self) -> Self {
+        self.line = 0;
+        self
+    }
+}
+
 const CREDENTIALS_IN_URL: &str =
     "must not carry a user name or password: the token goes in INSTAGRAM_ACCESS_TOKEN";
 
@@ -160,6 +342,119 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |name| map.get(name).cloned()
+    }
+
+    fn accounts(text: &str) -> Result<Vec<AccountSpec>, FileError> {
+        parse_accounts(
+            Path::new("accounts.toml"),
+            text,
+            env(&[("SHOP", "shop-token"), ("HELP", "help-token")]),
+            false,
+        )
+    }
+
+    const TWO: &str = r#"
+[[account]]
+id = "17841400000000001"
+name = "shop"
+token_env = "SHOP"
+api_url = "http://127.0.0.1:9/v25.0"
+
+[[account]]
+id = "17841400000000002"
+token_env = "HELP"
+"#;
+
+    #[test]
+    fn an_accounts_file_names_each_account_with_its_token_and_graph() {
+        let specs = accounts(TWO).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].id(), "17841400000000001");
+        assert_eq!(specs[0].name.as_deref(), Some("shop"));
+        assert_eq!(
+            specs[0].account.messages_url(),
+            "http://127.0.0.1:9/v25.0/17841400000000001/messages"
+        );
+        assert_eq!(specs[1].name, None);
+        assert_eq!(specs[1].account.base_url, DEFAULT_GRAPH_URL);
+    }
+
+    #[test]
+    fn every_accounts_file_fault_is_named_with_its_line() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "[[account]]\nid = \"12x\"\ntoken_env = \"SHOP\"\n",
+                2,
+                "digits",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken_env = \"SHOP\"\n[[account]]\nid = \"1\"\ntoken_env = \"HELP\"\n",
+                5,
+                "configured twice",
+            ),
+            (
+                "[[account]]\nid = \"1\"\nname = \"a\"\ntoken_env = \"SHOP\"\n[[account]]\nid = \"2\"\nname = \"a\"\ntoken_env = \"HELP\"\n",
+                7,
+                "used twice",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken_env = \"MISSING\"\n",
+                3,
+                "is not set",
+            ),
+            (
+                "[[account]]\nid = \"1\"\n",
+                1,
+                "needs token_env or token_file",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken = \"abc\"\n",
+                3,
+                "never goes in the file",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken_env = \"SHOP\"\napi_url = \"http://graph.example/v1\"\n",
+                4,
+                "api_url",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken_env = \"SHOP\"\ncolour = 1\n",
+                4,
+                "unknown field",
+            ),
+            (
+                "[[account]]\nid = \"1\"\nname = \"9lives\"\ntoken_env = \"SHOP\"\n",
+                3,
+                "start with a letter",
+            ),
+            (
+                "[[account]]\nid = \"1\"\ntoken_file = \"/nonexistent/token\"\n",
+                3,
+                "cannot be read",
+            ),
+        ];
+        for (text, line, what) in cases {
+            let e = accounts(text).unwrap_err();
+            assert_eq!(
+                (e.line, e.file.as_path()),
+                (*line, Path::new("accounts.toml")),
+                "{text}: {e}"
+            );
+            assert!(e.what.contains(what), "{text}: {e}");
+            assert!(!e.to_string().contains("shop-token"));
+        }
+        let e = accounts("").unwrap_err();
+        assert!(e.what.contains("no [[account]]"), "{e}");
+    }
+
+    #[test]
+    fn a_token_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "file-token\n").unwrap();
+        let text = format!("[[account]]\nid = \"1\"\ntoken_file = {:?}\n", path);
+        let specs = accounts(&text).unwrap();
+        assert_eq!(specs[0].id(), "1");
     }
 
     fn account_from_env_test(

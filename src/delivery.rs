@@ -165,8 +165,17 @@ impl Deliverer {
         self.policy.min_send_budget
     }
 
+    /// Sends under way or waiting for a call slot.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Graph calls under way now.
+    pub fn calls_under_way(&self) -> usize {
+        self.policy
+            .max_concurrent_calls
+            .max(1)
+            .saturating_sub(self.calls.available_permits())
     }
 
     pub async fn send_message(

@@ -83,7 +83,9 @@ impl Outbox {
         action: &OutgoingAction,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        account.deliverer.send_action(action, budget).await
+        let result = account.deliverer.send_action(action, budget).await;
+        note_token(account, &result);
+        result
     }
 
     /// Sends `message` as `account`; with a `request_id` (and the scope of
@@ -199,7 +201,9 @@ impl Outbox {
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
-            return account.deliverer.send_message(&message, deadline).await;
+            let result = account.deliverer.send_message(&message, deadline).await;
+            note_token(account, &result);
+            return result;
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
@@ -230,6 +234,7 @@ impl Outbox {
             }
         }
         let result = account.deliverer.send_message(&message, deadline).await;
+        note_token(account, &result);
         if let Err(e) = &result
             && e.reason() == Reason::OutsideMessagingWindow
             && let Err(e) = self
@@ -241,6 +246,18 @@ impl Outbox {
             tracing::warn!(error = %e, "could not remember a window refusal");
         }
         result
+    }
+}
+
+/// What a send's outcome says of the account's token.
+fn note_token(account: &AccountPath, result: &Result<Sent, SendError>) {
+    match result {
+        Ok(_) => account.token_worked(),
+        Err(e) if e.reason() == Reason::AccessTokenInvalid => {
+            let message = e.failure().map(|f| f.message()).unwrap_or_default();
+            account.token_refused(&message);
+        }
+        Err(_) => {}
     }
 }
 

@@ -18,7 +18,7 @@ use crate::accounts::{AccountSpec, Registry};
 use crate::auth::Keys;
 use crate::clock::{Clock, SystemClock};
 use crate::delivery::DeliveryPolicy;
-use crate::graph::{Account, GraphClient};
+use crate::graph::GraphClient;
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxPolicy};
 use crate::sandbox::{self, RunningSandbox};
@@ -37,8 +37,8 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where sends go.
 pub enum Upstream {
-    /// A real (or fake) Graph API, as one account.
-    Graph(Account),
+    /// A real (or fake) Graph API, as these accounts (at least one).
+    Graph(Vec<AccountSpec>),
     /// The built-in sandbox, started on this (loopback) address.
     Sandbox { listen: SocketAddr },
 }
@@ -122,7 +122,7 @@ pub struct Application {
     webhooks: Option<WebhookListener>,
     webhook_url: Option<String>,
     sandbox: Option<RunningSandbox>,
-    account: Account,
+    accounts_registry: Arc<Registry>,
     gateway: Gateway,
     serve: ServeOptions,
     keys: Arc<Keys>,
@@ -195,7 +195,7 @@ impl Application {
                 format!("{scheme}://{}{}", reachable(a), webhook::PATH)
             });
         let (account, sandbox) = match settings.upstream {
-            Upstream::Graph(account) => (account, None),
+            Upstream::Graph(accounts) => (accounts, None),
             Upstream::Sandbox { listen } => {
                 // It accepts any message with its own token: never a port
                 // another machine can reach.
@@ -214,7 +214,10 @@ impl Application {
                             addr: listen,
                             source,
                         })?;
-                (running.account.clone(), Some(running))
+                (
+                    vec![AccountSpec::new(running.account.clone())],
+                    Some(running),
+                )
             }
         };
         let grpc = bind(listen).await?;
@@ -240,7 +243,7 @@ impl Application {
         let accounts = Registry::new(
             GraphClient::new(connect_timeout),
             settings.delivery,
-            vec![AccountSpec::new(account.clone())],
+            account,
         );
         let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
@@ -259,12 +262,12 @@ impl Application {
             webhook_url,
             sandbox,
             gateway: Gateway {
-                accounts,
+                accounts: accounts.clone(),
                 outbox,
                 inbox,
                 keys: keys.clone(),
             },
-            account,
+            accounts_registry: accounts.clone(),
             serve: settings.serve,
             keys,
             certificates,
@@ -291,8 +294,9 @@ impl Application {
         self.sandbox.as_ref()
     }
 
-    pub fn account(&self) -> &Account {
-        &self.account
+    /// The accounts sends go out as.
+    pub fn accounts(&self) -> &Arc<Registry> {
+        &self.accounts_registry
     }
 
     /// Serves until `shutdown` resolves, then drains (see [`server::serve`]).
@@ -494,11 +498,18 @@ fn announce(app: &Application) {
                 "watch inbound events: grpcurl -plaintext -d '{{}}' {target} messenger.v1.Messenger/Subscribe"
             );
         }
-        None => println!(
-            "sending as account {} via {}",
-            app.account().account_id,
-            app.account().base_url
-        ),
+        None => {
+            for path in app.accounts().paths() {
+                let account = path.deliverer.account();
+                match &path.name {
+                    Some(name) => println!(
+                        "sending as account {} ({name}) via {}",
+                        path.id, account.base_url
+                    ),
+                    None => println!("sending as account {} via {}", path.id, account.base_url),
+                }
+            }
+        }
     }
     if let Some(url) = app.webhook_url() {
         println!("webhooks at {url}");
@@ -506,7 +517,7 @@ fn announce(app: &Application) {
     println!("callers: {}", app.mode());
     // Last, so a script that waits for it knows the banner is complete.
     println!("messenger-gateway listening on {local} (gRPC)");
-    tracing::info!(%local, graph = %app.account().base_url, account = %app.account().account_id, "ready");
+    tracing::info!(%local, accounts = app.accounts().len(), "ready");
 }
 
 /// SIGTERM or SIGINT. The handlers are installed at once, before the

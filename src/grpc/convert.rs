@@ -659,6 +659,7 @@ mod tests {
                 action: action as i32,
                 message_id: message_id.into(),
                 reaction: reaction.into(),
+                ..Default::default()
             };
         assert!(action_from_pb(&a(pb::SenderAction::TypingOn, "", "")).is_ok());
         let react = action_from_pb(&a(pb::SenderAction::React, "mid", "")).unwrap();

@@ -1,5 +1,7 @@
-//! Inbound values (events, windows) as protobuf messages.
+//! What the gateway reports (inbound events, windows, accounts) as
+//! protobuf messages.
 
+use crate::accounts::{AccountPath, TokenState};
 use crate::events::{EventKind, MessageEvent, UnixMs};
 use crate::store::StoredEvent;
 use crate::window::{Window, WindowState};
@@ -13,7 +15,7 @@ pub fn timestamp(ms: UnixMs) -> prost_types::Timestamp {
     }
 }
 
-pub fn window_to_pb(recipient_id: String, w: &Window) -> pb::GetWindowResponse {
+pub fn window_to_pb(account_id: String, recipient_id: String, w: &Window) -> pb::GetWindowResponse {
     let state = match w.state {
         WindowState::Open => pb::WindowState::Open,
         WindowState::HumanAgentOnly => pb::WindowState::HumanAgentOnly,
@@ -26,6 +28,31 @@ pub fn window_to_pb(recipient_id: String, w: &Window) -> pb::GetWindowResponse {
         last_inbound_at: w.last_inbound_ms.map(timestamp),
         standard_closes_at: w.standard_closes_ms.map(timestamp),
         human_agent_closes_at: w.human_agent_closes_ms.map(timestamp),
+        account_id,
+    }
+}
+
+pub fn account_to_pb(account: &AccountPath) -> pb::AccountStatus {
+    let status = account.status();
+    let token_state = match status.state {
+        TokenState::Unchecked => pb::TokenState::Unchecked,
+        TokenState::Valid => pb::TokenState::Valid,
+        TokenState::Expiring => pb::TokenState::Expiring,
+        TokenState::Invalid => pb::TokenState::Invalid,
+    };
+    let deliverer = &account.deliverer;
+    let calls = deliverer.calls_under_way();
+    pb::AccountStatus {
+        id: account.id.clone(),
+        name: account.name.clone().unwrap_or_default(),
+        username: status.username.unwrap_or_default(),
+        token_state: token_state as i32,
+        token_expires_at: status.expires_at_ms.map(timestamp),
+        last_refresh_at: status.last_refresh_ms.map(timestamp),
+        last_graph_error: status.last_error.unwrap_or_default(),
+        sends_in_flight: calls as u32,
+        sends_queued: deliverer.in_flight().saturating_sub(calls) as u32,
+        api_url: deliverer.account().base_url.clone(),
     }
 }
 

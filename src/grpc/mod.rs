@@ -168,7 +168,8 @@ impl pb::messenger_server::Messenger for MessengerService {
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let (span, scope, account) = {
-            let (caller, account) = self.authorize_for(&request, Operation::Send, "")?;
+            let given = &request.get_ref().account_id;
+            let (caller, account) = self.authorize_for(&request, Operation::Send, given)?;
             let span = tracing::info_span!("call", key = caller.id());
             (span, caller.request_scope().to_owned(), account)
         };
@@ -185,6 +186,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         drop(request);
         let outbox = self.outbox.clone();
         let cancelled = budget.cancelled.clone();
+        let account_id = account.id.clone();
         let sent = finish_detached(
             async move {
                 outbox
@@ -199,6 +201,7 @@ impl pb::messenger_server::Messenger for MessengerService {
             message_id: sent.message_id.unwrap_or_default(),
             recipient_id: sent.recipient_id,
             graph_calls: sent.graph_calls,
+            account_id,
         }))
     }
 
@@ -207,7 +210,8 @@ impl pb::messenger_server::Messenger for MessengerService {
         request: Request<pb::SendActionRequest>,
     ) -> Result<Response<pb::SendActionResponse>, Status> {
         let (span, account) = {
-            let (caller, account) = self.authorize_for(&request, Operation::SendAction, "")?;
+            let given = &request.get_ref().account_id;
+            let (caller, account) = self.authorize_for(&request, Operation::SendAction, given)?;
             (tracing::info_span!("call", key = caller.id()), account)
         };
         let budget = self.budget_of(&request);
@@ -220,6 +224,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         drop(request);
         let outbox = self.outbox.clone();
         let cancelled = budget.cancelled.clone();
+        let account_id = account.id.clone();
         let sent = finish_detached(
             async move { outbox.send_action(&account, &action, budget).await }.instrument(span),
             cancelled,
@@ -228,6 +233,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         Ok(Response::new(pb::SendActionResponse {
             recipient_id: sent.recipient_id,
             graph_calls: sent.graph_calls,
+            account_id,
         }))
     }
 
@@ -235,7 +241,8 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::GetWindowRequest>,
     ) -> Result<Response<pb::GetWindowResponse>, Status> {
-        let (_, account) = self.authorize_for(&request, Operation::GetWindow, "")?;
+        let given = &request.get_ref().account_id;
+        let (_, account) = self.authorize_for(&request, Operation::GetWindow, given)?;
         let recipient_id = request.into_inner().recipient_id;
         let user = Igsid::parse(&recipient_id).map_err(|e| {
             Status::from(SendError::InvalidRequest(vec![FieldViolation::new(
@@ -244,7 +251,11 @@ impl pb::messenger_server::Messenger for MessengerService {
             )]))
         })?;
         let window = self.inbox.window(&account.id, user.as_str()).await?;
-        Ok(Response::new(inbound::window_to_pb(recipient_id, &window)))
+        Ok(Response::new(inbound::window_to_pb(
+            account.id.clone(),
+            recipient_id,
+            &window,
+        )))
     }
 
     async fn subscribe(
@@ -252,7 +263,25 @@ impl pb::messenger_server::Messenger for MessengerService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = self.authorize(&request, Operation::Subscribe)?.clone();
-        let after = request.into_inner().after;
+        let pb::SubscribeRequest { after, account_ids } = request.into_inner();
+        // Each named account must exist and be the caller's to see.
+        let mut only = Vec::with_capacity(account_ids.len());
+        for given in account_ids.iter().take(MAX_ACCOUNT_FILTER + 1) {
+            if only.len() == MAX_ACCOUNT_FILTER {
+                return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                    "account_ids",
+                    format!("at most {MAX_ACCOUNT_FILTER} accounts"),
+                )])
+                .into());
+            }
+            let account = self.accounts.resolve(given)?;
+            if let Err(e) =
+                caller.authorize(Operation::Subscribe, &account.id, account.name.as_deref())
+            {
+                return Err(refused_call(&caller, Operation::Subscribe, e));
+            }
+            only.push(account.id.clone());
+        }
         if after > i64::MAX as u64 {
             return Err(SendError::InvalidRequest(vec![FieldViolation::new(
                 "after",
@@ -263,6 +292,9 @@ impl pb::messenger_server::Messenger for MessengerService {
         let sees = caller.clone();
         let accounts = self.accounts.clone();
         let filter = Box::new(move |e: &InboundEvent| {
+            if !only.is_empty() && !only.contains(&e.account_id) {
+                return false;
+            }
             let alias = accounts.by_id(&e.account_id).and_then(|a| a.name.clone());
             sees.sees(&e.account_id, alias.as_deref())
         });
@@ -275,7 +307,24 @@ impl pb::messenger_server::Messenger for MessengerService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        self.authorize(&request, Operation::Admin)?;
+        let accounts = self
+            .accounts
+            .paths()
+            .iter()
+            .map(|a| inbound::account_to_pb(a))
+            .collect();
+        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
 }
+
+/// The most accounts one `Subscribe` may name.
+const MAX_ACCOUNT_FILTER: usize = 1000;
 
 /// Logs and converts a call its key does not allow.
 fn refused_call(caller: &Caller, operation: Operation, error: AuthError) -> Status {

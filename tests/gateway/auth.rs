@@ -49,7 +49,10 @@ async fn a_call_without_a_key_or_with_an_unknown_one_is_unauthenticated_and_send
         assert_eq!(error_info(&status).0, "API_KEY_INVALID");
     }
     let status = client
-        .subscribe(pb::SubscribeRequest { after: 0 })
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -76,6 +79,7 @@ async fn a_key_is_held_to_its_operations_and_its_accounts() {
         .get_window(with_key(
             pb::GetWindowRequest {
                 recipient_id: USER.into(),
+                ..Default::default()
             },
             SUPPORT,
         ))
@@ -141,7 +145,13 @@ async fn subscribe_streams_only_the_events_of_the_keys_accounts() {
     let gw = gateway().await;
     let mut client = gw.client().await;
     let mut mine = client
-        .subscribe(with_key(pb::SubscribeRequest { after: 0 }, SUPPORT))
+        .subscribe(with_key(
+            pb::SubscribeRequest {
+                after: 0,
+                ..Default::default()
+            },
+            SUPPORT,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -162,7 +172,13 @@ async fn subscribe_streams_only_the_events_of_the_keys_accounts() {
     assert_eq!((first.seq, first.account_id.as_str()), (2, ACCOUNT));
     // The reader key sees the other account's event and not ours.
     let mut theirs = client
-        .subscribe(with_key(pb::SubscribeRequest { after: 0 }, READER))
+        .subscribe(with_key(
+            pb::SubscribeRequest {
+                after: 0,
+                ..Default::default()
+            },
+            READER,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -181,7 +197,13 @@ async fn a_reload_revokes_a_removed_key_and_ends_its_streams_but_a_bad_file_chan
     let gw = gateway().await;
     let mut client = gw.client().await;
     let mut stream = client
-        .subscribe(with_key(pb::SubscribeRequest { after: 0 }, SUPPORT))
+        .subscribe(with_key(
+            pb::SubscribeRequest {
+                after: 0,
+                ..Default::default()
+            },
+            SUPPORT,
+        ))
         .await
         .unwrap()
         .into_inner();

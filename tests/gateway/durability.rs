@@ -71,7 +71,10 @@ async fn subscribe_all(
     n: usize,
 ) -> Vec<pb::InboundEvent> {
     let mut stream = client
-        .subscribe(pb::SubscribeRequest { after: 0 })
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -168,6 +171,7 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
         .client
         .get_window(pb::GetWindowRequest {
             recipient_id: someone.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

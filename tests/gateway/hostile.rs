@@ -100,6 +100,7 @@ async fn control_characters_and_undocumented_reactions_are_refused() {
             action: pb::SenderAction::React as i32,
             message_id: "aWdfbWlkLTE".into(),
             reaction: "angry".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -271,6 +272,7 @@ async fn any_call_the_deadline_overtakes_gets_the_gateways_answer_not_tonics() {
     let gw = TestGateway::start().await;
     let message = pb::GetWindowRequest {
         recipient_id: USER.into(),
+        ..Default::default()
     }
     .encode_to_vec();
     let status = raw_call(&gw, "GetWindow", message, "20m", Duration::from_millis(300)).await;
@@ -332,13 +334,19 @@ async fn subscribe_refuses_impossible_and_future_resume_points() {
     );
     let mut client = gw.client().await;
     let status = client
-        .subscribe(pb::SubscribeRequest { after: u64::MAX })
+        .subscribe(pb::SubscribeRequest {
+            after: u64::MAX,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(error_info(&status).0, "INVALID_REQUEST");
     let status = client
-        .subscribe(pb::SubscribeRequest { after: 5 })
+        .subscribe(pb::SubscribeRequest {
+            after: 5,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange);
@@ -349,11 +357,17 @@ async fn subscribe_refuses_impossible_and_future_resume_points() {
     );
 
     let _open = client
-        .subscribe(pb::SubscribeRequest { after: 1 })
+        .subscribe(pb::SubscribeRequest {
+            after: 1,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let status = client
-        .subscribe(pb::SubscribeRequest { after: 0 })
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);

@@ -16,7 +16,10 @@ use crate::support::*;
 pub async fn subscribe(gw: &TestGateway, after: u64) -> Streaming<pb::InboundEvent> {
     gw.client()
         .await
-        .subscribe(pb::SubscribeRequest { after })
+        .subscribe(pb::SubscribeRequest {
+            after,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -108,6 +111,7 @@ async fn deliveries_with_forged_or_missing_signatures_are_refused_and_not_record
         .await
         .get_window(pb::GetWindowRequest {
             recipient_id: USER.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -1,6 +1,7 @@
 //! Integration tests: a real tonic server on a loopback port, a real HTTP fake
 //! of the Graph API (wiremock), and real gRPC clients.
 
+mod accounts;
 mod auth;
 mod binary;
 mod concurrency;

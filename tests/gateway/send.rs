@@ -132,6 +132,7 @@ async fn send_action_posts_a_reaction_and_reports_the_recipient() {
             action: pb::SenderAction::React as i32,
             message_id: "aWdfbWlk".into(),
             reaction: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

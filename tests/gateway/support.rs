@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use messenger_gateway::accounts::AccountSpec;
 use messenger_gateway::auth::Keys;
 use messenger_gateway::clock::ManualClock;
 use messenger_gateway::delivery::DeliveryPolicy;
@@ -65,6 +66,8 @@ pub struct Builder {
     outbox: OutboxPolicy,
     data: Option<Arc<tempfile::TempDir>>,
     keys: Option<String>,
+    /// Besides the default account: these, in order.
+    accounts: Vec<AccountSpec>,
     configure: Vec<Configure>,
 }
 
@@ -96,6 +99,12 @@ impl Builder {
         self
     }
 
+    /// Sends also go out as this account.
+    pub fn account(mut self, spec: AccountSpec) -> Self {
+        self.accounts.push(spec);
+        self
+    }
+
     /// Any other setting.
     pub fn configure(mut self, f: impl FnOnce(&mut Settings) + 'static) -> Self {
         self.configure.push(Box::new(f));
@@ -123,7 +132,9 @@ impl Builder {
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
         let account = Account::new(&base_url, ACCOUNT, &AccessToken::new(TOKEN)).unwrap();
         let clock = ManualClock::at(T0);
-        let mut settings = Settings::local(Upstream::Graph(account), data.path().to_owned());
+        let mut accounts = vec![AccountSpec::new(account)];
+        accounts.extend(self.accounts);
+        let mut settings = Settings::local(Upstream::Graph(accounts), data.path().to_owned());
         settings.webhook_secrets = Some(WebhookSecrets {
             app_secret: APP_SECRET.into(),
             verify_token: VERIFY_TOKEN.into(),
@@ -171,6 +182,7 @@ impl TestGateway {
             outbox: OutboxPolicy::default(),
             data: None,
             keys: None,
+            accounts: Vec::new(),
             configure: Vec::new(),
         }
     }

@@ -28,6 +28,7 @@ async fn get_window(gw: &TestGateway) -> pb::GetWindowResponse {
         .await
         .get_window(pb::GetWindowRequest {
             recipient_id: USER.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -199,6 +200,7 @@ async fn get_window_rejects_a_recipient_that_is_not_an_igsid() {
         .await
         .get_window(pb::GetWindowRequest {
             recipient_id: "jane.doe".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -1,0 +1,316 @@
+//! Several accounts in one gateway: each send goes out as its own account,
+//! with its own token to its own Graph; webhooks land under the account
+//! they are for; keys, request ids and windows are per account.
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_types::StatusExt;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer};
+
+use messenger_gateway::accounts::AccountSpec;
+use messenger_gateway::graph::{AccessToken, Account};
+use messenger_gateway::grpc::pb;
+
+use crate::support::*;
+
+const SUPPORT_ID: &str = "17841400000000002";
+const SUPPORT_TOKEN: &str = "support-token-91be";
+const SUPPORT_PATH: &str = "/v25.0/17841400000000002/messages";
+const KEY: &str = "mgw_support_desk_0123456789abcdefghijklmnopqrstu";
+
+/// The default account, plus "support" on a Graph of its own.
+async fn two_accounts(keys: Option<String>) -> (TestGateway, MockServer) {
+    let support_graph = MockServer::start().await;
+    let base = format!("{}/v25.0", support_graph.uri());
+    let account = Account::new(&base, SUPPORT_ID, &AccessToken::new(SUPPORT_TOKEN)).unwrap();
+    let mut builder = TestGateway::builder().account(AccountSpec::new(account).named("support"));
+    if let Some(keys) = keys {
+        builder = builder.keys(&keys);
+    }
+    let gw = builder.start().await;
+    gw.graph_answers(ok_reply()).await;
+    Mock::given(method("POST"))
+        .and(path(SUPPORT_PATH))
+        .respond_with(ok_reply())
+        .mount(&support_graph)
+        .await;
+    (gw, support_graph)
+}
+
+fn as_account(account: &str, text: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        account_id: account.into(),
+        ..text_to(USER, text)
+    }
+}
+
+#[tokio::test]
+async fn each_send_goes_out_as_its_account_with_its_token_to_its_graph() {
+    let (gw, support_graph) = two_accounts(None).await;
+    let mut client = gw.client().await;
+    let first = client
+        .send(as_account(ACCOUNT, "from the shop"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.account_id, ACCOUNT);
+    for given in [SUPPORT_ID, "support"] {
+        let sent = client
+            .send(as_account(given, "from support"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(sent.account_id, SUPPORT_ID);
+    }
+
+    let shop_calls = gw.graph.received_requests().await.unwrap();
+    assert_eq!(shop_calls.len(), 1);
+    assert_eq!(shop_calls[0].url.path(), MESSAGES_PATH);
+    assert_eq!(
+        shop_calls[0].headers.get("authorization").unwrap(),
+        &format!("Bearer {TOKEN}")
+    );
+    let support_calls = support_graph.received_requests().await.unwrap();
+    assert_eq!(support_calls.len(), 2);
+    for call in &support_calls {
+        assert_eq!(call.url.path(), SUPPORT_PATH);
+        assert_eq!(
+            call.headers.get("authorization").unwrap(),
+            &format!("Bearer {SUPPORT_TOKEN}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_several_accounts_a_call_must_name_one_that_exists() {
+    let (gw, support_graph) = two_accounts(None).await;
+    let mut client = gw.client().await;
+
+    let status = client.send(text_to(USER, "which?")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_info(&status).0, "INVALID_REQUEST");
+    let details = status.get_error_details();
+    let fields: Vec<&str> = details
+        .bad_request()
+        .expect("a BadRequest names the field")
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["account_id"]);
+
+    let status = client
+        .send(as_account("17841400000000777", "nobody"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let (reason, metadata) = error_info(&status);
+    assert_eq!(reason, "ACCOUNT_NOT_FOUND");
+    assert_eq!(metadata["account"], "17841400000000777");
+
+    let status = client
+        .get_window(pb::GetWindowRequest {
+            recipient_id: USER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    assert_eq!(gw.graph_calls().await, 0);
+    assert!(support_graph.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_acts_only_for_its_accounts_named_by_id_or_alias() {
+    let keys = key_entry("desk", KEY, &["support"], &["send", "subscribe"]);
+    let (gw, support_graph) = two_accounts(Some(keys)).await;
+    let mut client = gw.client().await;
+    for given in ["support", SUPPORT_ID] {
+        client
+            .send(with_key(as_account(given, "hello"), KEY))
+            .await
+            .unwrap();
+    }
+    let status = client
+        .send(with_key(as_account(ACCOUNT, "not mine"), KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(error_info(&status).0, "ACCOUNT_NOT_ALLOWED");
+    assert_eq!(gw.graph_calls().await, 0);
+    assert_eq!(support_graph.received_requests().await.unwrap().len(), 2);
+
+    // A Subscribe naming an account outside the key is refused too.
+    let status = client
+        .subscribe(with_key(
+            pb::SubscribeRequest {
+                after: 0,
+                account_ids: vec![ACCOUNT.into()],
+            },
+            KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn one_delivery_for_two_accounts_lands_under_each_and_subscribers_can_filter() {
+    let (gw, _support_graph) = two_accounts(None).await;
+    let delivery = json!({"object":"instagram","entry":[
+        {"id":ACCOUNT,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":ACCOUNT},
+            "timestamp":T0,"message":{"mid":"m-shop","text":"to the shop"}}]},
+        {"id":SUPPORT_ID,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":SUPPORT_ID},
+            "timestamp":T0,"message":{"mid":"m-support","text":"to support"}}]},
+    ]});
+    assert_eq!(
+        gw.deliver(&serde_json::to_vec(&delivery).unwrap()).await,
+        200
+    );
+
+    let mut client = gw.client().await;
+    let mut all = client
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let e = all.next().await.unwrap().unwrap();
+        seen.push(e.account_id);
+    }
+    assert_eq!(seen, [ACCOUNT, SUPPORT_ID]);
+
+    let mut only_support = client
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            account_ids: vec!["support".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = only_support.next().await.unwrap().unwrap();
+    assert_eq!(e.account_id, SUPPORT_ID);
+    match e.event {
+        Some(pb::inbound_event::Event::Message(m)) => assert_eq!(m.mid, "m-support"),
+        other => panic!("expected the support message, got {other:?}"),
+    }
+
+    // Each account's window is its own.
+    for (account, open) in [(ACCOUNT, true), ("support", true)] {
+        let w = client
+            .get_window(pb::GetWindowRequest {
+                recipient_id: USER.into(),
+                account_id: account.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(w.state == pb::WindowState::Open as i32, open, "{account}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_request_id_on_two_accounts_is_two_sends() {
+    let (gw, support_graph) = two_accounts(None).await;
+    let mut client = gw.client().await;
+    for account in [ACCOUNT, "support", ACCOUNT, "support"] {
+        client
+            .send(pb::SendRequest {
+                request_id: "order-1".into(),
+                ..as_account(account, "your order shipped")
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(gw.graph_calls().await, 1);
+    assert_eq!(support_graph.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_token_marks_its_account_invalid_until_a_send_works_again() {
+    let gw = TestGateway::start().await;
+    let mut client = gw.client().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(graph_error(
+            401,
+            190,
+            None,
+            "Error validating access token: Session has expired",
+        ))
+        .up_to_n_times(1)
+        .mount(&gw.graph)
+        .await;
+    gw.graph_answers(ok_reply()).await;
+
+    let state = |r: pb::ListAccountsResponse| {
+        let a = &r.accounts[0];
+        (a.id.clone(), a.token_state, a.last_graph_error.clone())
+    };
+    let listed = client
+        .list_accounts(pb::ListAccountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(listed).1, pb::TokenState::Unchecked as i32);
+
+    let status = client.send(text_to(USER, "hi")).await.unwrap_err();
+    assert_eq!(error_info(&status).0, "ACCESS_TOKEN_INVALID");
+    let (id, token_state, error) = state(
+        client
+            .list_accounts(pb::ListAccountsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(id, ACCOUNT);
+    assert_eq!(token_state, pb::TokenState::Invalid as i32);
+    assert!(error.contains("Session has expired"), "{error}");
+    assert!(!error.contains(TOKEN));
+
+    client.send(text_to(USER, "again")).await.unwrap();
+    let (_, token_state, _) = state(
+        client
+            .list_accounts(pb::ListAccountsRequest {})
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(token_state, pb::TokenState::Valid as i32);
+}
+
+#[tokio::test]
+async fn listing_accounts_needs_the_admin_operation() {
+    const ADMIN: &str = "mgw_admin_console_0123456789abcdefghijklmnopqrs";
+    let keys = key_entry("desk", KEY, &["*"], &["send", "subscribe"])
+        + &key_entry("ops", ADMIN, &["*"], &["admin"]);
+    let (gw, _support_graph) = two_accounts(Some(keys)).await;
+    let mut client = gw.client().await;
+    let status = client
+        .list_accounts(with_key(pb::ListAccountsRequest {}, KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(error_info(&status).0, "OPERATION_NOT_ALLOWED");
+
+    let listed = client
+        .list_accounts(with_key(pb::ListAccountsRequest {}, ADMIN))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<(&str, &str)> = listed
+        .accounts
+        .iter()
+        .map(|a| (a.id.as_str(), a.name.as_str()))
+        .collect();
+    assert_eq!(names, [(ACCOUNT, ""), (SUPPORT_ID, "support")]);
+    assert!(listed.accounts[1].api_url.starts_with("http://127.0.0.1:"));
+}
