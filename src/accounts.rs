@@ -229,6 +229,17 @@ impl Registry {
             .filter(|p| p.id == id)
     }
 
+    /// Whether events for the account `id` have a configured account to
+    /// answer as (an account configured as `me` may be any).
+    pub fn knows(&self, id: &str) -> bool {
+        let table = self.table.load();
+        table
+            .index
+            .get(id)
+            .is_some_and(|&i| table.paths[i].id == id)
+            || table.index.contains_key(crate::window::ME)
+    }
+
     /// Every configured account, in configuration order.
     pub fn paths(&self) -> Vec<Arc<AccountPath>> {
         self.table.load().paths.clone()

@@ -101,10 +101,11 @@ pub enum ServeError {
 fn serve_webhooks(
     webhooks: WebhookListener,
     inbox: Arc<Inbox>,
+    accounts: Arc<Registry>,
     limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = webhook::router(inbox, webhooks.secrets, limits.body_read_timeout);
+    let app = webhook::router(inbox, accounts, webhooks.secrets, limits.body_read_timeout);
     let mut stop = stop;
     tokio::spawn(async move {
         let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);
@@ -149,7 +150,15 @@ pub async fn serve(
         keys,
     } = gateway;
     let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);
-    let hooks = webhooks.map(|w| serve_webhooks(w, inbox.clone(), options.limits, hooks_stopped));
+    let hooks = webhooks.map(|w| {
+        serve_webhooks(
+            w,
+            inbox.clone(),
+            accounts.clone(),
+            options.limits,
+            hooks_stopped,
+        )
+    });
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)

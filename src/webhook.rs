@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::accounts::Registry;
 use crate::events::{PayloadError, parse_delivery};
 use crate::inbox::Inbox;
 use crate::refusals;
@@ -130,16 +131,26 @@ impl IntoResponse for WebhookError {
 
 struct Hook {
     inbox: Arc<Inbox>,
+    accounts: Arc<Registry>,
+    /// Account ids seen in deliveries but not configured, each logged once.
+    strangers: Strangers,
     secrets: WebhookSecrets,
     /// A body must arrive within this; a sender that trickles is cut off.
     body_read_timeout: Duration,
 }
 
-pub fn router(inbox: Arc<Inbox>, secrets: WebhookSecrets, body_read_timeout: Duration) -> Router {
+pub fn router(
+    inbox: Arc<Inbox>,
+    accounts: Arc<Registry>,
+    secrets: WebhookSecrets,
+    body_read_timeout: Duration,
+) -> Router {
     Router::new()
         .route(PATH, get(handshake).post(deliver))
         .with_state(Arc::new(Hook {
             inbox,
+            accounts,
+            strangers: Strangers::default(),
             secrets,
             body_read_timeout,
         }))
@@ -189,6 +200,15 @@ async fn deliver(
     }
     let events = parse_delivery(&body)?;
     let count = events.len();
+    // Still stored and streamed (nothing is lost): an account may be added
+    // to the file after Meta starts sending for it.
+    for event in &events {
+        if !hook.accounts.knows(&event.account_id)
+            && hook.strangers.first_sighting(&event.account_id)
+        {
+            tracing::warn!(account = %event.account_id, "a webhook delivery names an account that is not configured: its events are stored and streamed, but the gateway cannot reply as it");
+        }
+    }
     let ingested = tokio::time::timeout(STORE_DEADLINE, hook.inbox.ingest(events))
         .await
         .map_err(|_| WebhookError::StoreTooSlow)??;
@@ -200,6 +220,23 @@ async fn deliver(
         "webhook delivery stored"
     );
     Ok("EVENT_RECEIVED")
+}
+
+/// Ids already logged as not configured; bounded, so a flood of made-up ids
+/// (which would need the app secret) costs a fixed amount of memory.
+#[derive(Default)]
+struct Strangers(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Strangers {
+    const MAX_REMEMBERED: usize = 1024;
+
+    fn first_sighting(&self, id: &str) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(id) || seen.len() >= Self::MAX_REMEMBERED {
+            return false;
+        }
+        seen.insert(id.to_owned())
+    }
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -216,6 +253,18 @@ fn is_length_limit(e: &axum::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unconfigured_account_is_logged_once_and_the_memory_of_them_is_bounded() {
+        let strangers = Strangers::default();
+        assert!(strangers.first_sighting("1"));
+        assert!(!strangers.first_sighting("1"));
+        for i in 2..=Strangers::MAX_REMEMBERED {
+            assert!(strangers.first_sighting(&i.to_string()));
+        }
+        assert!(!strangers.first_sighting("beyond"));
+        assert_eq!(strangers.0.lock().unwrap().len(), Strangers::MAX_REMEMBERED);
+    }
 
     #[test]
     fn signatures_are_checked_over_the_raw_bytes() {

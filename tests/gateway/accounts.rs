@@ -314,3 +314,28 @@ async fn listing_accounts_needs_the_admin_operation() {
     assert_eq!(names, [(ACCOUNT, ""), (SUPPORT_ID, "support")]);
     assert!(listed.accounts[1].api_url.starts_with("http://127.0.0.1:"));
 }
+
+#[tokio::test]
+async fn events_for_an_account_not_configured_are_still_stored_and_streamed() {
+    let gw = TestGateway::start().await;
+    let stranger = "17841400000000555";
+    let delivery = json!({"object":"instagram","entry":[
+        {"id":stranger,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":stranger},
+            "timestamp":T0,"message":{"mid":"m-stranger","text":"hello?"}}]},
+    ]});
+    let body = serde_json::to_vec(&delivery).unwrap();
+    assert_eq!(gw.deliver(&body).await, 200);
+    assert_eq!(gw.deliver(&body).await, 200);
+    let mut events = gw
+        .client()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = events.next().await.unwrap().unwrap();
+    assert_eq!((e.seq, e.account_id.as_str()), (1, stranger));
+}
