@@ -87,6 +87,8 @@ pub struct AccountPath {
     pub id: String,
     pub name: Option<String>,
     pub deliverer: Arc<Deliverer>,
+    /// The settings as configured (the deliverer may hold a refreshed token).
+    configured: Account,
     status: Mutex<TokenStatus>,
     /// Mirrors `status.state == Invalid`, so a send's success need not lock
     /// to find there is nothing to clear.
@@ -133,6 +135,15 @@ impl AccountPath {
     pub fn is_named(&self, given: &str) -> bool {
         self.id == given || self.name.as_deref() == Some(given)
     }
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Accounts whose token or Graph URL changed.
+    pub changed: Vec<String>,
 }
 
 /// Why a request's account could not be found.
@@ -194,10 +205,67 @@ impl Registry {
         Arc::new(AccountPath {
             id: spec.account.account_id.clone(),
             name: spec.name,
-            deliverer: Deliverer::new(self.graph.clone(), spec.account, self.policy.clone()),
+            deliverer: Deliverer::new(
+                self.graph.clone(),
+                spec.account.clone(),
+                self.policy.clone(),
+            ),
+            configured: spec.account,
             status: Mutex::new(TokenStatus::default()),
             invalid: AtomicBool::new(false),
         })
+    }
+
+    /// Puts `specs` in force, as a reload of the accounts file does. An
+    /// account kept keeps its queue and sends under way; a changed token or
+    /// URL is used from its next Graph call (and clears an `INVALID`
+    /// mark); an added one starts; a removed one takes no new sends and
+    /// finishes those under way. Lookups never see a half-made table.
+    pub fn reload(&self, specs: Vec<AccountSpec>) -> Reloaded {
+        let old = self.table.load_full();
+        let mut summary = Reloaded::default();
+        let mut kept = std::collections::HashSet::new();
+        let paths: Vec<Arc<AccountPath>> = specs
+            .into_iter()
+            .map(|spec| {
+                let Some(previous) = old
+                    .index
+                    .get(spec.id())
+                    .map(|&i| &old.paths[i])
+                    .filter(|p| p.id == spec.id())
+                else {
+                    summary.added.push(spec.id().to_owned());
+                    return self.path(spec);
+                };
+                kept.insert(previous.id.clone());
+                let mut status = previous.status();
+                let changed = !previous.configured.same_as(&spec.account);
+                if changed {
+                    summary.changed.push(previous.id.clone());
+                    previous.deliverer.replace_account(spec.account.clone());
+                    if status.state == TokenState::Invalid {
+                        status.state = TokenState::Unchecked;
+                    }
+                } else if previous.name == spec.name {
+                    return previous.clone();
+                }
+                Arc::new(AccountPath {
+                    id: previous.id.clone(),
+                    name: spec.name,
+                    deliverer: previous.deliverer.clone(),
+                    configured: spec.account,
+                    invalid: AtomicBool::new(status.state == TokenState::Invalid),
+                    status: Mutex::new(status),
+                })
+            })
+            .collect();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in old.paths.iter().filter(|p| !kept.contains(&p.id)) {
+            summary.removed.push(gone.id.clone());
+            retired.push(Arc::downgrade(&gone.deliverer));
+        }
+        self.table.store(Arc::new(Table::new(paths)));
+        summary
     }
 
     /// The account `given` names (id or alias); an empty `given` names the
@@ -327,5 +395,52 @@ mod tests {
             two.resolve("").unwrap_err(),
             AccountError::Required { configured: 2 }
         );
+    }
+
+    #[test]
+    fn a_reload_adds_removes_and_rotates_keeping_what_is_unchanged() {
+        let r = registry(vec![spec("1", Some("shop")), spec("2", None)]);
+        let shop = r.resolve("shop").unwrap();
+        shop.token_refused("expired");
+        let two = r.resolve("2").unwrap();
+
+        let rotated = AccountSpec::new(
+            Account::new("http://127.0.0.1:1/v25.0", "1", &AccessToken::new("new")).unwrap(),
+        )
+        .named("shop");
+        let summary = r.reload(vec![rotated, spec("3", None)]);
+        assert_eq!(
+            summary,
+            Reloaded {
+                added: vec!["3".into()],
+                removed: vec!["2".into()],
+                changed: vec!["1".into()],
+            }
+        );
+        let shop_now = r.resolve("shop").unwrap();
+        // The same queue, the new token, the INVALID mark cleared.
+        assert!(Arc::ptr_eq(&shop.deliverer, &shop_now.deliverer));
+        assert!(shop_now.deliverer.account().same_as(
+            &Account::new("http://127.0.0.1:1/v25.0", "1", &AccessToken::new("new")).unwrap()
+        ));
+        assert_eq!(shop_now.status().state, TokenState::Unchecked);
+        assert!(r.resolve("2").is_err());
+        assert!(r.resolve("3").is_ok());
+        // The removed account's sends under way are still drained.
+        assert_eq!(r.deliverers().len(), 3);
+        drop(two);
+        assert_eq!(r.deliverers().len(), 2);
+
+        // Reloading the same file changes nothing.
+        let same = r.resolve("shop").unwrap();
+        let again = r.reload(vec![
+            AccountSpec::new(
+                Account::new("http://127.0.0.1:1/v25.0", "1", &AccessToken::new("new")).unwrap(),
+            )
+            .named("shop"),
+            spec("3", None),
+        ]);
+        assert_eq!(again, Reloaded::default());
+        assert!(Arc::ptr_eq(&same, &r.resolve("shop").unwrap()));
     }
 }

@@ -279,6 +279,8 @@ impl ServeArgs {
             event_retention: self.event_retention.into(),
             clock: Arc::new(SystemClock),
             api_keys: self.api_keys,
+            accounts_file: if self.sandbox { None } else { self.accounts },
+            allow_insecure_graph: self.allow_insecure_graph,
             allow_unauthenticated: self.allow_unauthenticated,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
                 cert,

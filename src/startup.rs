@@ -65,6 +65,11 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub webhook_tls: Option<TlsFiles>,
     pub max_subscribers: usize,
+    /// The accounts file `upstream`'s accounts came from: SIGHUP re-reads it.
+    pub accounts_file: Option<PathBuf>,
+    /// Accept an `http://` Graph URL off this machine (in the accounts file
+    /// too).
+    pub allow_insecure_graph: bool,
 }
 
 /// The gRPC port when none is given.
@@ -90,6 +95,8 @@ impl Settings {
             tls: None,
             webhook_tls: None,
             max_subscribers: Inbox::DEFAULT_MAX_SUBSCRIBERS,
+            accounts_file: None,
+            allow_insecure_graph: false,
         }
     }
 }
@@ -126,8 +133,8 @@ pub struct Application {
     gateway: Gateway,
     serve: ServeOptions,
     keys: Arc<Keys>,
-    /// Reloaded with the keys on SIGHUP.
-    certificates: Vec<Arc<ReloadableTls>>,
+    /// What SIGHUP re-reads.
+    reloader: Arc<Reloader>,
     /// Watched from the start, so an early SIGHUP reloads rather than kills.
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
@@ -247,6 +254,7 @@ impl Application {
         );
         let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
+        let gateway_keys = keys.clone();
         let webhooks = webhook_listener
             .zip(secrets)
             .map(|(listener, secrets)| WebhookListener {
@@ -270,7 +278,15 @@ impl Application {
             accounts_registry: accounts.clone(),
             serve: settings.serve,
             keys,
-            certificates,
+            reloader: Arc::new(Reloader {
+                keys: gateway_keys,
+                certificates,
+                accounts: settings.accounts_file.map(|file| AccountsFile {
+                    file,
+                    allow_insecure_graph: settings.allow_insecure_graph,
+                    registry: accounts.clone(),
+                }),
+            }),
             #[cfg(unix)]
             hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
             grpc_tls: grpc_tls.is_some(),
@@ -304,7 +320,7 @@ impl Application {
         // Kept alive for as long as the gateway sends to it.
         let _sandbox = self.sandbox;
         #[cfg(unix)]
-        let reloader = tokio::spawn(reload_on_sighup(self.hangup, self.keys, self.certificates));
+        let reloader = tokio::spawn(reload_on_sighup(self.hangup, self.reloader));
         #[cfg(not(unix))]
         let reloader = tokio::spawn(async {});
         let served =
@@ -334,39 +350,84 @@ impl Application {
     pub fn keys(&self) -> &Arc<Keys> {
         &self.keys
     }
+
+    /// What SIGHUP does, for tests.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
 }
 
-/// SIGHUP re-reads the keys file and the certificates. A bad file is
-/// logged and what is in force stays.
+/// SIGHUP re-reads the keys file, the certificates and the accounts file.
+/// A bad file is logged and what is in force stays.
 #[cfg(unix)]
-async fn reload_on_sighup(
-    hangup: Option<tokio::signal::unix::Signal>,
-    keys: Arc<Keys>,
-    certificates: Vec<Arc<ReloadableTls>>,
-) {
+async fn reload_on_sighup(hangup: Option<tokio::signal::unix::Signal>, reloader: Arc<Reloader>) {
     let Some(mut hangup) = hangup else {
-        tracing::warn!("cannot watch SIGHUP: keys and certificates will not reload");
+        tracing::warn!("cannot watch SIGHUP: keys, certificates and accounts will not reload");
         return;
     };
     while hangup.recv().await.is_some() {
-        reload(&keys, &certificates);
+        reloader.reload();
     }
 }
 
-/// Reloads keys and certificates, as SIGHUP does.
-pub fn reload(keys: &Keys, certificates: &[Arc<ReloadableTls>]) {
-    match keys.reload() {
-        Ok(n) if !keys.is_open() => tracing::info!(keys = n, "API keys reloaded"),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "API keys not reloaded: the previous keys stay in force")
+/// What SIGHUP re-reads.
+pub struct Reloader {
+    keys: Arc<Keys>,
+    certificates: Vec<Arc<ReloadableTls>>,
+    accounts: Option<AccountsFile>,
+}
+
+struct AccountsFile {
+    file: PathBuf,
+    allow_insecure_graph: bool,
+    registry: Arc<Registry>,
+}
+
+impl Reloader {
+    /// Reloads keys, certificates and accounts, as SIGHUP does. Each part
+    /// that fails to load is logged and keeps what is in force.
+    pub fn reload(&self) {
+        match self.keys.reload() {
+            Ok(n) if !self.keys.is_open() => tracing::info!(keys = n, "API keys reloaded"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "API keys not reloaded: the previous keys stay in force")
+            }
+        }
+        for tls in &self.certificates {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificates not reloaded: the previous ones stay in force")
+                }
+            }
+        }
+        if let Some(accounts) = &self.accounts {
+            accounts.reload();
         }
     }
-    for tls in certificates {
-        match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificates reloaded"),
+}
+
+impl AccountsFile {
+    fn reload(&self) {
+        let read = crate::config::read_accounts_file(
+            &self.file,
+            |name| std::env::var(name).ok(),
+            self.allow_insecure_graph,
+        );
+        match read {
+            Ok(specs) => {
+                let done = self.registry.reload(specs);
+                tracing::info!(
+                    accounts = self.registry.len(),
+                    added = ?done.added,
+                    removed = ?done.removed,
+                    new_token_or_url = ?done.changed,
+                    "accounts reloaded"
+                );
+            }
             Err(e) => {
-                tracing::error!(error = %e, "TLS certificates not reloaded: the previous ones stay in force")
+                tracing::error!(error = %e, "accounts not reloaded: the previous accounts stay in force")
             }
         }
     }

@@ -70,6 +70,12 @@ impl Account {
         })
     }
 
+    /// Whether `other` sends to the same place with the same token.
+    pub fn same_as(&self, other: &Account) -> bool {
+        self.messages_url == other.messages_url
+            && self.authorization.as_bytes() == other.authorization.as_bytes()
+    }
+
     pub fn messages_url(&self) -> &str {
         self.messages_url.as_str()
     }

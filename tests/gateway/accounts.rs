@@ -339,3 +339,125 @@ async fn events_for_an_account_not_configured_are_still_stored_and_streamed() {
     let e = events.next().await.unwrap().unwrap();
     assert_eq!((e.seq, e.account_id.as_str()), (1, stranger));
 }
+
+/// An accounts file whose tokens live in files under `dir`.
+fn accounts_toml(dir: &std::path::Path, entries: &[(&str, &str, &str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(id, name, token, base)| {
+            let token_file = dir.join(format!("token-{id}"));
+            std::fs::write(&token_file, token).unwrap();
+            format!(
+                "[[account]]\nid = {id:?}\nname = {name:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n\n"
+            )
+        })
+        .collect()
+}
+
+fn answers_with_token(account: &str, token: &str, delay_ms: u64) -> Mock {
+    Mock::given(method("POST"))
+        .and(path(format!("/v25.0/{account}/messages")))
+        .and(header("authorization", format!("Bearer {token}").as_str()))
+        .respond_with(ok_reply().set_delay(std::time::Duration::from_millis(delay_ms)))
+}
+
+#[tokio::test]
+async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
+    const SHOP_ID: &str = "17841400000000001";
+    const NEW_ID: &str = "17841400000000003";
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    let secrets = tempfile::tempdir().unwrap();
+    let before = accounts_toml(
+        secrets.path(),
+        &[
+            (SHOP_ID, "shop", "shop-token-old", &base),
+            (SUPPORT_ID, "support", SUPPORT_TOKEN, &base),
+        ],
+    );
+    // Meta keeps an old token working for a while after a new one is made.
+    for (account, token) in [
+        (SHOP_ID, "shop-token-old"),
+        (SHOP_ID, "shop-token-new"),
+        (SUPPORT_ID, SUPPORT_TOKEN),
+        (NEW_ID, "new-token"),
+    ] {
+        answers_with_token(account, token, 500).mount(&graph).await;
+    }
+    let gw = TestGateway::builder()
+        .graph(graph, &base)
+        .accounts_file(&before)
+        .start()
+        .await;
+
+    // 200 sends in flight, half as each account, while the file changes.
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let mut client = gw.client().await;
+        let account = if i % 2 == 0 { "shop" } else { "support" };
+        sends.spawn(async move { client.send(as_account(account, "hello")).await });
+    }
+    // Every send is under way (past the account lookup) before the reload.
+    let mut admin = gw.client().await;
+    loop {
+        let listed = admin
+            .list_accounts(pb::ListAccountsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let busy: u32 = listed
+            .accounts
+            .iter()
+            .map(|a| a.sends_in_flight + a.sends_queued)
+            .sum();
+        if busy == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let after = accounts_toml(
+        secrets.path(),
+        &[
+            (SHOP_ID, "shop", "shop-token-new", &base),
+            (NEW_ID, "new", "new-token", &base),
+        ],
+    );
+    std::fs::write(&gw.accounts_file, after).unwrap();
+    gw.reloader.reload();
+    let mut failed = Vec::new();
+    while let Some(result) = sends.join_next().await {
+        if let Err(status) = result.unwrap() {
+            failed.push(status);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+
+    let mut client = gw.client().await;
+    client.send(as_account("new", "welcome")).await.unwrap();
+    client.send(as_account("shop", "rotated")).await.unwrap();
+    let status = client
+        .send(as_account("support", "gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let calls = gw.graph.received_requests().await.unwrap();
+    let last_shop = calls
+        .iter()
+        .rev()
+        .find(|c| c.url.path().contains(SHOP_ID))
+        .unwrap();
+    assert_eq!(
+        last_shop.headers.get("authorization").unwrap(),
+        "Bearer shop-token-new"
+    );
+
+    // A broken file keeps what is in force.
+    std::fs::write(&gw.accounts_file, "[[account]]\nid = \"x\"\n").unwrap();
+    gw.reloader.reload();
+    client.send(as_account("new", "still here")).await.unwrap();
+}

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use messenger_gateway::accounts::AccountSpec;
 use messenger_gateway::auth::Keys;
 use messenger_gateway::clock::ManualClock;
+use messenger_gateway::config;
 use messenger_gateway::delivery::DeliveryPolicy;
 use messenger_gateway::graph::{AccessToken, Account};
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::outbox::OutboxPolicy;
 use messenger_gateway::server::{ServeError, ServeOptions};
-use messenger_gateway::startup::{Application, Settings, Upstream};
+use messenger_gateway::startup::{Application, Reloader, Settings, Upstream};
 use messenger_gateway::webhook::{self, WebhookSecrets};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -37,6 +38,10 @@ pub struct TestGateway {
     /// The keys in force, to reload after rewriting `keys_file`.
     pub keys: Arc<Keys>,
     pub keys_file: std::path::PathBuf,
+    /// What SIGHUP does.
+    pub reloader: Arc<Reloader>,
+    /// Where `Builder::accounts_file` wrote the accounts.
+    pub accounts_file: std::path::PathBuf,
     pub webhook_url: String,
     pub graph: MockServer,
     pub clock: ManualClock,
@@ -68,6 +73,8 @@ pub struct Builder {
     keys: Option<String>,
     /// Besides the default account: these, in order.
     accounts: Vec<AccountSpec>,
+    /// Instead of the default account: this accounts file.
+    accounts_file: Option<String>,
     configure: Vec<Configure>,
 }
 
@@ -105,6 +112,13 @@ impl Builder {
         self
     }
 
+    /// The accounts come from this accounts file (written to the data
+    /// directory), as with `--accounts`; the default account is not used.
+    pub fn accounts_file(mut self, toml: &str) -> Self {
+        self.accounts_file = Some(toml.to_owned());
+        self
+    }
+
     /// Any other setting.
     pub fn configure(mut self, f: impl FnOnce(&mut Settings) + 'static) -> Self {
         self.configure.push(Box::new(f));
@@ -134,7 +148,15 @@ impl Builder {
         let clock = ManualClock::at(T0);
         let mut accounts = vec![AccountSpec::new(account)];
         accounts.extend(self.accounts);
+        let accounts_file = data.path().join("accounts.toml");
+        if let Some(text) = &self.accounts_file {
+            std::fs::write(&accounts_file, text).unwrap();
+            accounts = config::read_accounts_file(&accounts_file, |_| None, false).unwrap();
+        }
         let mut settings = Settings::local(Upstream::Graph(accounts), data.path().to_owned());
+        if self.accounts_file.is_some() {
+            settings.accounts_file = Some(accounts_file.clone());
+        }
         settings.webhook_secrets = Some(WebhookSecrets {
             app_secret: APP_SECRET.into(),
             verify_token: VERIFY_TOKEN.into(),
@@ -153,6 +175,7 @@ impl Builder {
         }
         let app = Application::build(settings).await.unwrap();
         let keys = app.keys().clone();
+        let reloader = app.reloader().clone();
         let addr = app.grpc_addr();
         let webhook_url = app.webhook_url().unwrap().to_owned();
         let (stop, stopped) = oneshot::channel();
@@ -163,6 +186,8 @@ impl Builder {
             addr,
             keys,
             keys_file,
+            reloader,
+            accounts_file,
             webhook_url,
             graph,
             clock,
@@ -183,6 +208,7 @@ impl TestGateway {
             data: None,
             keys: None,
             accounts: Vec::new(),
+            accounts_file: None,
             configure: Vec::new(),
         }
     }
