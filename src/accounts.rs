@@ -90,12 +90,17 @@ pub struct AccountPath {
     /// The settings as configured (the deliverer may hold a refreshed token).
     configured: Account,
     status: Mutex<TokenStatus>,
-    /// Mirrors `status.state == Invalid`, so a send's success need not lock
-    /// to find there is nothing to clear.
-    invalid: AtomicBool,
+    /// Mirrors `status.state == Valid`, so a send's success need not lock
+    /// to find there is nothing to change.
+    valid: AtomicBool,
 }
 
 impl AccountPath {
+    /// The account as configured (its token may since have been refreshed).
+    pub fn configured(&self) -> &Account {
+        &self.configured
+    }
+
     pub fn status(&self) -> TokenStatus {
         self.status
             .lock()
@@ -107,27 +112,31 @@ impl AccountPath {
     pub fn update_status(&self, f: impl FnOnce(&mut TokenStatus)) {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut status);
-        self.invalid
-            .store(status.state == TokenState::Invalid, Ordering::Relaxed);
+        self.valid
+            .store(status.state == TokenState::Valid, Ordering::Relaxed);
     }
 
     /// Graph refused the token (code 190): sends fail until it is replaced
     /// or a check passes. Logged once per change, never with the token.
     pub fn token_refused(&self, graph_message: &str) {
-        if !self.invalid.load(Ordering::Relaxed) {
-            tracing::error!(account = %self.id, error = graph_message, "Graph refused the account's access token: sends fail until it is replaced (reload) or a check passes");
-        }
         self.update_status(|s| {
+            if s.state != TokenState::Invalid {
+                tracing::error!(account = %self.id, error = graph_message, "Graph refused the account's access token: sends fail until it is replaced (reload) or a check passes");
+            }
             s.state = TokenState::Invalid;
             s.last_error = Some(graph_message.to_owned());
         });
     }
 
-    /// A send went through: a token marked invalid works again.
+    /// A send went through: the token is valid (again).
     pub fn token_worked(&self) {
-        if self.invalid.load(Ordering::Relaxed) {
-            tracing::info!(account = %self.id, "the account's access token works again");
-            self.update_status(|s| s.state = TokenState::Valid);
+        if !self.valid.load(Ordering::Relaxed) {
+            self.update_status(|s| {
+                if s.state == TokenState::Invalid {
+                    tracing::info!(account = %self.id, "the account's access token works again");
+                }
+                s.state = TokenState::Valid;
+            });
         }
     }
 
@@ -212,7 +221,7 @@ impl Registry {
             ),
             configured: spec.account,
             status: Mutex::new(TokenStatus::default()),
-            invalid: AtomicBool::new(false),
+            valid: AtomicBool::new(false),
         })
     }
 
@@ -254,7 +263,7 @@ impl Registry {
                     name: spec.name,
                     deliverer: previous.deliverer.clone(),
                     configured: spec.account,
-                    invalid: AtomicBool::new(status.state == TokenState::Invalid),
+                    valid: AtomicBool::new(status.state == TokenState::Valid),
                     status: Mutex::new(status),
                 })
             })

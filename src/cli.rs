@@ -19,6 +19,7 @@ use crate::server::ServeOptions;
 use crate::startup::{DEFAULT_EVENT_RETENTION, Settings, Upstream};
 use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
+use crate::tokens::TokenPolicy;
 use crate::window::WindowPolicy;
 
 #[derive(Parser, Debug)]
@@ -192,6 +193,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION",
           default_value_t = DEFAULT_EVENT_RETENTION.into())]
     event_retention: Duration,
+    /// Refresh an Instagram-Login token (at least a day old) this long
+    /// before it expires, such as 10d.
+    #[arg(long, env = "MESSENGER_GATEWAY_REFRESH_BEFORE",
+          default_value_t = TokenPolicy::DEFAULT_REFRESH_BEFORE.into())]
+    refresh_before: Duration,
     /// Log lines as text for people or JSON for machines.
     #[arg(long, env = "MESSENGER_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -281,6 +287,11 @@ impl ServeArgs {
             api_keys: self.api_keys,
             accounts_file: if self.sandbox { None } else { self.accounts },
             allow_insecure_graph: self.allow_insecure_graph,
+            tokens: Some(TokenPolicy {
+                refresh_before: self.refresh_before.into(),
+                ..TokenPolicy::default()
+            }),
+            store_key: env("MESSENGER_GATEWAY_STORE_KEY").filter(|k| !k.is_empty()),
             allow_unauthenticated: self.allow_unauthenticated,
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles {
                 cert,

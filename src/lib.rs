@@ -29,5 +29,6 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 pub mod webhook;
 pub mod window;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::{Cli, Command, KeysCommand, NewKeyArgs};
 use crate::telemetry;
+use crate::tokens::{Sealer, TokenKeeper, TokenPolicy};
 
 use crate::accounts::{AccountSpec, Registry};
 use crate::auth::Keys;
@@ -65,6 +66,11 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub webhook_tls: Option<TlsFiles>,
     pub max_subscribers: usize,
+    /// Check and refresh the accounts' tokens; `None`: never (tests that
+    /// count every Graph call).
+    pub tokens: Option<TokenPolicy>,
+    /// Encrypts refreshed tokens in the store (`MESSENGER_GATEWAY_STORE_KEY`).
+    pub store_key: Option<String>,
     /// The accounts file `upstream`'s accounts came from: SIGHUP re-reads it.
     pub accounts_file: Option<PathBuf>,
     /// Accept an `http://` Graph URL off this machine (in the accounts file
@@ -97,6 +103,8 @@ impl Settings {
             max_subscribers: Inbox::DEFAULT_MAX_SUBSCRIBERS,
             accounts_file: None,
             allow_insecure_graph: false,
+            tokens: None,
+            store_key: None,
         }
     }
 }
@@ -130,6 +138,7 @@ pub struct Application {
     webhook_url: Option<String>,
     sandbox: Option<RunningSandbox>,
     accounts_registry: Arc<Registry>,
+    keeper: Option<Arc<TokenKeeper>>,
     gateway: Gateway,
     serve: ServeOptions,
     keys: Arc<Keys>,
@@ -237,7 +246,7 @@ impl Application {
         let store = Arc::new(
             SqliteStore::open(&settings.data_dir).map_err(|e| store_failed(e.to_string()))?,
         );
-        let inbox = Inbox::new(store, settings.clock, settings.max_subscribers)
+        let inbox = Inbox::new(store, settings.clock.clone(), settings.max_subscribers)
             .await
             .map_err(|e| store_failed(e.to_string()))?;
         tokio::spawn(
@@ -247,11 +256,24 @@ impl Application {
         );
 
         let connect_timeout = settings.delivery.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
-        let accounts = Registry::new(
-            GraphClient::new(connect_timeout),
-            settings.delivery,
-            account,
-        );
+        let graph = GraphClient::new(connect_timeout);
+        let accounts = Registry::new(graph.clone(), settings.delivery, account);
+        let keeper = settings.tokens.map(|policy| {
+            TokenKeeper::new(
+                accounts.clone(),
+                graph,
+                inbox.store().clone(),
+                settings.clock.clone(),
+                policy,
+                Sealer::new(settings.store_key.as_deref()),
+            )
+        });
+        if let Some(keeper) = &keeper {
+            // Before any send: a refreshed token kept from an earlier run
+            // is the one in use.
+            keeper.restore().await;
+            tokio::spawn(keeper.clone().run());
+        }
         let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
         let gateway_keys = keys.clone();
@@ -276,6 +298,7 @@ impl Application {
                 keys: keys.clone(),
             },
             accounts_registry: accounts.clone(),
+            keeper,
             serve: settings.serve,
             keys,
             reloader: Arc::new(Reloader {
@@ -349,6 +372,11 @@ impl Application {
     /// The keys in force, for tests that reload them.
     pub fn keys(&self) -> &Arc<Keys> {
         &self.keys
+    }
+
+    /// The token keeper, when tokens are looked after.
+    pub fn token_keeper(&self) -> Option<&Arc<TokenKeeper>> {
+        self.keeper.as_ref()
     }
 
     /// What SIGHUP does, for tests.

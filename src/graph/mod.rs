@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 use crate::error::{Failure, GraphError};
 mod encode;
+mod token;
 
 pub use encode::{encode_action, encode_message};
+pub use token::{Me, Refreshed, is_refreshable};
 
 /// The access token. Never printed: `Debug` shows a placeholder and there is
 /// no `Display`.
@@ -50,6 +52,7 @@ pub struct Account {
     /// Parsed once: reqwest would otherwise parse (and IDNA-check) it per call.
     messages_url: reqwest::Url,
     authorization: HeaderValue,
+    token: AccessToken,
 }
 
 impl Account {
@@ -67,7 +70,17 @@ impl Account {
             account_id: account_id.to_owned(),
             messages_url,
             authorization,
+            token: token.clone(),
         })
+    }
+
+    /// The same account with another token (a refreshed one).
+    pub fn with_token(&self, token: &AccessToken) -> Result<Self, String> {
+        Self::new(&self.base_url, &self.account_id, token)
+    }
+
+    pub fn token(&self) -> &AccessToken {
+        &self.token
     }
 
     /// Whether `other` sends to the same place with the same token.

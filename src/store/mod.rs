@@ -132,4 +132,23 @@ pub trait Store: Send + Sync + 'static {
     /// Drops events received before `events_before`, request ids claimed
     /// before `now - REQUEST_ID_TTL`, and windows closed for good.
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError>;
+
+    /// Keeps an account's refreshed token, replacing the one kept before.
+    async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError>;
+
+    /// Every refreshed token kept.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+}
+
+/// A refreshed token as kept: sealed by the core (encrypted when a store
+/// key is set), and tied to the configured token it was refreshed from, so
+/// a new configured token wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub account: String,
+    /// Hex SHA-256 of the configured token.
+    pub configured_sha256: String,
+    pub sealed_token: String,
+    pub expires_ms: Option<UnixMs>,
+    pub refreshed_ms: UnixMs,
 }

@@ -16,5 +16,6 @@ mod secure_defaults;
 mod send;
 mod shutdown;
 mod support;
+mod tokens;
 mod webhook_abuse;
 mod window;

@@ -14,6 +14,7 @@ use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::outbox::OutboxPolicy;
 use messenger_gateway::server::{ServeError, ServeOptions};
 use messenger_gateway::startup::{Application, Reloader, Settings, Upstream};
+use messenger_gateway::tokens::TokenKeeper;
 use messenger_gateway::webhook::{self, WebhookSecrets};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -40,6 +41,8 @@ pub struct TestGateway {
     pub keys_file: std::path::PathBuf,
     /// What SIGHUP does.
     pub reloader: Arc<Reloader>,
+    /// Looks after tokens, when the builder turned that on.
+    pub keeper: Option<Arc<TokenKeeper>>,
     /// Where `Builder::accounts_file` wrote the accounts.
     pub accounts_file: std::path::PathBuf,
     pub webhook_url: String,
@@ -176,6 +179,7 @@ impl Builder {
         let app = Application::build(settings).await.unwrap();
         let keys = app.keys().clone();
         let reloader = app.reloader().clone();
+        let keeper = app.token_keeper().cloned();
         let addr = app.grpc_addr();
         let webhook_url = app.webhook_url().unwrap().to_owned();
         let (stop, stopped) = oneshot::channel();
@@ -187,6 +191,7 @@ impl Builder {
             keys,
             keys_file,
             reloader,
+            keeper,
             accounts_file,
             webhook_url,
             graph,

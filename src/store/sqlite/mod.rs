@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent,
+    StoredEvent, TokenRecord,
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
@@ -373,6 +373,45 @@ impl Store for SqliteStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (account) DO UPDATE SET configured_sha256 = ?2, sealed_token = ?3,
+                     expires_ms = ?4, refreshed_ms = ?5",
+            )?
+            .execute(params![
+                record.account,
+                record.configured_sha256,
+                record.sealed_token,
+                record.expires_ms,
+                record.refreshed_ms
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT account, configured_sha256, sealed_token, expires_ms, refreshed_ms FROM tokens",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(TokenRecord {
+                    account: row.get(0)?,
+                    configured_sha256: row.get(1)?,
+                    sealed_token: row.get(2)?,
+                    expires_ms: row.get(3)?,
+                    refreshed_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS dedup (
     seen_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedup_seen ON dedup(seen_ms);
+CREATE TABLE IF NOT EXISTS tokens (
+    account TEXT PRIMARY KEY,
+    configured_sha256 TEXT NOT NULL,
+    sealed_token TEXT NOT NULL,
+    expires_ms INTEGER,
+    refreshed_ms INTEGER NOT NULL
+);
 -- Stores from before the dedup table kept keys only beside their events.
 INSERT OR IGNORE INTO dedup (key, seen_ms) SELECT dedup_key, received_ms FROM events;
 ";

@@ -1,0 +1,433 @@
+//! Keeping every account's token alive. At start and then every hour each
+//! token is checked with Graph (`/me`): it must belong to its account.
+//! Instagram-Login tokens last 60 days; one at least a day old and within
+//! `refresh_before` of expiry (or of unknown age at start) is refreshed,
+//! and the new token is kept in the store, where it wins over the
+//! configured one until the configured one changes. One account's failure
+//! never holds up another's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::accounts::{AccountPath, Registry, TokenState};
+use crate::clock::Clock;
+use crate::error::{Failure, Reason};
+use crate::events::UnixMs;
+use crate::graph::{self, AccessToken, GraphClient};
+use crate::store::{Store, TokenRecord};
+use crate::window::ME;
+
+/// How tokens are looked after.
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    pub check_every: Duration,
+    /// Refresh a token that expires within this.
+    pub refresh_before: Duration,
+    /// Graph refuses to refresh a token younger than a day.
+    pub min_age: Duration,
+    /// The first wait after a failed check or refresh; it doubles up to
+    /// `check_every`.
+    pub first_retry: Duration,
+    /// The most one Graph call may take.
+    pub call_timeout: Duration,
+    /// Accounts tended at once.
+    pub concurrency: usize,
+}
+
+impl TokenPolicy {
+    pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(10 * 24 * 60 * 60);
+    /// What Graph gives a refreshed Instagram-Login token when it says
+    /// nothing.
+    const DEFAULT_LIFETIME: Duration = Duration::from_secs(60 * 24 * 60 * 60);
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            check_every: Duration::from_secs(60 * 60),
+            refresh_before: Self::DEFAULT_REFRESH_BEFORE,
+            min_age: Duration::from_secs(24 * 60 * 60),
+            first_retry: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(10),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Seals tokens kept in the store: encrypted (ChaCha20-Poly1305) with a
+/// key derived from `MESSENGER_GATEWAY_STORE_KEY` when it is set; else
+/// kept as they are, in a file only this user can read.
+#[derive(Clone)]
+pub struct Sealer(Option<Key>);
+
+impl Sealer {
+    pub fn new(store_key: Option<&str>) -> Self {
+        Self(store_key.map(|k| Key::from(<[u8; 32]>::from(Sha256::digest(k.as_bytes())))))
+    }
+
+    pub fn seal(&self, token: &str) -> String {
+        let Some(key) = &self.0 else {
+            return format!("plain:{token}");
+        };
+        let mut nonce = [0u8; 12];
+        rand::fill(&mut nonce);
+        let sealed = ChaCha20Poly1305::new(key)
+            .encrypt(Nonce::from_slice(&nonce), token.as_bytes())
+            .expect("encrypting a short token cannot fail");
+        format!("v1:{}", BASE64.encode([&nonce[..], &sealed].concat()))
+    }
+
+    /// `None` when it cannot be opened (another key, or none).
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        if let Some(plain) = sealed.strip_prefix("plain:") {
+            return Some(plain.to_owned());
+        }
+        let bytes = BASE64.decode(sealed.strip_prefix("v1:")?).ok()?;
+        let (nonce, ciphertext) = bytes.split_at_checked(12)?;
+        let plain = ChaCha20Poly1305::new(self.0.as_ref()?)
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+}
+
+/// What the keeper knows of one account's token.
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// Of the configured token this is about: a new one starts over.
+    configured_sha256: String,
+    /// When the token in use was made by a refresh; `None`: age unknown.
+    refreshed_ms: Option<UnixMs>,
+    expires_ms: Option<UnixMs>,
+    /// Scheduling runs on the monotonic clock; ages and expiry on the
+    /// wall clock.
+    next_due: Instant,
+    failures: u32,
+}
+
+/// Looks after every account's token (see the module docs).
+pub struct TokenKeeper {
+    accounts: Arc<Registry>,
+    graph: GraphClient,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: TokenPolicy,
+    sealer: Sealer,
+    tracked: tokio::sync::Mutex<HashMap<String, Tracked>>,
+}
+
+fn sha256_hex(token: &AccessToken) -> String {
+    hex::encode(Sha256::digest(token.expose_secret().as_bytes()))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl TokenKeeper {
+    pub fn new(
+        accounts: Arc<Registry>,
+        graph: GraphClient,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        policy: TokenPolicy,
+        sealer: Sealer,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            accounts,
+            graph,
+            store,
+            clock,
+            policy,
+            sealer,
+            tracked: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Puts the refreshed tokens kept in the store back in use, where they
+    /// were refreshed from the token configured now. Run before serving.
+    pub async fn restore(&self) {
+        let records = match self.store.tokens().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the refreshed tokens: the configured ones are used");
+                return;
+            }
+        };
+        let mut tracked = self.tracked.lock().await;
+        for record in records {
+            let Some(path) = self.accounts.by_id(&record.account) else {
+                continue;
+            };
+            let configured_sha256 = sha256_hex(path.configured().token());
+            if record.configured_sha256 != configured_sha256 {
+                continue;
+            }
+            let Some(token) = self.sealer.open(&record.sealed_token) else {
+                tracing::warn!(account = %record.account, "the refreshed token kept for this account cannot be opened (was MESSENGER_GATEWAY_STORE_KEY changed?): the configured one is used");
+                continue;
+            };
+            if !self.use_token(&path, &AccessToken::new(token)) {
+                continue;
+            }
+            path.update_status(|s| {
+                s.expires_at_ms = record.expires_ms;
+                s.last_refresh_ms = Some(record.refreshed_ms);
+            });
+            tracked.insert(
+                path.id.clone(),
+                Tracked {
+                    configured_sha256,
+                    refreshed_ms: Some(record.refreshed_ms),
+                    expires_ms: record.expires_ms,
+                    next_due: Instant::now(),
+                    failures: 0,
+                },
+            );
+        }
+    }
+
+    /// Puts `token` in use for `path`'s sends.
+    fn use_token(&self, path: &AccountPath, token: &AccessToken) -> bool {
+        match path.configured().with_token(token) {
+            Ok(account) => {
+                path.deliverer.replace_account(account);
+                true
+            }
+            Err(e) => {
+                tracing::error!(account = %path.id, error = %e, "a refreshed token cannot be used");
+                false
+            }
+        }
+    }
+
+    /// Tends every account that is due, a few at a time.
+    pub async fn run_once(&self) {
+        self.tend_accounts(false).await;
+    }
+
+    /// Tends every account now, due or not.
+    pub async fn check_all(&self) {
+        self.tend_accounts(true).await;
+    }
+
+    async fn tend_accounts(&self, all: bool) {
+        let now = Instant::now();
+        let paths = self.accounts.paths();
+        let due: Vec<(Arc<AccountPath>, Tracked)> = {
+            let mut tracked = self.tracked.lock().await;
+            tracked.retain(|id, _| paths.iter().any(|p| &p.id == id));
+            paths
+                .into_iter()
+                .filter_map(|path| {
+                    let sha = sha256_hex(path.configured().token());
+                    let t = tracked.entry(path.id.clone()).or_insert_with(|| Tracked {
+                        configured_sha256: sha.clone(),
+                        refreshed_ms: None,
+                        expires_ms: None,
+                        next_due: Instant::now(),
+                        failures: 0,
+                    });
+                    if t.configured_sha256 != sha {
+                        // Reloaded with a new token: it is in use already.
+                        *t = Tracked {
+                            configured_sha256: sha,
+                            refreshed_ms: None,
+                            expires_ms: None,
+                            next_due: Instant::now(),
+                            failures: 0,
+                        };
+                    }
+                    (all || t.next_due <= now).then(|| (path, t.clone()))
+                })
+                .collect()
+        };
+        let results: Vec<(String, Tracked)> = futures_util::stream::iter(due)
+            .map(|(path, t)| async move {
+                let id = path.id.clone();
+                (id, self.tend(&path, t).await)
+            })
+            .buffer_unordered(self.policy.concurrency.max(1))
+            .collect()
+            .await;
+        let mut tracked = self.tracked.lock().await;
+        for (id, t) in results {
+            // Unless a reload changed the account meanwhile.
+            if tracked
+                .get(&id)
+                .is_some_and(|old| old.configured_sha256 == t.configured_sha256)
+            {
+                tracked.insert(id, t);
+            }
+        }
+    }
+
+    /// Runs for as long as the gateway does.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.run_once().await;
+            let next = {
+                let tracked = self.tracked.lock().await;
+                tracked.values().map(|t| t.next_due).min()
+            };
+            let wait = next
+                .map(|due| due.saturating_duration_since(Instant::now()))
+                .unwrap_or(self.policy.check_every);
+            // Woken at least each minute: accounts added by a reload are
+            // checked soon after.
+            tokio::time::sleep(wait.clamp(Duration::from_millis(100), Duration::from_secs(60)))
+                .await;
+        }
+    }
+
+    fn retry_later(&self, t: &mut Tracked) {
+        t.failures = t.failures.saturating_add(1);
+        let wait = self
+            .policy
+            .first_retry
+            .saturating_mul(1 << (t.failures - 1).min(16))
+            .min(self.policy.check_every);
+        t.next_due = Instant::now() + wait;
+    }
+
+    /// Checks one account's token, and refreshes it when it is time.
+    async fn tend(&self, path: &AccountPath, mut t: Tracked) -> Tracked {
+        let now = self.clock.now_ms();
+        let account = path.deliverer.account();
+        match self.graph.me(&account, self.policy.call_timeout).await {
+            Ok(me) if path.id != ME && me.user_id != path.id => {
+                path.token_refused(&format!(
+                    "the token belongs to Instagram account {}, not {}",
+                    me.user_id, path.id
+                ));
+                t.next_due = Instant::now() + self.policy.check_every;
+                return t;
+            }
+            Ok(me) => {
+                if path.status().state == TokenState::Invalid {
+                    tracing::info!(account = %path.id, "the account's token works again");
+                }
+                path.update_status(|s| {
+                    s.state = TokenState::Valid;
+                    s.username = me.username;
+                });
+            }
+            Err(e) if e.failure.reason() == Reason::AccessTokenInvalid => {
+                path.token_refused(&e.failure.message());
+                t.next_due = Instant::now() + self.policy.check_every;
+                return t;
+            }
+            Err(e) => {
+                let message = e.failure.message();
+                tracing::warn!(account = %path.id, error = %message, "could not check the account's token; trying again later");
+                path.update_status(|s| s.last_error = Some(message));
+                self.retry_later(&mut t);
+                return t;
+            }
+        }
+        if !graph::is_refreshable(&account) || !self.refresh_due(&t, now) {
+            t.failures = 0;
+            t.next_due = Instant::now() + self.policy.check_every;
+            return t;
+        }
+        match self.graph.refresh(&account, self.policy.call_timeout).await {
+            Ok(refreshed) => {
+                let lifetime = refreshed
+                    .expires_in
+                    .map(Duration::from_secs)
+                    .unwrap_or(TokenPolicy::DEFAULT_LIFETIME);
+                let expires_ms = now.saturating_add(ms(lifetime));
+                let token = AccessToken::new(refreshed.access_token);
+                let record = TokenRecord {
+                    account: path.id.clone(),
+                    configured_sha256: t.configured_sha256.clone(),
+                    sealed_token: self.sealer.seal(token.expose_secret()),
+                    expires_ms: Some(expires_ms),
+                    refreshed_ms: now,
+                };
+                // Kept before use: a token in use that a restart forgets
+                // would be refreshed again from the configured one, which
+                // Graph may have retired.
+                if let Err(e) = self.store.save_token(record).await {
+                    tracing::error!(account = %path.id, error = %e, "could not keep a refreshed token; trying again later");
+                    self.retry_later(&mut t);
+                    return t;
+                }
+                if self.use_token(path, &token) {
+                    tracing::info!(account = %path.id, expires_in_days = lifetime.as_secs() / 86_400, "refreshed the account's token");
+                    path.update_status(|s| {
+                        s.state = TokenState::Valid;
+                        s.expires_at_ms = Some(expires_ms);
+                        s.last_refresh_ms = Some(now);
+                    });
+                    t.refreshed_ms = Some(now);
+                    t.expires_ms = Some(expires_ms);
+                }
+                t.failures = 0;
+                t.next_due = Instant::now() + self.policy.check_every;
+            }
+            Err(e) => {
+                let message = e.failure.message();
+                tracing::warn!(account = %path.id, error = %message, "could not refresh the account's token; trying again later");
+                let expiring = t
+                    .expires_ms
+                    .is_some_and(|x| x - now <= ms(self.policy.refresh_before));
+                path.update_status(|s| {
+                    s.last_error = Some(message);
+                    if expiring && s.state == TokenState::Valid {
+                        s.state = TokenState::Expiring;
+                    }
+                });
+                if let Failure::Graph { .. } = e.failure
+                    && e.failure.reason() == Reason::AccessTokenInvalid
+                {
+                    path.token_refused(&e.failure.message());
+                }
+                self.retry_later(&mut t);
+            }
+        }
+        t
+    }
+
+    /// A token of unknown age is refreshed at once; a known one when it is
+    /// old enough and close enough to expiry.
+    fn refresh_due(&self, t: &Tracked, now: UnixMs) -> bool {
+        match (t.refreshed_ms, t.expires_ms) {
+            (Some(made), Some(expires)) => {
+                now - made >= ms(self.policy.min_age)
+                    && expires - now <= ms(self.policy.refresh_before)
+            }
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_tokens_open_only_with_their_key() {
+        let sealer = Sealer::new(Some("a long store key"));
+        let sealed = sealer.seal("IGAAtoken");
+        assert!(sealed.starts_with("v1:") && !sealed.contains("IGAAtoken"));
+        assert_eq!(sealer.open(&sealed).as_deref(), Some("IGAAtoken"));
+        assert_eq!(Sealer::new(Some("another key")).open(&sealed), None);
+        assert_eq!(Sealer::new(None).open(&sealed), None);
+        // Two seals of one token differ (a fresh nonce each).
+        assert_ne!(sealer.seal("IGAAtoken"), sealed);
+
+        let plain = Sealer::new(None).seal("IGAAtoken");
+        assert_eq!(Sealer::new(None).open(&plain).as_deref(), Some("IGAAtoken"));
+        assert_eq!(Sealer::new(None).open("v1:not base64!"), None);
+    }
+}

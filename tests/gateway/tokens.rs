@@ -1,0 +1,355 @@
+//! Tokens that stay alive: checked with Graph's `/me`, refreshed before
+//! they expire, kept in the store across restarts, and marked when Graph
+//! refuses them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use messenger_gateway::accounts::AccountSpec;
+use messenger_gateway::graph::{AccessToken, Account};
+use messenger_gateway::grpc::pb;
+use messenger_gateway::tokens::TokenPolicy;
+
+use crate::support::*;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+const SIXTY_DAYS_S: i64 = 60 * 24 * 60 * 60;
+
+fn me(user_id: &str, username: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .set_body_json(json!({"user_id": user_id, "username": username, "id": "9"}))
+}
+
+fn refreshed(token: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(
+        json!({"access_token": token, "token_type": "bearer", "expires_in": SIXTY_DAYS_S}),
+    )
+}
+
+/// Graph's token endpoints for `account`, whose token is `token`.
+async fn mount_token_endpoints(
+    graph: &MockServer,
+    account: &str,
+    token: &str,
+    next: ResponseTemplate,
+) {
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .and(header("authorization", format!("Bearer {token}").as_str()))
+        .respond_with(me(account, "shop"))
+        .mount(graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/refresh_access_token"))
+        .and(query_param("grant_type", "ig_refresh_token"))
+        .and(query_param("access_token", token))
+        .respond_with(next)
+        .mount(graph)
+        .await;
+}
+
+async fn sends_accepted_with(graph: &MockServer, account: &str, token: &str) {
+    Mock::given(method("POST"))
+        .and(path(format!("/v25.0/{account}/messages")))
+        .and(header("authorization", format!("Bearer {token}").as_str()))
+        .respond_with(ok_reply())
+        .mount(graph)
+        .await;
+}
+
+fn tokens_on(builder: Builder, store_key: Option<&str>) -> Builder {
+    let key = store_key.map(str::to_owned);
+    builder.configure(move |s| {
+        s.tokens = Some(TokenPolicy {
+            first_retry: Duration::from_millis(50),
+            ..TokenPolicy::default()
+        });
+        s.store_key = key;
+    })
+}
+
+async fn accounts(gw: &TestGateway) -> Vec<pb::AccountStatus> {
+    gw.client()
+        .await
+        .list_accounts(pb::ListAccountsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts
+}
+
+/// Waits for the keeper's first round to settle `account`.
+async fn settled(
+    gw: &TestGateway,
+    id: &str,
+    done: impl Fn(&pb::AccountStatus) -> bool,
+) -> pb::AccountStatus {
+    for _ in 0..200 {
+        if let Some(a) = accounts(gw).await.into_iter().find(|a| a.id == id)
+            && done(&a)
+        {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("account {id} never settled: {:?}", accounts(gw).await);
+}
+
+fn refresh_calls(requests: &[wiremock::Request]) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.url.path() == "/refresh_access_token")
+        .count()
+}
+
+#[tokio::test]
+async fn a_token_is_checked_refreshed_kept_encrypted_and_used_across_a_restart() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    mount_token_endpoints(&graph, ACCOUNT, TOKEN, refreshed("IGAA-refreshed-1")).await;
+    mount_token_endpoints(
+        &graph,
+        ACCOUNT,
+        "IGAA-refreshed-1",
+        refreshed("IGAA-refreshed-2"),
+    )
+    .await;
+    sends_accepted_with(&graph, ACCOUNT, "IGAA-refreshed-1").await;
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let key = Some("store-key-for-tests");
+
+    let mut gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .data(data.clone()),
+        key,
+    )
+    .start()
+    .await;
+    // Its age unknown at start, the token is refreshed at once.
+    let status = settled(&gw, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    assert_eq!(status.token_state, pb::TokenState::Valid as i32);
+    assert_eq!(status.username, "shop");
+    assert_eq!(
+        status.token_expires_at.unwrap().seconds * 1000,
+        T0 + 60 * DAY_MS
+    );
+    gw.send_text().await.unwrap();
+
+    // Kept sealed: the database never holds the token in clear.
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(data.path()).unwrap() {
+        on_disk.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    assert!(!on_disk.windows(16).any(|w| w == b"IGAA-refreshed-1"));
+
+    gw.begin_shutdown();
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    let graph = gw.graph;
+
+    // After a restart the kept token is in use at once, and too young to
+    // refresh again.
+    let after = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .data(data.clone()),
+        key,
+    )
+    .start()
+    .await;
+    after.send_text().await.unwrap();
+    let status = settled(&after, ACCOUNT, |a| a.username == "shop").await;
+    assert_eq!(status.token_state, pb::TokenState::Valid as i32);
+    let requests = after.graph.received_requests().await.unwrap();
+    assert_eq!(refresh_calls(&requests), 1);
+
+    // Nine days before expiry (and a day old), the keeper refreshes it.
+    after.clock.set(T0 + 51 * DAY_MS);
+    after.keeper.as_ref().unwrap().check_all().await;
+    let requests = after.graph.received_requests().await.unwrap();
+    assert_eq!(refresh_calls(&requests), 2);
+    let status = settled(&after, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    assert_eq!(
+        status.last_refresh_at.unwrap().seconds * 1000,
+        T0 + 51 * DAY_MS
+    );
+}
+
+#[tokio::test]
+async fn a_store_key_that_changed_falls_back_to_the_configured_token() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    mount_token_endpoints(&graph, ACCOUNT, TOKEN, refreshed("IGAA-refreshed-1")).await;
+    sends_accepted_with(&graph, ACCOUNT, "IGAA-refreshed-1").await;
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let mut gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .data(data.clone()),
+        Some("one"),
+    )
+    .start()
+    .await;
+    settled(&gw, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    gw.begin_shutdown();
+    gw.served.take().unwrap().await.unwrap().unwrap();
+
+    // The kept token cannot be opened: the configured one is used (and
+    // refreshed again, its age unknown).
+    let after = tokens_on(
+        TestGateway::builder().graph(gw.graph, &base).data(data),
+        Some("two"),
+    )
+    .start()
+    .await;
+    settled(&after, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    let requests = after.graph.received_requests().await.unwrap();
+    assert_eq!(refresh_calls(&requests), 2);
+}
+
+#[tokio::test]
+async fn a_refresh_failure_on_one_account_leaves_the_other_untouched() {
+    const OTHER: &str = "17841400000000002";
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    mount_token_endpoints(
+        &graph,
+        ACCOUNT,
+        TOKEN,
+        ResponseTemplate::new(500).set_body_json(json!({"error": {"message": "An unexpected error has occurred", "type": "OAuthException", "code": 2, "is_transient": true}})),
+    )
+    .await;
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .and(header("authorization", "Bearer other-token"))
+        .respond_with(me(OTHER, "support"))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/refresh_access_token"))
+        .and(query_param("access_token", "other-token"))
+        .respond_with(refreshed("IGAA-other-2"))
+        .mount(&graph)
+        .await;
+    sends_accepted_with(&graph, ACCOUNT, TOKEN).await;
+    sends_accepted_with(&graph, OTHER, "IGAA-other-2").await;
+    let other = Account::new(&base, OTHER, &AccessToken::new("other-token")).unwrap();
+    let gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .account(AccountSpec::new(other).named("support")),
+        None,
+    )
+    .start()
+    .await;
+
+    let support = settled(&gw, OTHER, |a| a.last_refresh_at.is_some()).await;
+    assert_eq!(support.token_state, pb::TokenState::Valid as i32);
+    let shop = settled(&gw, ACCOUNT, |a| !a.last_graph_error.is_empty()).await;
+    assert!(
+        shop.last_graph_error.contains("unexpected error"),
+        "{shop:?}"
+    );
+    assert!(shop.last_refresh_at.is_none());
+    // Both still send: the shop with its configured token, support with its
+    // refreshed one.
+    let mut client = gw.client().await;
+    for account in [ACCOUNT, "support"] {
+        client
+            .send(pb::SendRequest {
+                account_id: account.into(),
+                ..text_to(USER, "hi")
+            })
+            .await
+            .unwrap();
+    }
+    // The failed refresh is tried again, with backoff.
+    for _ in 0..100 {
+        let requests = gw.graph.received_requests().await.unwrap();
+        let shop_refreshes = requests
+            .iter()
+            .filter(|r| {
+                r.url.path() == "/refresh_access_token"
+                    && r.url.query().unwrap_or("").contains(TOKEN)
+            })
+            .count();
+        if shop_refreshes >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the failed refresh was never tried again");
+}
+
+#[tokio::test]
+async fn a_token_of_another_account_marks_the_account_invalid() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .respond_with(me("17841499999999999", "someone-else"))
+        .mount(&graph)
+        .await;
+    let gw = tokens_on(TestGateway::builder().graph(graph, &base), None)
+        .start()
+        .await;
+    let status = settled(&gw, ACCOUNT, |a| {
+        a.token_state == pb::TokenState::Invalid as i32
+    })
+    .await;
+    assert!(
+        status.last_graph_error.contains("17841499999999999"),
+        "{status:?}"
+    );
+    // Never refreshed: it is not this account's.
+    assert_eq!(
+        refresh_calls(&gw.graph.received_requests().await.unwrap()),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_token_clears_an_invalid_mark() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(header("authorization", "Bearer old-token"))
+        .respond_with(graph_error(401, 190, Some(463), "Session has expired"))
+        .mount(&graph)
+        .await;
+    sends_accepted_with(&graph, ACCOUNT, "new-token").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "old-token").unwrap();
+    let file = |_: ()| {
+        format!("[[account]]\nid = {ACCOUNT:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n")
+    };
+    let gw = TestGateway::builder()
+        .graph(graph, &base)
+        .accounts_file(&file(()))
+        .start()
+        .await;
+    let status = gw.send_text().await.unwrap_err();
+    assert_eq!(error_info(&status).0, "ACCESS_TOKEN_INVALID");
+    assert_eq!(
+        accounts(&gw).await[0].token_state,
+        pb::TokenState::Invalid as i32
+    );
+
+    std::fs::write(&token_file, "new-token").unwrap();
+    gw.reloader.reload();
+    assert_ne!(
+        accounts(&gw).await[0].token_state,
+        pb::TokenState::Invalid as i32
+    );
+    gw.send_text().await.unwrap();
+    assert_eq!(
+        accounts(&gw).await[0].token_state,
+        pb::TokenState::Valid as i32
+    );
+}
