@@ -4,9 +4,12 @@
 //! It checks what Graph checks (bearer token, account, JSON shape, text
 //! length, the messaging window), answers with Graph-shaped ids and errors,
 //! keeps what it received for inspection, and has documented recipient ids
-//! that fail on purpose. It also plays the Instagram user: `POST
+//! that fail on purpose. It plays two accounts, `shop` and `support`, each
+//! with its own token, and Graph's token endpoints (`/me`,
+//! `/refresh_access_token`). It also plays the Instagram user: `POST
 //! /sandbox/inbound` makes it deliver a signed webhook to the gateway, which
-//! opens (or, back-dated, fails to open) that person's window.
+//! opens (or, back-dated, fails to open) that person's window with the
+//! account written to.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,13 +29,20 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+use crate::accounts::AccountSpec;
 use crate::clock::{Clock, SystemClock};
 use crate::graph::{AccessToken, Account};
 use crate::message::limits;
 use crate::window::{HUMAN_AGENT_MS, STANDARD_MS};
 
-/// The sandbox's own account id; `me` works too.
+/// The sandbox's first account (`shop`); `me` works too, with its token.
 pub const ACCOUNT_ID: &str = "17841400000000001";
+/// The sandbox's second account (`support`).
+pub const SUPPORT_ACCOUNT_ID: &str = "17841400000000002";
+/// The accounts the sandbox plays: id and alias.
+pub const ACCOUNTS: [(&str, &str); 2] = [(ACCOUNT_ID, "shop"), (SUPPORT_ACCOUNT_ID, "support")];
+/// How long a refreshed sandbox token lasts, as Graph says of its own.
+const TOKEN_LIFETIME_S: u64 = 60 * 24 * 60 * 60;
 /// The Graph version in the sandbox's base URL.
 pub const VERSION: &str = "v25.0";
 /// The IGSID the README's examples send to: always succeeds.
@@ -158,8 +168,11 @@ const SLOW_DELAY: Duration = Duration::from_secs(30);
 struct Store {
     received: VecDeque<Value>,
     calls_by_recipient: HashMap<String, u64>,
-    /// Each person's last message to the account, for the window.
-    last_inbound_ms: HashMap<String, i64>,
+    /// Each (account, person)'s last message, for the window.
+    last_inbound_ms: HashMap<(String, String), i64>,
+    /// Every token handed out, and whose it is (a refresh adds one; the
+    /// old one keeps working, as on Graph for a while).
+    tokens: HashMap<String, String>,
 }
 
 /// Where the sandbox delivers the webhooks it makes up, and the app secret
@@ -171,17 +184,17 @@ pub struct WebhookTarget {
 }
 
 struct Sandbox {
-    token: String,
     store: Mutex<Store>,
     next_id: AtomicU64,
     webhook: Option<WebhookTarget>,
     http: reqwest::Client,
 }
 
-/// A running sandbox, and the account that sends to it.
+/// A running sandbox, and the accounts that send to it.
 pub struct RunningSandbox {
     pub addr: SocketAddr,
-    pub account: Account,
+    /// `shop`, then `support`, each with its own token.
+    pub accounts: Vec<AccountSpec>,
     pub base_url: String,
 }
 
@@ -205,12 +218,20 @@ pub async fn start(
 ) -> std::io::Result<RunningSandbox> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let token = format!("sandbox-{:032x}", rand::random::<u128>());
     let base_url = format!("http://{addr}/{VERSION}");
-    let account = Account::new(&base_url, ACCOUNT_ID, &AccessToken::new(token.clone()))
-        .expect("a generated token is a valid header");
+    let mut tokens = HashMap::new();
+    let accounts = ACCOUNTS
+        .iter()
+        .map(|(id, name)| {
+            let token = new_token();
+            tokens.insert(token.clone(), (*id).to_owned());
+            let account = Account::new(&base_url, id, &AccessToken::new(token))
+                .expect("a generated token is a valid header");
+            AccountSpec::new(account).named(*name)
+        })
+        .collect();
     let webhook = webhook.map(|(url, app_secret)| WebhookTarget { url, app_secret });
-    let app = router(token, webhook);
+    let app = router(tokens, webhook);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the sandbox stopped");
@@ -218,24 +239,29 @@ pub async fn start(
     });
     Ok(RunningSandbox {
         addr,
-        account,
+        accounts,
         base_url,
     })
 }
 
-fn router(token: String, webhook: Option<WebhookTarget>) -> Router {
-    // The demo ids have written just now, so the README's first send works;
-    // anyone else must write first (POST /sandbox/inbound), as on Instagram.
+fn new_token() -> String {
+    format!("sandbox-{:032x}", rand::random::<u128>())
+}
+
+fn router(tokens: HashMap<String, String>, webhook: Option<WebhookTarget>) -> Router {
+    // The demo ids have written to every account just now, so the README's
+    // first sends work; anyone else must write first (POST /sandbox/inbound),
+    // as on Instagram.
     let now = now_ms();
     let store = Store {
         last_inbound_ms: [DEMO_RECIPIENT, FLAKY_RECIPIENT, SLOW_RECIPIENT]
             .into_iter()
-            .map(|id| (id.to_owned(), now))
+            .flat_map(|id| ACCOUNTS.map(|(account, _)| ((account.to_owned(), id.to_owned()), now)))
             .collect(),
+        tokens,
         ..Store::default()
     };
     let state = Arc::new(Sandbox {
-        token,
         store: Mutex::new(store),
         next_id: AtomicU64::new(1),
         webhook,
@@ -243,6 +269,8 @@ fn router(token: String, webhook: Option<WebhookTarget>) -> Router {
     });
     Router::new()
         .route("/{version}/{account}/messages", post(send))
+        .route("/{version}/me", get(me))
+        .route("/refresh_access_token", get(refresh_access_token))
         .route("/sandbox/messages", get(list).delete(clear))
         .route("/sandbox/recipients", get(recipients))
         .route("/sandbox/inbound", post(inbound))
@@ -263,6 +291,9 @@ struct InboundRequest {
     /// Back-dates the message, such as "25h" or "8d".
     #[serde(default)]
     age: Option<String>,
+    /// The account written to, by id or alias; `shop` by default.
+    #[serde(default)]
+    account: Option<String>,
 }
 
 /// Plays the Instagram user: records their message (opening their window as
@@ -273,7 +304,7 @@ async fn inbound(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
         Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"sender_id\",\"text\",\"age\"}}: {e}"),
+                format!("expected {{\"sender_id\",\"text\",\"age\",\"account\"}}: {e}"),
             )
                 .into_response();
         }
@@ -295,27 +326,38 @@ async fn inbound(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
             return (StatusCode::BAD_REQUEST, format!("age: {e}")).into_response();
         }
     };
+    let given = request.account.as_deref().unwrap_or("shop");
+    let Some((account_id, _)) = ACCOUNTS
+        .iter()
+        .find(|(id, name)| *id == given || *name == given)
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("account must be one of the sandbox's: {ACCOUNT_ID} (shop), {SUPPORT_ACCOUNT_ID} (support)"),
+        )
+            .into_response();
+    };
     let timestamp = now_ms() - age.as_millis() as i64;
     let serial = sandbox.next_id.fetch_add(1, Ordering::Relaxed);
     let mid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "ig_message_item:1:IGMessageThread:{ACCOUNT_ID}:{sender}:in{serial}"
+        "ig_message_item:1:IGMessageThread:{account_id}:{sender}:in{serial}"
     ));
     {
         let mut store = sandbox.store.lock().await;
         let last = store
             .last_inbound_ms
-            .entry(sender.clone())
+            .entry(((*account_id).to_owned(), sender.clone()))
             .or_insert(timestamp);
         *last = (*last).max(timestamp);
     }
     let delivery = json!({
         "object": "instagram",
         "entry": [{
-            "id": ACCOUNT_ID,
+            "id": account_id,
             "time": now_ms(),
             "messaging": [{
                 "sender": {"id": sender},
-                "recipient": {"id": ACCOUNT_ID},
+                "recipient": {"id": account_id},
                 "timestamp": timestamp,
                 "message": {"mid": mid, "text": request.text.unwrap_or_else(|| "Hi!".to_owned())},
             }],
@@ -341,7 +383,7 @@ async fn inbound(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
     match answer {
         Ok(r) => {
             let status = r.status().as_u16();
-            Json(json!({"mid": mid, "sender_id": sender, "timestamp_ms": timestamp, "webhook_status": status}))
+            Json(json!({"mid": mid, "sender_id": sender, "account_id": account_id, "timestamp_ms": timestamp, "webhook_status": status}))
                 .into_response()
         }
         Err(e) => (
@@ -394,20 +436,15 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(sandbox.token.as_str()) {
-        return graph_error(
-            400,
-            190,
-            None,
-            "OAuthException",
-            "Invalid OAuth access token - Cannot parse access token",
-        );
-    }
-    if version != VERSION || (account != ACCOUNT_ID && account != "me") {
+    let Some(owner) = sandbox.owner_of(&headers).await else {
+        return invalid_token();
+    };
+    let account = if account == "me" {
+        owner.clone()
+    } else {
+        account
+    };
+    if version != VERSION || account != owner {
         return invalid_parameter(&format!(
             "Unsupported post request. Object with ID '{account}' does not exist, cannot be loaded due to missing permissions, or does not support this operation"
         ));
@@ -456,7 +493,7 @@ async fn send(
             .lock()
             .await
             .last_inbound_ms
-            .get(&recipient_id)
+            .get(&(account.clone(), recipient_id.clone()))
             .copied();
         if last.is_none_or(|l| now_ms() - l >= limit) {
             return graph_error(
@@ -495,7 +532,7 @@ async fn send(
     let message_id = has_message.then(|| {
         // Real ids are base64 of an `ig_message...` item key.
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-            "ig_message_item:1:IGMessageThread:{ACCOUNT_ID}:{recipient_id}:{serial}"
+            "ig_message_item:1:IGMessageThread:{account}:{recipient_id}:{serial}"
         ))
     });
     // A private reply lands with the commenter, whose IGSID we make up.
@@ -522,6 +559,75 @@ async fn send(
         answer["message_id"] = json!(id);
     }
     Json(answer).into_response()
+}
+
+impl Sandbox {
+    /// The account whose token the request bears.
+    async fn owner_of(&self, headers: &HeaderMap) -> Option<String> {
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))?;
+        self.store.lock().await.tokens.get(bearer).cloned()
+    }
+}
+
+fn invalid_token() -> Response {
+    graph_error(
+        400,
+        190,
+        None,
+        "OAuthException",
+        "Invalid OAuth access token - Cannot parse access token",
+    )
+}
+
+/// `GET /{version}/me?fields=user_id,username`, as Graph answers it.
+async fn me(
+    State(sandbox): State<Arc<Sandbox>>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(owner) = sandbox.owner_of(&headers).await else {
+        return invalid_token();
+    };
+    if version != VERSION {
+        return invalid_parameter("Unknown path components");
+    }
+    let username = ACCOUNTS
+        .iter()
+        .find(|(id, _)| *id == owner)
+        .map_or("", |(_, name)| name);
+    Json(json!({"user_id": owner, "username": format!("sandbox_{username}"), "id": owner}))
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct RefreshQuery {
+    grant_type: Option<String>,
+    access_token: Option<String>,
+}
+
+/// `GET /refresh_access_token?grant_type=ig_refresh_token&access_token=…`:
+/// a new token for the same account, valid 60 days.
+async fn refresh_access_token(
+    State(sandbox): State<Arc<Sandbox>>,
+    axum::extract::Query(query): axum::extract::Query<RefreshQuery>,
+) -> Response {
+    if query.grant_type.as_deref() != Some("ig_refresh_token") {
+        return invalid_parameter("Unsupported grant_type");
+    }
+    let mut store = sandbox.store.lock().await;
+    let Some(owner) = query
+        .access_token
+        .and_then(|t| store.tokens.get(&t).cloned())
+    else {
+        return invalid_token();
+    };
+    let token = new_token();
+    store.tokens.insert(token.clone(), owner);
+    Json(json!({"access_token": token, "token_type": "bearer", "expires_in": TOKEN_LIFETIME_S}))
+        .into_response()
 }
 
 async fn list(State(sandbox): State<Arc<Sandbox>>) -> Json<Value> {

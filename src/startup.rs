@@ -230,10 +230,7 @@ impl Application {
                             addr: listen,
                             source,
                         })?;
-                (
-                    vec![AccountSpec::new(running.account.clone())],
-                    Some(running),
-                )
+                (running.accounts.clone(), Some(running))
             }
         };
         let grpc = bind(listen).await?;
@@ -575,11 +572,18 @@ fn announce(app: &Application) {
                 s.messages_log_url()
             );
             println!(
-                "try: grpcurl -plaintext -d '{{\"recipient_id\":\"{}\",\"text\":\"Hello from my app\"}}' {target} messenger.v1.Messenger/Send",
-                sandbox::DEMO_RECIPIENT
+                "it plays two accounts, shop ({}) and support ({}); try a send as each:",
+                sandbox::ACCOUNT_ID,
+                sandbox::SUPPORT_ACCOUNT_ID
             );
+            for (_, name) in sandbox::ACCOUNTS {
+                println!(
+                    "  grpcurl -plaintext -d '{{\"account_id\":\"{name}\",\"recipient_id\":\"{}\",\"text\":\"Hello from my app\"}}' {target} messenger.v1.Messenger/Send",
+                    sandbox::DEMO_RECIPIENT
+                );
+            }
             println!(
-                "play the Instagram user: curl -s -X POST {} -d '{{\"sender_id\":\"{}\",\"text\":\"Hi!\"}}'",
+                "play the Instagram user: curl -s -X POST {} -d '{{\"account\":\"support\",\"sender_id\":\"{}\",\"text\":\"Hi!\"}}'",
                 s.inbound_url(),
                 sandbox::DEMO_RECIPIENT
             );

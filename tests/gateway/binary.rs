@@ -155,14 +155,33 @@ async fn with_no_credentials_the_binary_serves_the_sandbox_and_exits_0_on_sigter
     let mut client = MessengerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let reply = client
-        .send(text_to("17841400000000000", "Hello from my app"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!reply.message_id.is_empty());
+    // It plays two accounts, so a send names one.
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains("\"account_id\":\"support\""))
+    );
+    for account in ["shop", "support"] {
+        let reply = client
+            .send(from_account(
+                account,
+                text_to("17841400000000000", "Hello from my app"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!reply.message_id.is_empty());
+    }
     let status = client
-        .send(text_to("10000000000000001", "too late"))
+        .send(text_to("17841400000000000", "which account?"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = client
+        .send(from_account(
+            "shop",
+            text_to("10000000000000001", "too late"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(error_info(&status).0, "OUTSIDE_MESSAGING_WINDOW");

@@ -100,6 +100,7 @@ async fn after_kill_9_every_acknowledged_event_is_there_and_no_send_repeats() {
     }
     let request = pb::SendRequest {
         request_id: "crash-test-0001".into(),
+        account_id: "shop".into(),
         ..text_to("17841400000000000", "exactly once")
     };
     let sent = first
@@ -145,7 +146,7 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
     // Never wrote: the sandbox refuses as Graph does.
     let refused = gw
         .client
-        .send(text_to(someone, "hello?"))
+        .send(from_account("shop", text_to(someone, "hello?")))
         .await
         .unwrap_err();
     assert_eq!(error_info(&refused).0, "OUTSIDE_MESSAGING_WINDOW");
@@ -171,13 +172,46 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
         .client
         .get_window(pb::GetWindowRequest {
             recipient_id: someone.into(),
-            ..Default::default()
+            account_id: "shop".into(),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(window.state, pb::WindowState::Open as i32);
-    gw.client.send(text_to(someone, "Hello!")).await.unwrap();
+    gw.client
+        .send(from_account("shop", text_to(someone, "Hello!")))
+        .await
+        .unwrap();
+    // Their window is with the shop only: support may not write to them yet.
+    let refused = gw
+        .client
+        .send(from_account(
+            "support",
+            text_to(someone, "Hello from support"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&refused).0, "OUTSIDE_MESSAGING_WINDOW");
+    // Until they write to support too, which lands under support.
+    let said: Value = say(json!({"sender_id": someone, "text": "Support?", "account": "support"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(said["webhook_status"], 200);
+    let events = subscribe_all(&mut gw.client, 2).await;
+    assert_eq!(
+        events[1].account_id,
+        messenger_gateway::sandbox::SUPPORT_ACCOUNT_ID
+    );
+    gw.client
+        .send(from_account(
+            "support",
+            text_to(someone, "Hello from support"),
+        ))
+        .await
+        .unwrap();
 
     // Someone whose last message is 25 hours old: the gateway refuses itself.
     let late = "17841400000000456";
@@ -185,7 +219,11 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
         .await
         .unwrap();
     assert_eq!(said.status().as_u16(), 200);
-    let refused = gw.client.send(text_to(late, "sorry")).await.unwrap_err();
+    let refused = gw
+        .client
+        .send(from_account("shop", text_to(late, "sorry")))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     let (reason, metadata) = error_info(&refused);
     assert_eq!(reason, "OUTSIDE_MESSAGING_WINDOW");
@@ -194,6 +232,7 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
     // With the tag, within 7 days, it goes.
     let tagged = pb::SendRequest {
         tag: pb::MessageTag::HumanAgent as i32,
+        account_id: "shop".into(),
         ..text_to(late, "a person replies")
     };
     gw.client.send(tagged).await.unwrap();

@@ -22,7 +22,7 @@ async fn start() -> (sandbox::RunningSandbox, String) {
     let running = sandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), None)
         .await
         .unwrap();
-    let url = running.account.messages_url().to_owned();
+    let url = running.accounts[0].account.messages_url().to_owned();
     (running, url)
 }
 
@@ -50,7 +50,7 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
     let (running, _) = start().await;
     let deliverer = Deliverer::new(
         GraphClient::new(std::time::Duration::from_secs(1)),
-        running.account.clone(),
+        running.accounts[0].account.clone(),
         DeliveryPolicy::default(),
     );
     let to = |text: &str| OutgoingMessage {
@@ -76,7 +76,7 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
     let long = json!({"recipient":{"id":"1"},"message":{"text":"a".repeat(1001)}});
     let refused = client
         .post_messages(
-            &running.account,
+            &running.accounts[0].account,
             serde_json::to_vec(&long).unwrap().into(),
             std::time::Duration::from_secs(2),
         )
@@ -86,7 +86,7 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
     assert_eq!(error.code, Some(100));
     let no_recipient = client
         .post_messages(
-            &running.account,
+            &running.accounts[0].account,
             br#"{"message":{"text":"hi"}}"#.to_vec().into(),
             std::time::Duration::from_secs(2),
         )
@@ -95,7 +95,7 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
     assert_eq!(no_recipient.failure.graph_error().unwrap().code, Some(100));
     let not_json = client
         .post_messages(
-            &running.account,
+            &running.accounts[0].account,
             b"text=hi".to_vec().into(),
             std::time::Duration::from_secs(2),
         )
@@ -120,4 +120,50 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
         [&json!({"recipient":{"id":sandbox::DEMO_RECIPIENT},"message":{"text":"hello sandbox"}})],
         "only the accepted message is kept"
     );
+}
+
+#[tokio::test]
+async fn the_sandbox_plays_two_accounts_and_graphs_token_endpoints() {
+    use messenger_gateway::graph::{AccessToken, GraphClient};
+    use std::time::Duration;
+
+    let (running, _) = start().await;
+    let graph = GraphClient::new(Duration::from_secs(1));
+    let timeout = Duration::from_secs(5);
+    let [shop, support] = [&running.accounts[0], &running.accounts[1]];
+    assert_eq!(
+        (shop.name.as_deref(), support.name.as_deref()),
+        (Some("shop"), Some("support"))
+    );
+    let me = graph.me(&support.account, timeout).await.unwrap();
+    assert_eq!(me.user_id, sandbox::SUPPORT_ACCOUNT_ID);
+    assert_eq!(me.username.as_deref(), Some("sandbox_support"));
+
+    // A token sends only as its own account.
+    let body = r#"{"recipient":{"id":"17841400000000000"},"message":{"text":"hi"}}"#;
+    let support_token = support.account.token().expose_secret();
+    let (status, _) = post(shop.account.messages_url(), support_token, body).await;
+    assert_eq!(status, 400);
+    let (status, _) = post(support.account.messages_url(), support_token, body).await;
+    assert_eq!(status, 200);
+
+    // A refresh gives a new token for the same account.
+    let refreshed = graph.refresh(&support.account, timeout).await.unwrap();
+    assert_eq!(refreshed.expires_in, Some(60 * 24 * 60 * 60));
+    let new = support
+        .account
+        .with_token(&AccessToken::new(refreshed.access_token.clone()))
+        .unwrap();
+    assert_eq!(
+        graph.me(&new, timeout).await.unwrap().user_id,
+        sandbox::SUPPORT_ACCOUNT_ID
+    );
+    let (status, _) = post(new.messages_url(), &refreshed.access_token, body).await;
+    assert_eq!(status, 200);
+    let forged = shop
+        .account
+        .with_token(&AccessToken::new("sandbox-forged"))
+        .unwrap();
+    let refused = graph.refresh(&forged, timeout).await.unwrap_err();
+    assert_eq!(refused.failure.graph_error().unwrap().code, Some(190));
 }

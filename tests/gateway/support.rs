@@ -308,6 +308,14 @@ pub fn graph_error(
     ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
 }
 
+/// `request`, sent as `account` (an id or alias).
+pub fn from_account(account: &str, request: pb::SendRequest) -> pb::SendRequest {
+    pb::SendRequest {
+        account_id: account.into(),
+        ..request
+    }
+}
+
 pub fn text_to(recipient: &str, text: &str) -> pb::SendRequest {
     pb::SendRequest {
         recipient_id: recipient.into(),
