@@ -286,7 +286,7 @@ def test_reflection_can_be_turned_off_while_health_stays():
     try:
         assert grpcurl("-plaintext", running.target, "list").returncode != 0
         assert grpcurl("-plaintext", "-import-path", str(ROOT / "proto"), "-proto", "messenger/v1/messenger.proto",
-                       "-d", json.dumps({"recipient_id": USER, "text": "no reflection needed"}),
+                       "-d", json.dumps({"account_id": "shop", "recipient_id": USER, "text": "no reflection needed"}),
                        running.target, "messenger.v1.Messenger/Send").returncode == 0
     finally:
         running.stop()

@@ -12,6 +12,8 @@ from messenger.v1 import messenger_pb2_grpc as rpc
 DEMO = "17841400000000000"
 OUTSIDE_WINDOW = "10000000000000001"
 RATE_LIMITED = "10000000000000004"
+# The sandbox plays two accounts, so each call names one.
+SHOP = "shop"
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def stub(gateway):
 
 
 def test_python_client_sends_and_graph_receives_the_starter_kit_body(gateway, stub):
-    reply = stub.Send(pb.SendRequest(recipient_id=DEMO, text="Hello from Python"), timeout=10)
+    reply = stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=DEMO, text="Hello from Python"), timeout=10)
     assert reply.message_id
     assert reply.recipient_id == DEMO
     assert reply.graph_calls == 1
@@ -31,7 +33,7 @@ def test_python_client_sends_and_graph_receives_the_starter_kit_body(gateway, st
 
 def test_python_client_reads_error_info_from_a_graph_refusal(stub):
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Send(pb.SendRequest(recipient_id=OUTSIDE_WINDOW, text="late"), timeout=10)
+        stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=OUTSIDE_WINDOW, text="late"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = details_of(caught.value)
     (info,) = details["ErrorInfo"]
@@ -44,7 +46,7 @@ def test_python_client_reads_error_info_from_a_graph_refusal(stub):
 
 def test_python_client_gets_retry_info_on_rate_limits(stub):
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Send(pb.SendRequest(recipient_id=RATE_LIMITED, text="hi"), timeout=10)
+        stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=RATE_LIMITED, text="hi"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = details_of(caught.value)
     assert details["ErrorInfo"][0].reason == "RATE_LIMITED"
@@ -53,7 +55,7 @@ def test_python_client_gets_retry_info_on_rate_limits(stub):
 
 def test_python_client_sees_each_bad_field(stub):
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Send(pb.SendRequest(recipient_id="jane.doe", text="€" * 334), timeout=10)
+        stub.Send(pb.SendRequest(account_id=SHOP, recipient_id="jane.doe", text="€" * 334), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = details_of(caught.value)
     assert details["ErrorInfo"][0].reason == "INVALID_REQUEST"
@@ -63,7 +65,7 @@ def test_python_client_sees_each_bad_field(stub):
 
 def test_python_client_sends_a_typing_indicator(gateway, stub):
     reply = stub.SendAction(
-        pb.SendActionRequest(recipient_id=DEMO, action=pb.SENDER_ACTION_TYPING_ON), timeout=10
+        pb.SendActionRequest(account_id=SHOP, recipient_id=DEMO, action=pb.SENDER_ACTION_TYPING_ON), timeout=10
     )
     assert reply.recipient_id == DEMO
     bodies = [m["body"] for m in gateway.sandbox_messages()]
@@ -93,7 +95,7 @@ def test_grpcurl_minimal_call_from_the_issue_succeeds(gateway):
     out = grpcurl(
         "-plaintext",
         "-d",
-        '{"recipient_id":"17841400000000000","text":"Hello from my app"}',
+        '{"account_id":"shop","recipient_id":"17841400000000000","text":"Hello from my app"}',
         gateway.target,
         "messenger.v1.Messenger/Send",
     )
@@ -109,7 +111,7 @@ def test_grpcurl_prints_the_error_info_decoded(gateway):
     out = grpcurl(
         "-plaintext",
         "-d",
-        json.dumps({"recipient_id": OUTSIDE_WINDOW, "text": "late"}),
+        json.dumps({"account_id": SHOP, "recipient_id": OUTSIDE_WINDOW, "text": "late"}),
         gateway.target,
         "messenger.v1.Messenger/Send",
     )
@@ -127,7 +129,7 @@ def test_grpcurl_checks_health(gateway):
 
 def test_python_sees_an_inbound_message_on_subscribe_and_the_window_open(gateway, stub):
     person = "17841400000000777"
-    assert stub.GetWindow(pb.GetWindowRequest(recipient_id=person), timeout=10).state == pb.WINDOW_STATE_UNKNOWN
+    assert stub.GetWindow(pb.GetWindowRequest(account_id=SHOP, recipient_id=person), timeout=10).state == pb.WINDOW_STATE_UNKNOWN
     said = gateway.say(person, "Hello from Instagram")
     assert said["webhook_status"] == 200
     events = stub.Subscribe(pb.SubscribeRequest(after=0), timeout=10)
@@ -138,11 +140,11 @@ def test_python_sees_an_inbound_message_on_subscribe_and_the_window_open(gateway
             assert event.seq > 0
             events.cancel()
             break
-    window = stub.GetWindow(pb.GetWindowRequest(recipient_id=person), timeout=10)
+    window = stub.GetWindow(pb.GetWindowRequest(account_id=SHOP, recipient_id=person), timeout=10)
     assert window.state == pb.WINDOW_STATE_OPEN
     assert window.standard_closes_at.seconds - window.last_inbound_at.seconds == 24 * 3600
     assert window.human_agent_closes_at.seconds - window.last_inbound_at.seconds == 7 * 24 * 3600
-    reply = stub.Send(pb.SendRequest(recipient_id=person, text="Hi back"), timeout=10)
+    reply = stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=person, text="Hi back"), timeout=10)
     assert reply.message_id
 
 
@@ -150,7 +152,7 @@ def test_python_is_refused_outside_the_window_with_the_closing_time(gateway, stu
     person = "17841400000000888"
     gateway.say(person, "an old message", age="2d")
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Send(pb.SendRequest(recipient_id=person, text="too late"), timeout=10)
+        stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=person, text="too late"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = details_of(caught.value)["ErrorInfo"][0]
     assert info.reason == "OUTSIDE_MESSAGING_WINDOW"
@@ -159,14 +161,14 @@ def test_python_is_refused_outside_the_window_with_the_closing_time(gateway, stu
 
 
 def test_python_repeats_with_a_request_id_send_once(gateway, stub):
-    request = pb.SendRequest(recipient_id=DEMO, text="exactly once from Python", request_id="py-6b1f0c2e")
+    request = pb.SendRequest(account_id=SHOP, recipient_id=DEMO, text="exactly once from Python", request_id="py-6b1f0c2e")
     first = stub.Send(request, timeout=10)
     second = stub.Send(request, timeout=10)
     assert first.message_id == second.message_id
     bodies = [m["body"] for m in gateway.sandbox_messages()]
     assert sum(1 for b in bodies if b.get("message", {}).get("text") == "exactly once from Python") == 1
     with pytest.raises(grpc.RpcError) as caught:
-        stub.Send(pb.SendRequest(recipient_id=DEMO, text="different", request_id="py-6b1f0c2e"), timeout=10)
+        stub.Send(pb.SendRequest(account_id=SHOP, recipient_id=DEMO, text="different", request_id="py-6b1f0c2e"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in details_of(caught.value)["BadRequest"][0].field_violations] == ["request_id"]
 
@@ -174,7 +176,7 @@ def test_python_repeats_with_a_request_id_send_once(gateway, stub):
 def test_grpcurl_reads_the_window_and_the_event_stream(gateway):
     person = "17841400000000999"
     gateway.say(person, "grpcurl can see me")
-    out = grpcurl("-plaintext", "-d", json.dumps({"recipient_id": person}), gateway.target,
+    out = grpcurl("-plaintext", "-d", json.dumps({"account_id": SHOP, "recipient_id": person}), gateway.target,
                   "messenger.v1.Messenger/GetWindow")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["state"] == "WINDOW_STATE_OPEN"
@@ -182,3 +184,28 @@ def test_grpcurl_reads_the_window_and_the_event_stream(gateway):
     out = grpcurl("-plaintext", "-max-time", "3", "-d", "{}", gateway.target,
                   "messenger.v1.Messenger/Subscribe")
     assert "grpcurl can see me" in out.stdout, out.stderr
+
+
+def test_python_lists_the_accounts_and_follows_one_of_them(gateway, stub):
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        accounts = stub.ListAccounts(pb.ListAccountsRequest(), timeout=10).accounts
+        # The gateway checks (and refreshes) each token with the sandbox at start.
+        if all(a.token_state == pb.TOKEN_STATE_VALID for a in accounts) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(a.id, a.name) for a in accounts] == [("17841400000000001", "shop"), ("17841400000000002", "support")]
+    assert all(a.token_state == pb.TOKEN_STATE_VALID for a in accounts), accounts
+    assert all(a.HasField("last_refresh_at") and a.username.startswith("sandbox_") for a in accounts)
+
+    reply = stub.Send(pb.SendRequest(account_id="support", recipient_id=DEMO, text="from support"), timeout=10)
+    assert reply.account_id == "17841400000000002"
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Send(pb.SendRequest(recipient_id=DEMO, text="which one?"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as unknown:
+        stub.Send(pb.SendRequest(account_id="nobody", recipient_id=DEMO, text="hi"), timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert details_of(unknown.value)["ErrorInfo"][0].reason == "ACCOUNT_NOT_FOUND"
