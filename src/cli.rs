@@ -210,32 +210,33 @@ impl ServeArgs {
         self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let account =
-            if self.sandbox {
-                None
-            } else if let Some(file) = &self.accounts {
-                let set: Vec<&str> = config::VARIABLES
-                    .into_iter()
-                    .filter(|name| env(name).is_some_and(|v| !v.is_empty()))
-                    .collect();
-                if !set.is_empty() {
-                    return Err(ConfigError {
-                        problems: vec![format!(
-                            "--accounts {} and {} are both set: configure accounts in one place",
-                            file.display(),
-                            set.join(", ")
-                        )],
-                    });
-                }
-                let specs = config::read_accounts_file(file, &env, self.allow_insecure_graph)
-                    .map_err(|e| ConfigError {
-                        problems: vec![e.to_string()],
-                    })?;
-                Some(specs)
-            } else {
-                config::account_from_env(&env, self.allow_insecure_graph)?
-                    .map(|a| vec![AccountSpec::new(a)])
-            };
+        let mut webhook_apps = Vec::new();
+        let account = if self.sandbox {
+            None
+        } else if let Some(file) = &self.accounts {
+            let set: Vec<&str> = config::VARIABLES
+                .into_iter()
+                .filter(|name| env(name).is_some_and(|v| !v.is_empty()))
+                .collect();
+            if !set.is_empty() {
+                return Err(ConfigError {
+                    problems: vec![format!(
+                        "--accounts {} and {} are both set: configure accounts in one place",
+                        file.display(),
+                        set.join(", ")
+                    )],
+                });
+            }
+            let config = config::read_accounts_file(file, &env, self.allow_insecure_graph)
+                .map_err(|e| ConfigError {
+                    problems: vec![e.to_string()],
+                })?;
+            webhook_apps = config.apps;
+            Some(config.accounts)
+        } else {
+            config::account_from_env(&env, self.allow_insecure_graph)?
+                .map(|a| vec![AccountSpec::new(a)])
+        };
         let webhook_secrets = config::webhook_secrets_from_env(&env)?;
         if account.is_none() && !self.sandbox && webhook_secrets.is_some() {
             return Err(ConfigError {
@@ -258,6 +259,7 @@ impl ServeArgs {
             webhook_listen: self.webhook_listen,
             upstream,
             webhook_secrets,
+            webhook_apps,
             data_dir: self.data_dir,
             delivery: DeliveryPolicy {
                 max_concurrent_calls: self.max_graph_calls as usize,

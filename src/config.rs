@@ -119,6 +119,32 @@ pub fn account_from_env(
 struct AccountsFile {
     #[serde(default)]
     account: Vec<toml::Spanned<AccountEntry>>,
+    #[serde(default)]
+    app: Vec<toml::Spanned<AppEntry>>,
+}
+
+/// A Meta app whose webhooks arrive at `/webhook/{name}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppEntry {
+    name: toml::Spanned<String>,
+    secret_env: toml::Spanned<String>,
+    verify_token_env: toml::Spanned<String>,
+}
+
+/// A Meta app of the accounts file: its name (the last part of its
+/// webhook path) and secrets.
+#[derive(Debug, Clone)]
+pub struct WebhookApp {
+    pub name: String,
+    pub secrets: WebhookSecrets,
+}
+
+/// What an accounts file configures.
+#[derive(Debug, Clone)]
+pub struct AccountsConfig {
+    pub accounts: Vec<AccountSpec>,
+    pub apps: Vec<WebhookApp>,
 }
 
 #[derive(serde::Deserialize)]
@@ -140,7 +166,7 @@ pub fn read_accounts_file(
     file: &Path,
     var: impl Fn(&str) -> Option<String>,
     allow_insecure_graph: bool,
-) -> Result<Vec<AccountSpec>, FileError> {
+) -> Result<AccountsConfig, FileError> {
     let text = std::fs::read_to_string(file).map_err(|e| FileError {
         file: file.to_owned(),
         line: 0,
@@ -155,7 +181,7 @@ pub fn parse_accounts(
     text: &str,
     var: impl Fn(&str) -> Option<String>,
     allow_insecure_graph: bool,
-) -> Result<Vec<AccountSpec>, FileError> {
+) -> Result<AccountsConfig, FileError> {
     let at = |span: std::ops::Range<usize>, what: String| FileError {
         file: file.to_owned(),
         line: line_of(text, span.start),
@@ -266,7 +292,46 @@ pub fn parse_accounts(
             None => spec,
         });
     }
-    Ok(specs)
+    let mut apps: Vec<WebhookApp> = Vec::new();
+    for app in parsed.app {
+        let app = app.into_inner();
+        let name = app.name.get_ref();
+        if !is_alias(name) {
+            return Err(at(
+                app.name.span(),
+                format!(
+                    "app name {name:?} must start with a letter and hold only letters, digits, '-', '_' or '.' (it is a URL path)"
+                ),
+            ));
+        }
+        if apps.iter().any(|a| &a.name == name) {
+            return Err(at(
+                app.name.span(),
+                format!("app {name:?} is configured twice"),
+            ));
+        }
+        let secret = |field: &toml::Spanned<String>| {
+            var(field.get_ref())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    at(
+                        field.span(),
+                        format!("app {name}: the variable {} is not set", field.get_ref()),
+                    )
+                })
+        };
+        apps.push(WebhookApp {
+            name: name.clone(),
+            secrets: WebhookSecrets {
+                app_secret: secret(&app.secret_env)?,
+                verify_token: secret(&app.verify_token_env)?,
+            },
+        });
+    }
+    Ok(AccountsConfig {
+        accounts: specs,
+        apps,
+    })
 }
 
 impl FileError {
@@ -348,9 +413,15 @@ mod tests {
         parse_accounts(
             Path::new("accounts.toml"),
             text,
-            env(&[("SHOP", "shop-token"), ("HELP", "help-token")]),
+            env(&[
+                ("SHOP", "shop-token"),
+                ("HELP", "help-token"),
+                ("APP_SECRET_B", "secret-b"),
+                ("VERIFY_B", "verify-b"),
+            ]),
             false,
         )
+        .map(|c| c.accounts)
     }
 
     const TWO: &str = r#"
@@ -445,6 +516,32 @@ token_env = "HELP"
         }
         let e = accounts("").unwrap_err();
         assert!(e.what.contains("no [[account]]"), "{e}");
+    }
+
+    #[test]
+    fn apps_get_their_secrets_from_the_environment() {
+        let text = format!(
+            "{TWO}\n[[app]]\nname = \"brand-b\"\nsecret_env = \"APP_SECRET_B\"\nverify_token_env = \"VERIFY_B\"\n"
+        );
+        let var = env(&[
+            ("SHOP", "s"),
+            ("HELP", "h"),
+            ("APP_SECRET_B", "secret-b"),
+            ("VERIFY_B", "verify-b"),
+        ]);
+        let config = parse_accounts(Path::new("a.toml"), &text, &var, false).unwrap();
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps[0].name, "brand-b");
+        assert_eq!(config.apps[0].secrets.app_secret, "secret-b");
+        assert_eq!(config.apps[0].secrets.verify_token, "verify-b");
+
+        let missing = text.replace("VERIFY_B", "VERIFY_MISSING");
+        let e = parse_accounts(Path::new("a.toml"), &missing, &var, false).unwrap_err();
+        assert!(e.what.contains("VERIFY_MISSING is not set"), "{e}");
+        assert_eq!(e.line, 16);
+        let bad = text.replace("brand-b", "../etc");
+        let e = parse_accounts(Path::new("a.toml"), &bad, &var, false).unwrap_err();
+        assert!(e.what.contains("URL path"), "{e}");
     }
 
     #[test]

@@ -82,10 +82,11 @@ pub struct Listener {
     pub tls: Option<Arc<ReloadableTls>>,
 }
 
-/// Where and with which secrets to take Instagram's webhooks.
+/// Where and with which secrets to take Instagram's webhooks: one path per
+/// Meta app.
 pub struct WebhookListener {
     pub listener: Listener,
-    pub secrets: WebhookSecrets,
+    pub routes: Vec<(String, WebhookSecrets)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +106,7 @@ fn serve_webhooks(
     limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = webhook::router(inbox, accounts, webhooks.secrets, limits.body_read_timeout);
+    let app = webhook::router(inbox, accounts, webhooks.routes, limits.body_read_timeout);
     let mut stop = stop;
     tokio::spawn(async move {
         let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);

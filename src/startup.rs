@@ -18,6 +18,7 @@ use crate::tokens::{Sealer, TokenKeeper, TokenPolicy};
 use crate::accounts::{AccountSpec, Registry};
 use crate::auth::Keys;
 use crate::clock::{Clock, SystemClock};
+use crate::config::WebhookApp;
 use crate::delivery::DeliveryPolicy;
 use crate::graph::GraphClient;
 use crate::inbox::Inbox;
@@ -51,8 +52,10 @@ pub struct Settings {
     pub listen: Option<SocketAddr>,
     pub webhook_listen: SocketAddr,
     pub upstream: Upstream,
-    /// `None`: webhooks are off (the sandbox makes its own).
+    /// `None`: no webhooks at `/webhook` (the sandbox makes its own).
     pub webhook_secrets: Option<WebhookSecrets>,
+    /// More Meta apps, each with webhooks at `/webhook/{name}`.
+    pub webhook_apps: Vec<WebhookApp>,
     pub data_dir: PathBuf,
     pub delivery: DeliveryPolicy,
     pub outbox: OutboxPolicy,
@@ -90,6 +93,7 @@ impl Settings {
             webhook_listen: any_port,
             upstream,
             webhook_secrets: None,
+            webhook_apps: Vec::new(),
             data_dir,
             delivery: DeliveryPolicy::default(),
             outbox: OutboxPolicy::default(),
@@ -195,9 +199,19 @@ impl Application {
         } else {
             settings.webhook_secrets
         };
-        let webhook_listener = match &secrets {
-            None => None,
-            Some(_) => Some(bind(settings.webhook_listen).await?),
+        let routes: Vec<(String, WebhookSecrets)> = secrets
+            .iter()
+            .map(|s| (webhook::PATH.to_owned(), s.clone()))
+            .chain(
+                settings
+                    .webhook_apps
+                    .iter()
+                    .map(|a| (format!("{}/{}", webhook::PATH, a.name), a.secrets.clone())),
+            )
+            .collect();
+        let webhook_listener = match routes.is_empty() {
+            true => None,
+            false => Some(bind(settings.webhook_listen).await?),
         };
         let webhook_url = webhook_listener
             .as_ref()
@@ -208,7 +222,7 @@ impl Application {
                 } else {
                     "http"
                 };
-                format!("{scheme}://{}{}", reachable(a), webhook::PATH)
+                format!("{scheme}://{}{}", reachable(a), routes[0].0)
             });
         let (account, sandbox) = match settings.upstream {
             Upstream::Graph(accounts) => (accounts, None),
@@ -274,15 +288,13 @@ impl Application {
         let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();
         let gateway_keys = keys.clone();
-        let webhooks = webhook_listener
-            .zip(secrets)
-            .map(|(listener, secrets)| WebhookListener {
-                listener: Listener {
-                    listener,
-                    tls: webhook_tls,
-                },
-                secrets,
-            });
+        let webhooks = webhook_listener.map(|listener| WebhookListener {
+            listener: Listener {
+                listener,
+                tls: webhook_tls,
+            },
+            routes,
+        });
         Ok(Self {
             grpc_addr,
             webhooks,
@@ -442,7 +454,7 @@ impl AccountsFile {
         );
         match read {
             Ok(specs) => {
-                let done = self.registry.reload(specs);
+                let done = self.registry.reload(specs.accounts);
                 tracing::info!(
                     accounts = self.registry.len(),
                     added = ?done.added,
@@ -507,7 +519,7 @@ pub fn main() -> ExitCode {
         }
         let warn_on_grace = settings.serve.shutdown_grace <= settings.delivery.upstream_timeout;
         let webhooks_off =
-            settings.webhook_secrets.is_none() && matches!(settings.upstream, Upstream::Graph(_));
+            settings.webhook_secrets.is_none() && settings.webhook_apps.is_empty() && matches!(settings.upstream, Upstream::Graph(_));
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => {

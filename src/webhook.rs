@@ -132,28 +132,37 @@ impl IntoResponse for WebhookError {
 struct Hook {
     inbox: Arc<Inbox>,
     accounts: Arc<Registry>,
-    /// Account ids seen in deliveries but not configured, each logged once.
-    strangers: Strangers,
+    /// Account ids seen in deliveries but not configured, each logged once
+    /// (shared by every app's path).
+    strangers: Arc<Strangers>,
     secrets: WebhookSecrets,
     /// A body must arrive within this; a sender that trickles is cut off.
     body_read_timeout: Duration,
 }
 
+/// One route per Meta app: `(path, its secrets)`. A delivery is checked
+/// against the secret of the path it arrives at.
 pub fn router(
     inbox: Arc<Inbox>,
     accounts: Arc<Registry>,
-    secrets: WebhookSecrets,
+    routes: Vec<(String, WebhookSecrets)>,
     body_read_timeout: Duration,
 ) -> Router {
-    Router::new()
-        .route(PATH, get(handshake).post(deliver))
-        .with_state(Arc::new(Hook {
-            inbox,
-            accounts,
-            strangers: Strangers::default(),
-            secrets,
-            body_read_timeout,
-        }))
+    let strangers = Arc::new(Strangers::default());
+    routes
+        .into_iter()
+        .fold(Router::new(), |router, (path, secrets)| {
+            router.route(
+                &path,
+                get(handshake).post(deliver).with_state(Arc::new(Hook {
+                    inbox: inbox.clone(),
+                    accounts: accounts.clone(),
+                    strangers: strangers.clone(),
+                    secrets,
+                    body_read_timeout,
+                })),
+            )
+        })
 }
 
 async fn handshake(

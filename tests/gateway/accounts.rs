@@ -461,3 +461,97 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
     gw.reloader.reload();
     client.send(as_account("new", "still here")).await.unwrap();
 }
+
+#[tokio::test]
+async fn each_meta_app_has_its_own_webhook_path_and_secret() {
+    use messenger_gateway::config::WebhookApp;
+    use messenger_gateway::webhook::{self, WebhookSecrets};
+
+    let gw = TestGateway::builder()
+        .configure(|s| {
+            s.webhook_apps = vec![WebhookApp {
+                name: "brand-b".into(),
+                secrets: WebhookSecrets {
+                    app_secret: "brand-b-secret".into(),
+                    verify_token: "brand-b-verify".into(),
+                },
+            }];
+        })
+        .start()
+        .await;
+    let url = format!("{}/brand-b", gw.webhook_url);
+    let http = reqwest::Client::new();
+    let body = messages_from_user(&[("m-b", "via app b", T0)]);
+    let post = |signature: String| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header(webhook::SIGNATURE_HEADER, signature)
+            .body(body.clone())
+            .send()
+    };
+    // The other app's secret does not open this path, nor this one /webhook.
+    let wrong = post(webhook::sign(APP_SECRET, &body)).await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert_eq!(
+        gw.deliver_signed(&body, Some(&webhook::sign("brand-b-secret", &body)))
+            .await,
+        401
+    );
+    let right = post(webhook::sign("brand-b-secret", &body)).await.unwrap();
+    assert_eq!(right.status().as_u16(), 200);
+
+    let handshake = http
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=brand-b-verify&hub.challenge=1158201444"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handshake.text().await.unwrap(), "1158201444");
+
+    let mut events = gw
+        .client()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = events.next().await.unwrap().unwrap();
+    assert_eq!(e.account_id, ACCOUNT);
+}
+
+#[tokio::test]
+async fn at_shutdown_every_accounts_sends_under_way_finish() {
+    let support_graph = MockServer::start().await;
+    let base = format!("{}/v25.0", support_graph.uri());
+    let account = Account::new(&base, SUPPORT_ID, &AccessToken::new(SUPPORT_TOKEN)).unwrap();
+    let mut gw = TestGateway::builder()
+        .account(AccountSpec::new(account).named("support"))
+        .start()
+        .await;
+    let slow = || ok_reply().set_delay(std::time::Duration::from_millis(600));
+    gw.graph_answers(slow()).await;
+    Mock::given(method("POST"))
+        .and(path(SUPPORT_PATH))
+        .respond_with(slow())
+        .mount(&support_graph)
+        .await;
+    let mut sends = Vec::new();
+    for account in [ACCOUNT, "support"] {
+        let mut client = gw.client().await;
+        sends.push(tokio::spawn(async move {
+            client.send(as_account(account, "before SIGTERM")).await
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gw.begin_shutdown();
+    for send in sends {
+        send.await.unwrap().expect("a send under way finishes");
+    }
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    assert_eq!(gw.graph_calls().await, 1);
+    assert_eq!(support_graph.received_requests().await.unwrap().len(), 1);
+}

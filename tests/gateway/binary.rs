@@ -246,3 +246,51 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     let request = &gw.graph.received_requests().await.unwrap()[0];
     assert_eq!(request.url.path(), MESSAGES_PATH);
 }
+
+#[test]
+fn an_accounts_file_fault_stops_the_start_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accounts.toml");
+    std::fs::write(
+        &file,
+        "[[account]]\nid = \"17841400000000001\"\ntoken_env = \"SHOP_TOKEN\"\n\n[[account]]\nid = \"17841400000000001\"\ntoken_env = \"SHOP_TOKEN\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = gateway(
+        &["serve", "--listen", "127.0.0.1:0", "--accounts", path],
+        &[("SHOP_TOKEN", "shop-secret-token")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{path}:6: account 17841400000000001 is configured twice"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("shop-secret-token"));
+
+    // The file and the INSTAGRAM_* account variables at once: which wins
+    // would be a guess.
+    std::fs::write(
+        &file,
+        "[[account]]\nid = \"17841400000000001\"\ntoken_env = \"SHOP_TOKEN\"\n",
+    )
+    .unwrap();
+    let out = gateway(
+        &["serve", "--listen", "127.0.0.1:0", "--accounts", path],
+        &[
+            ("SHOP_TOKEN", "shop-secret-token"),
+            ("INSTAGRAM_ACCESS_TOKEN", "env-token"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INSTAGRAM_ACCESS_TOKEN"), "{stderr}");
+    assert!(!stderr.contains("env-token") && !stderr.contains("shop-secret-token"));
+}

@@ -154,7 +154,9 @@ impl Builder {
         let accounts_file = data.path().join("accounts.toml");
         if let Some(text) = &self.accounts_file {
             std::fs::write(&accounts_file, text).unwrap();
-            accounts = config::read_accounts_file(&accounts_file, |_| None, false).unwrap();
+            accounts = config::read_accounts_file(&accounts_file, |_| None, false)
+                .unwrap()
+                .accounts;
         }
         let mut settings = Settings::local(Upstream::Graph(accounts), data.path().to_owned());
         if self.accounts_file.is_some() {
