@@ -189,7 +189,6 @@ impl Gateway {
             .unwrap_or(0)
     }
 
-    /// User + system CPU time so far.
     /// The process's CPU time, user and system, as the scheduler counts
     /// it to the nanosecond: `/proc/PID/stat`'s utime and stime are sampled
     /// at each clock tick, which over a round of ~1 s of CPU is ~100
