@@ -538,7 +538,7 @@ token_env = "HELP"
         let missing = text.replace("VERIFY_B", "VERIFY_MISSING");
         let e = parse_accounts(Path::new("a.toml"), &missing, &var, false).unwrap_err();
         assert!(e.what.contains("VERIFY_MISSING is not set"), "{e}");
-        assert_eq!(e.line, 16);
+        assert_eq!(e.line, 15);
         let bad = text.replace("brand-b", "../etc");
         let e = parse_accounts(Path::new("a.toml"), &bad, &var, false).unwrap_err();
         assert!(e.what.contains("URL path"), "{e}");
