@@ -89,10 +89,18 @@ pub struct AccountPath {
     pub deliverer: Arc<Deliverer>,
     /// The settings as configured (the deliverer may hold a refreshed token).
     configured: Account,
+    /// Shared with the path that replaces this one on a reload, so sends
+    /// and checks still under way on this one report where it is seen.
+    health: Arc<Health>,
+}
+
+/// An account's token status, and a mirror a send can read without a lock.
+#[derive(Debug, Default)]
+struct Health {
     status: Mutex<TokenStatus>,
-    /// Mirrors `status.state == Valid`, so a send's success need not lock
-    /// to find there is nothing to change.
-    valid: AtomicBool,
+    /// Mirrors `status.state` being `Valid` or `Expiring`: a send's success
+    /// then has nothing to change.
+    fine: AtomicBool,
 }
 
 impl AccountPath {
@@ -102,7 +110,8 @@ impl AccountPath {
     }
 
     pub fn status(&self) -> TokenStatus {
-        self.status
+        self.health
+            .status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -110,10 +119,12 @@ impl AccountPath {
 
     /// Changes the status in one step.
     pub fn update_status(&self, f: impl FnOnce(&mut TokenStatus)) {
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = self.health.status.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut status);
-        self.valid
-            .store(status.state == TokenState::Valid, Ordering::Relaxed);
+        self.health.fine.store(
+            matches!(status.state, TokenState::Valid | TokenState::Expiring),
+            Ordering::Relaxed,
+        );
     }
 
     /// Graph refused the token (code 190): sends fail until it is replaced
@@ -128,14 +139,17 @@ impl AccountPath {
         });
     }
 
-    /// A send went through: the token is valid (again).
+    /// A send went through: the token is valid (again). An expiring token
+    /// stays `Expiring`: it works, for now.
     pub fn token_worked(&self) {
-        if !self.valid.load(Ordering::Relaxed) {
+        if !self.health.fine.load(Ordering::Relaxed) {
             self.update_status(|s| {
                 if s.state == TokenState::Invalid {
                     tracing::info!(account = %self.id, "the account's access token works again");
                 }
-                s.state = TokenState::Valid;
+                if s.state != TokenState::Expiring {
+                    s.state = TokenState::Valid;
+                }
             });
         }
     }
@@ -220,8 +234,7 @@ impl Registry {
                 self.policy.clone(),
             ),
             configured: spec.account,
-            status: Mutex::new(TokenStatus::default()),
-            valid: AtomicBool::new(false),
+            health: Arc::default(),
         })
     }
 
@@ -247,13 +260,26 @@ impl Registry {
                     return self.path(spec);
                 };
                 kept.insert(previous.id.clone());
-                let mut status = previous.status();
                 let changed = !previous.configured.same_as(&spec.account);
                 if changed {
                     summary.changed.push(previous.id.clone());
-                    previous.deliverer.replace_account(spec.account.clone());
-                    if status.state == TokenState::Invalid {
-                        status.state = TokenState::Unchecked;
+                    let same_token = previous.configured.token() == spec.account.token();
+                    // A new URL alone keeps the token in use, which may be
+                    // a refresh of the configured one; a new token wins.
+                    let in_use = match same_token {
+                        true => spec
+                            .account
+                            .with_token(previous.deliverer.account().token())
+                            .unwrap_or_else(|_| spec.account.clone()),
+                        false => spec.account.clone(),
+                    };
+                    previous.deliverer.replace_account(in_use);
+                    if !same_token {
+                        previous.update_status(|s| {
+                            s.state = TokenState::Unchecked;
+                            s.expires_at_ms = None;
+                            s.last_refresh_ms = None;
+                        });
                     }
                 } else if previous.name == spec.name {
                     return previous.clone();
@@ -263,12 +289,12 @@ impl Registry {
                     name: spec.name,
                     deliverer: previous.deliverer.clone(),
                     configured: spec.account,
-                    valid: AtomicBool::new(status.state == TokenState::Valid),
-                    status: Mutex::new(status),
+                    health: previous.health.clone(),
                 })
             })
             .collect();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
         for gone in old.paths.iter().filter(|p| !kept.contains(&p.id)) {
             summary.removed.push(gone.id.clone());
             retired.push(Arc::downgrade(&gone.deliverer));

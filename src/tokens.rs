@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -74,27 +74,38 @@ impl Sealer {
         Self(store_key.map(|k| Key::from(<[u8; 32]>::from(Sha256::digest(k.as_bytes())))))
     }
 
-    pub fn seal(&self, token: &str) -> String {
+    /// Seals `account`'s token; the account id is bound in (as associated
+    /// data), so a sealed token moved to another account's row won't open.
+    pub fn seal(&self, account: &str, token: &str) -> String {
         let Some(key) = &self.0 else {
             return format!("plain:{token}");
         };
         let mut nonce = [0u8; 12];
         rand::fill(&mut nonce);
+        let payload = Payload {
+            msg: token.as_bytes(),
+            aad: account.as_bytes(),
+        };
         let sealed = ChaCha20Poly1305::new(key)
-            .encrypt(Nonce::from_slice(&nonce), token.as_bytes())
+            .encrypt(Nonce::from_slice(&nonce), payload)
             .expect("encrypting a short token cannot fail");
         format!("v1:{}", BASE64.encode([&nonce[..], &sealed].concat()))
     }
 
-    /// `None` when it cannot be opened (another key, or none).
-    pub fn open(&self, sealed: &str) -> Option<String> {
+    /// `None` when it cannot be opened: another key or account, or a token
+    /// kept in clear while a key is set (it is refreshed again, and sealed).
+    pub fn open(&self, account: &str, sealed: &str) -> Option<String> {
         if let Some(plain) = sealed.strip_prefix("plain:") {
-            return Some(plain.to_owned());
+            return self.0.is_none().then(|| plain.to_owned());
         }
         let bytes = BASE64.decode(sealed.strip_prefix("v1:")?).ok()?;
         let (nonce, ciphertext) = bytes.split_at_checked(12)?;
+        let payload = Payload {
+            msg: ciphertext,
+            aad: account.as_bytes(),
+        };
         let plain = ChaCha20Poly1305::new(self.0.as_ref()?)
-            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .decrypt(Nonce::from_slice(nonce), payload)
             .ok()?;
         String::from_utf8(plain).ok()
     }
@@ -172,7 +183,7 @@ impl TokenKeeper {
             if record.configured_sha256 != configured_sha256 {
                 continue;
             }
-            let Some(token) = self.sealer.open(&record.sealed_token) else {
+            let Some(token) = self.sealer.open(&record.account, &record.sealed_token) else {
                 tracing::warn!(account = %record.account, "the refreshed token kept for this account cannot be opened (was MESSENGER_GATEWAY_STORE_KEY changed?): the configured one is used");
                 continue;
             };
@@ -234,7 +245,7 @@ impl TokenKeeper {
                         configured_sha256: sha.clone(),
                         refreshed_ms: None,
                         expires_ms: None,
-                        next_due: Instant::now(),
+                        next_due: now,
                         failures: 0,
                     });
                     if t.configured_sha256 != sha {
@@ -243,7 +254,7 @@ impl TokenKeeper {
                             configured_sha256: sha,
                             refreshed_ms: None,
                             expires_ms: None,
-                            next_due: Instant::now(),
+                            next_due: now,
                             failures: 0,
                         };
                     }
@@ -303,7 +314,11 @@ impl TokenKeeper {
     async fn tend(&self, path: &AccountPath, mut t: Tracked) -> Tracked {
         let now = self.clock.now_ms();
         let account = path.deliverer.account();
-        match self.graph.me(&account, self.policy.call_timeout).await {
+        match self
+            .graph
+            .whose_token(&account, self.policy.call_timeout)
+            .await
+        {
             Ok(me) if path.id != ME && me.user_id != path.id => {
                 path.token_refused(&format!(
                     "the token belongs to Instagram account {}, not {}",
@@ -313,11 +328,14 @@ impl TokenKeeper {
                 return t;
             }
             Ok(me) => {
-                if path.status().state == TokenState::Invalid {
-                    tracing::info!(account = %path.id, "the account's token works again");
-                }
                 path.update_status(|s| {
-                    s.state = TokenState::Valid;
+                    if s.state == TokenState::Invalid {
+                        tracing::info!(account = %path.id, "the account's token works again");
+                    }
+                    // An expiring token stays so until it is refreshed.
+                    if s.state != TokenState::Expiring {
+                        s.state = TokenState::Valid;
+                    }
                     s.username = me.username;
                 });
             }
@@ -335,6 +353,11 @@ impl TokenKeeper {
             }
         }
         if !graph::is_refreshable(&account) || !self.refresh_due(&t, now) {
+            path.update_status(|s| {
+                if s.state == TokenState::Expiring {
+                    s.state = TokenState::Valid;
+                }
+            });
             t.failures = 0;
             t.next_due = Instant::now() + self.policy.check_every;
             return t;
@@ -347,10 +370,29 @@ impl TokenKeeper {
                     .unwrap_or(TokenPolicy::DEFAULT_LIFETIME);
                 let expires_ms = now.saturating_add(ms(lifetime));
                 let token = AccessToken::new(refreshed.access_token);
+                // A reload may have put a new token (or URL) in force while
+                // this refresh was under way: the refresh of the old one is
+                // then dropped, never put back in use nor kept.
+                let current = self
+                    .accounts
+                    .by_id(&path.id)
+                    .filter(|p| sha256_hex(p.configured().token()) == t.configured_sha256);
+                let Some(current) = current else {
+                    tracing::info!(account = %path.id, "the account was reloaded during a token refresh: the refresh is dropped");
+                    return t;
+                };
+                let in_use = match current.configured().with_token(&token) {
+                    Ok(account) => account,
+                    Err(e) => {
+                        tracing::error!(account = %path.id, error = %e, "Graph gave a refreshed token that cannot be used");
+                        self.retry_later(&mut t);
+                        return t;
+                    }
+                };
                 let record = TokenRecord {
                     account: path.id.clone(),
                     configured_sha256: t.configured_sha256.clone(),
-                    sealed_token: self.sealer.seal(token.expose_secret()),
+                    sealed_token: self.sealer.seal(&path.id, token.expose_secret()),
                     expires_ms: Some(expires_ms),
                     refreshed_ms: now,
                 };
@@ -362,16 +404,15 @@ impl TokenKeeper {
                     self.retry_later(&mut t);
                     return t;
                 }
-                if self.use_token(path, &token) {
-                    tracing::info!(account = %path.id, expires_in_days = lifetime.as_secs() / 86_400, "refreshed the account's token");
-                    path.update_status(|s| {
-                        s.state = TokenState::Valid;
-                        s.expires_at_ms = Some(expires_ms);
-                        s.last_refresh_ms = Some(now);
-                    });
-                    t.refreshed_ms = Some(now);
-                    t.expires_ms = Some(expires_ms);
-                }
+                current.deliverer.replace_account(in_use);
+                tracing::info!(account = %path.id, expires_in_days = lifetime.as_secs() / 86_400, "refreshed the account's token");
+                current.update_status(|s| {
+                    s.state = TokenState::Valid;
+                    s.expires_at_ms = Some(expires_ms);
+                    s.last_refresh_ms = Some(now);
+                });
+                t.refreshed_ms = Some(now);
+                t.expires_ms = Some(expires_ms);
                 t.failures = 0;
                 t.next_due = Instant::now() + self.policy.check_every;
             }
@@ -418,16 +459,23 @@ mod tests {
     #[test]
     fn sealed_tokens_open_only_with_their_key() {
         let sealer = Sealer::new(Some("a long store key"));
-        let sealed = sealer.seal("IGAAtoken");
+        let sealed = sealer.seal("1", "IGAAtoken");
         assert!(sealed.starts_with("v1:") && !sealed.contains("IGAAtoken"));
-        assert_eq!(sealer.open(&sealed).as_deref(), Some("IGAAtoken"));
-        assert_eq!(Sealer::new(Some("another key")).open(&sealed), None);
-        assert_eq!(Sealer::new(None).open(&sealed), None);
+        assert_eq!(sealer.open("1", &sealed).as_deref(), Some("IGAAtoken"));
+        assert_eq!(Sealer::new(Some("another key")).open("1", &sealed), None);
+        assert_eq!(Sealer::new(None).open("1", &sealed), None);
+        // Bound to its account: copied to another row, it does not open.
+        assert_eq!(sealer.open("2", &sealed), None);
         // Two seals of one token differ (a fresh nonce each).
-        assert_ne!(sealer.seal("IGAAtoken"), sealed);
+        assert_ne!(sealer.seal("1", "IGAAtoken"), sealed);
 
-        let plain = Sealer::new(None).seal("IGAAtoken");
-        assert_eq!(Sealer::new(None).open(&plain).as_deref(), Some("IGAAtoken"));
-        assert_eq!(Sealer::new(None).open("v1:not base64!"), None);
+        let plain = Sealer::new(None).seal("1", "IGAAtoken");
+        assert_eq!(
+            Sealer::new(None).open("1", &plain).as_deref(),
+            Some("IGAAtoken")
+        );
+        // With a key set, a token kept in clear is not taken.
+        assert_eq!(sealer.open("1", &plain), None);
+        assert_eq!(Sealer::new(None).open("1", "v1:not base64!"), None);
     }
 }

@@ -57,7 +57,42 @@ pub fn is_refreshable(account: &Account) -> bool {
         .is_some_and(|host| host != "facebook.com" && !host.ends_with(".facebook.com"))
 }
 
+/// The Instagram account node, as a Page token reads it.
+#[derive(Deserialize)]
+struct Node {
+    #[serde(deserialize_with = "id_string")]
+    id: String,
+    #[serde(default)]
+    username: Option<String>,
+}
+
 impl GraphClient {
+    /// Who the account's token acts as. An Instagram-Login token answers
+    /// `/me`; a Facebook-Login Page token is a Page, not the Instagram
+    /// account, so it is checked by reading the account's own node.
+    pub async fn whose_token(
+        &self,
+        account: &Account,
+        timeout: Duration,
+    ) -> Result<Me, AttemptError> {
+        if is_refreshable(account) {
+            return self.me(account, timeout).await;
+        }
+        let url = format!(
+            "{}/{}?fields=id,username",
+            account.base_url, account.account_id
+        );
+        let request = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, account.authorization.clone());
+        let node: Node = self.get_json(request, timeout).await?;
+        Ok(Me {
+            user_id: node.id,
+            username: node.username,
+        })
+    }
+
     /// `GET {base}/me?fields=user_id,username` with the account's token.
     pub async fn me(&self, account: &Account, timeout: Duration) -> Result<Me, AttemptError> {
         let url = format!("{}/me?fields=user_id,username", account.base_url);

@@ -18,7 +18,7 @@ use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::accounts::{AccountPath, Registry};
+use crate::accounts::{AccountError, AccountPath, Registry};
 use crate::auth::{AuthError, Caller, Keys, Operation};
 use crate::delivery::{Budget, log_outcome};
 use crate::error::{FieldViolation, SendError};
@@ -110,11 +110,30 @@ impl MessengerService {
         given: &str,
     ) -> Result<(&'r Caller, Arc<AccountPath>), Status> {
         let caller = self.authorize(request, operation)?;
-        let account = self.accounts.resolve(given)?;
+        let account = self.resolve_for(caller, operation, given)?;
         if let Err(e) = caller.authorize(operation, &account.id, account.name.as_deref()) {
             return Err(refused_call(caller, operation, e));
         }
         Ok((caller, account))
+    }
+
+    /// The account `given` names. A key limited to some accounts learns
+    /// nothing of others: one it may not name is refused as not allowed,
+    /// whether or not it is configured.
+    fn resolve_for(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        given: &str,
+    ) -> Result<Arc<AccountPath>, Status> {
+        match self.accounts.resolve(given) {
+            Ok(account) => Ok(account),
+            Err(e @ AccountError::NotFound(_)) => match caller.authorize(operation, given, None) {
+                Err(refusal) => Err(refused_call(caller, operation, refusal)),
+                Ok(()) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The caller's deadline, or the default one: no send waits forever.
@@ -274,7 +293,7 @@ impl pb::messenger_server::Messenger for MessengerService {
                 )])
                 .into());
             }
-            let account = self.accounts.resolve(given)?;
+            let account = self.resolve_for(&caller, Operation::Subscribe, given)?;
             if let Err(e) =
                 caller.authorize(Operation::Subscribe, &account.id, account.name.as_deref())
             {
@@ -312,11 +331,13 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
-        self.authorize(&request, Operation::Admin)?;
+        let caller = self.authorize(&request, Operation::Admin)?;
+        // A key limited to some accounts lists only those.
         let accounts = self
             .accounts
             .paths()
             .iter()
+            .filter(|a| caller.sees(&a.id, a.name.as_deref()))
             .map(|a| inbound::account_to_pb(a))
             .collect();
         Ok(Response::new(pb::ListAccountsResponse { accounts }))

@@ -143,7 +143,7 @@ pub trait Store: Send + Sync + 'static {
 /// A refreshed token as kept: sealed by the core (encrypted when a store
 /// key is set), and tied to the configured token it was refreshed from, so
 /// a new configured token wins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TokenRecord {
     pub account: String,
     /// Hex SHA-256 of the configured token.
@@ -151,4 +151,17 @@ pub struct TokenRecord {
     pub sealed_token: String,
     pub expires_ms: Option<UnixMs>,
     pub refreshed_ms: UnixMs,
+}
+
+/// Without the sealed token, which is the token itself when no store key
+/// is set.
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("account", &self.account)
+            .field("sealed_token", &"<redacted>")
+            .field("expires_ms", &self.expires_ms)
+            .field("refreshed_ms", &self.refreshed_ms)
+            .finish()
+    }
 }

@@ -202,7 +202,31 @@ async fn one_delivery_for_two_accounts_lands_under_each_and_subscribers_can_filt
         other => panic!("expected the support message, got {other:?}"),
     }
 
-    // Each account's window is its own.
+    // Each account's window is its own: someone who wrote only to the
+    // shop is unknown to support.
+    const ONLY_SHOP: &str = "17841400000000077";
+    let to_shop = json!({"object":"instagram","entry":[
+        {"id":ACCOUNT,"time":T0,"messaging":[{"sender":{"id":ONLY_SHOP},"recipient":{"id":ACCOUNT},
+            "timestamp":T0,"message":{"mid":"m-only-shop","text":"shop only"}}]},
+    ]});
+    assert_eq!(
+        gw.deliver(&serde_json::to_vec(&to_shop).unwrap()).await,
+        200
+    );
+    for (account, state) in [
+        (ACCOUNT, pb::WindowState::Open),
+        ("support", pb::WindowState::Unknown),
+    ] {
+        let w = client
+            .get_window(pb::GetWindowRequest {
+                recipient_id: ONLY_SHOP.into(),
+                account_id: account.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(w.state, state as i32, "{account}");
+    }
     for (account, open) in [(ACCOUNT, true), ("support", true)] {
         let w = client
             .get_window(pb::GetWindowRequest {
@@ -554,4 +578,60 @@ async fn at_shutdown_every_accounts_sends_under_way_finish() {
     gw.served.take().unwrap().await.unwrap().unwrap();
     assert_eq!(gw.graph_calls().await, 1);
     assert_eq!(support_graph.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_key_limited_to_some_accounts_learns_nothing_of_the_others() {
+    const ADMIN: &str = "mgw_support_admin_0123456789abcdefghijklmnopq";
+    let keys = key_entry("desk", KEY, &["support"], &["send", "subscribe"])
+        + &key_entry("support-admin", ADMIN, &["support"], &["admin"]);
+    let (gw, _support_graph) = two_accounts(Some(keys)).await;
+    let mut client = gw.client().await;
+
+    // An account it may not name is refused alike, configured or not.
+    for other in [ACCOUNT, "17841400000000777"] {
+        let status = client
+            .send(with_key(as_account(other, "hi"), KEY))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{other}");
+        assert_eq!(error_info(&status).0, "ACCOUNT_NOT_ALLOWED");
+    }
+    // Its ListAccounts shows its own accounts only.
+    let listed = client
+        .list_accounts(with_key(pb::ListAccountsRequest {}, ADMIN))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed.accounts.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, [SUPPORT_ID]);
+
+    // Its Subscribe stream carries only its account's events, though the
+    // key names the account by alias and events carry the id.
+    let delivery = json!({"object":"instagram","entry":[
+        {"id":ACCOUNT,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":ACCOUNT},
+            "timestamp":T0,"message":{"mid":"m-shop","text":"to the shop"}}]},
+        {"id":SUPPORT_ID,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":SUPPORT_ID},
+            "timestamp":T0,"message":{"mid":"m-support","text":"to support"}}]},
+    ]});
+    assert_eq!(
+        gw.deliver(&serde_json::to_vec(&delivery).unwrap()).await,
+        200
+    );
+    let mut events = client
+        .subscribe(with_key(
+            pb::SubscribeRequest {
+                after: 0,
+                ..Default::default()
+            },
+            KEY,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!((first.seq, first.account_id.as_str()), (2, SUPPORT_ID));
+    let nothing_more =
+        tokio::time::timeout(std::time::Duration::from_millis(300), events.next()).await;
+    assert!(nothing_more.is_err(), "{nothing_more:?}");
 }

@@ -194,6 +194,27 @@ async fn with_no_credentials_the_binary_serves_the_sandbox_and_exits_0_on_sigter
 async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     let gw = TestGateway::start().await; // only for its Graph fake
     gw.graph_answers(ok_reply()).await;
+    // The token keeper checks and refreshes the token at start: neither the
+    // configured token nor the refreshed one may be logged (the refresh
+    // carries the token in its URL).
+    const REFRESHED: &str = "IGAA-refreshed-never-logged";
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/v25.0/me"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"user_id": ACCOUNT, "username": "shop"})),
+        )
+        .mount(&gw.graph)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/refresh_access_token"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": REFRESHED, "expires_in": 5184000}),
+            ),
+        )
+        .mount(&gw.graph)
+        .await;
     let base = format!("{}/v25.0", gw.graph.uri());
     let child = gateway(
         &["serve", "--listen", "127.0.0.1:0", "--log-format", "json"],
@@ -228,6 +249,14 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     let logs = logs.join().unwrap();
     assert!(!logs.contains(TOKEN), "the token leaked into the logs");
     assert!(
+        logs.contains("refreshed the account's token"),
+        "the keeper refreshed at start: {logs}"
+    );
+    assert!(
+        !logs.contains(REFRESHED),
+        "the refreshed token leaked into the logs"
+    );
+    assert!(
         !logs.contains(APP_SECRET),
         "the app secret leaked into the logs"
     );
@@ -242,9 +271,16 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     assert_eq!(sends[0]["attempts"], 1);
     assert!(sends[0]["latency_ms"].is_number());
     assert_eq!(sends[1]["outcome"], "INVALID_REQUEST");
-    assert_eq!(gw.graph_calls().await, 1);
-    let request = &gw.graph.received_requests().await.unwrap()[0];
-    assert_eq!(request.url.path(), MESSAGES_PATH);
+    let posts: Vec<_> = gw
+        .graph
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].url.path(), MESSAGES_PATH);
 }
 
 #[test]

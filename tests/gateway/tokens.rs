@@ -353,3 +353,89 @@ async fn a_reloaded_token_clears_an_invalid_mark() {
         pb::TokenState::Valid as i32
     );
 }
+
+#[tokio::test]
+async fn an_account_whose_graph_hangs_does_not_hold_up_another() {
+    const OTHER: &str = "17841400000000002";
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    // The shop's check never answers (within the keeper's 10 s).
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(me(ACCOUNT, "shop").set_delay(Duration::from_secs(30)))
+        .mount(&graph)
+        .await;
+    mount_token_endpoints(&graph, OTHER, "other-token", refreshed("IGAA-other-2")).await;
+    let other = Account::new(&base, OTHER, &AccessToken::new("other-token")).unwrap();
+    let gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .account(AccountSpec::new(other).named("support")),
+        None,
+    )
+    .start()
+    .await;
+    let started = std::time::Instant::now();
+    settled(&gw, OTHER, |a| a.last_refresh_at.is_some()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let shop = accounts(&gw)
+        .await
+        .into_iter()
+        .find(|a| a.id == ACCOUNT)
+        .unwrap();
+    assert_eq!(shop.token_state, pb::TokenState::Unchecked as i32);
+}
+
+#[tokio::test]
+async fn a_refresh_that_a_reload_overtakes_is_dropped() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    // The old token's refresh is slow; meanwhile the file gets a new token.
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .respond_with(me(ACCOUNT, "shop"))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/refresh_access_token"))
+        .and(query_param("access_token", "old-token"))
+        .respond_with(refreshed("IGAA-from-old").set_delay(Duration::from_millis(600)))
+        .mount(&graph)
+        .await;
+    sends_accepted_with(&graph, ACCOUNT, "new-token").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token");
+    std::fs::write(&token_file, "old-token").unwrap();
+    let file =
+        format!("[[account]]\nid = {ACCOUNT:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n");
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .data(data.clone())
+            .accounts_file(&file),
+        None,
+    )
+    .start()
+    .await;
+    // The refresh of the old token is under way.
+    for _ in 0..100 {
+        if refresh_calls(&gw.graph.received_requests().await.unwrap()) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&token_file, "new-token").unwrap();
+    gw.reloader.reload();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    // The new token is in use, and the old one's refresh was not kept.
+    gw.send_text().await.unwrap();
+    let status = accounts(&gw).await.remove(0);
+    assert!(status.last_refresh_at.is_none(), "{status:?}");
+}
