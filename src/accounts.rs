@@ -33,6 +33,9 @@ pub fn is_alias(s: &str) -> bool {
 pub struct AccountSpec {
     /// An alias usable wherever the account is named.
     pub name: Option<String>,
+    /// The Meta app (an `[[app]]` name) whose webhooks alone may carry this
+    /// account's events; `None`: any app's.
+    pub app: Option<String>,
     /// Its Graph settings: base URL, Instagram user id, token.
     pub account: Account,
 }
@@ -41,6 +44,7 @@ impl AccountSpec {
     pub fn new(account: Account) -> Self {
         Self {
             name: None,
+            app: None,
             account,
         }
     }
@@ -86,6 +90,8 @@ pub struct TokenStatus {
 pub struct AccountPath {
     pub id: String,
     pub name: Option<String>,
+    /// The only app whose webhooks may carry this account's events.
+    pub app: Option<String>,
     pub deliverer: Arc<Deliverer>,
     /// The settings as configured (the deliverer may hold a refreshed token).
     configured: Account,
@@ -228,6 +234,7 @@ impl Registry {
         Arc::new(AccountPath {
             id: spec.account.account_id.clone(),
             name: spec.name,
+            app: spec.app,
             deliverer: Deliverer::new(
                 self.graph.clone(),
                 spec.account.clone(),
@@ -281,12 +288,13 @@ impl Registry {
                             s.last_refresh_ms = None;
                         });
                     }
-                } else if previous.name == spec.name {
+                } else if previous.name == spec.name && previous.app == spec.app {
                     return previous.clone();
                 }
                 Arc::new(AccountPath {
                     id: previous.id.clone(),
                     name: spec.name,
+                    app: spec.app,
                     deliverer: previous.deliverer.clone(),
                     configured: spec.account,
                     health: previous.health.clone(),
@@ -341,6 +349,13 @@ impl Registry {
             .get(id)
             .is_some_and(|&i| table.paths[i].id == id)
             || table.index.contains_key(crate::window::ME)
+    }
+
+    /// Whether a webhook that arrived for `app` (`None`: the `/webhook` of
+    /// the `INSTAGRAM_APP_SECRET` pair) may carry events for `id`.
+    pub fn accepts_from(&self, id: &str, app: Option<&str>) -> bool {
+        self.by_id(id)
+            .is_none_or(|p| p.app.is_none() || p.app.as_deref() == app)
     }
 
     /// Every configured account, in configuration order.

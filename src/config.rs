@@ -155,6 +155,8 @@ struct AccountEntry {
     token_env: Option<toml::Spanned<String>>,
     token_file: Option<toml::Spanned<PathBuf>>,
     api_url: Option<toml::Spanned<String>>,
+    /// The `[[app]]` whose webhooks alone may carry this account's events.
+    app: Option<toml::Spanned<String>>,
     /// Refused with its own message: tokens never sit in the file.
     token: Option<toml::Spanned<toml::Value>>,
 }
@@ -197,6 +199,7 @@ pub fn parse_accounts(
     }
     let mut names = HashSet::new();
     let mut specs = Vec::new();
+    let mut apps_named = Vec::new();
     for entry in parsed.account {
         let span = entry.span();
         let entry = entry.into_inner();
@@ -286,7 +289,11 @@ pub fn parse_accounts(
         };
         let account = Account::new(&base_url, id, &AccessToken::new(raw))
             .map_err(|e| at(span.clone(), format!("account {id}: {e}")))?;
-        let spec = AccountSpec::new(account);
+        let mut spec = AccountSpec::new(account);
+        if let Some(app) = entry.app {
+            apps_named.push((app.get_ref().clone(), app.span()));
+            spec.app = Some(app.into_inner());
+        }
         specs.push(match entry.name {
             Some(n) => spec.named(n.into_inner()),
             None => spec,
@@ -327,6 +334,15 @@ pub fn parse_accounts(
                 verify_token: secret(&app.verify_token_env)?,
             },
         });
+    }
+    if let Some((app, span)) = apps_named
+        .into_iter()
+        .find(|(app, _)| !apps.iter().any(|a| &a.name == app))
+    {
+        return Err(at(
+            span,
+            format!("app {app:?} is not one of the file's [[app]] blocks"),
+        ));
     }
     Ok(AccountsConfig {
         accounts: specs,
@@ -539,6 +555,21 @@ token_env = "HELP"
         let e = parse_accounts(Path::new("a.toml"), &missing, &var, false).unwrap_err();
         assert!(e.what.contains("VERIFY_MISSING is not set"), "{e}");
         assert_eq!(e.line, 15);
+        let tied = text.replace(
+            "token_env = \"HELP\"",
+            "token_env = \"HELP\"\napp = \"brand-c\"",
+        );
+        let e = parse_accounts(Path::new("a.toml"), &tied, &var, false).unwrap_err();
+        assert!(
+            e.what.contains("not one of the file's [[app]] blocks"),
+            "{e}"
+        );
+        let tied = text.replace(
+            "token_env = \"HELP\"",
+            "token_env = \"HELP\"\napp = \"brand-b\"",
+        );
+        let config = parse_accounts(Path::new("a.toml"), &tied, &var, false).unwrap();
+        assert_eq!(config.accounts[1].app.as_deref(), Some("brand-b"));
         let bad = text.replace("brand-b", "../etc");
         let e = parse_accounts(Path::new("a.toml"), &bad, &var, false).unwrap_err();
         assert!(e.what.contains("URL path"), "{e}");

@@ -86,7 +86,8 @@ pub struct Listener {
 /// Meta app.
 pub struct WebhookListener {
     pub listener: Listener,
-    pub routes: Vec<(String, WebhookSecrets)>,
+    /// `None`: `/webhook`; `Some(name)`: `/webhook/{name}`.
+    pub routes: Vec<(Option<String>, WebhookSecrets)>,
 }
 
 #[derive(Debug, thiserror::Error)]

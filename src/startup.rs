@@ -199,14 +199,14 @@ impl Application {
         } else {
             settings.webhook_secrets
         };
-        let routes: Vec<(String, WebhookSecrets)> = secrets
+        let routes: Vec<(Option<String>, WebhookSecrets)> = secrets
             .iter()
-            .map(|s| (webhook::PATH.to_owned(), s.clone()))
+            .map(|s| (None, s.clone()))
             .chain(
                 settings
                     .webhook_apps
                     .iter()
-                    .map(|a| (format!("{}/{}", webhook::PATH, a.name), a.secrets.clone())),
+                    .map(|a| (Some(a.name.clone()), a.secrets.clone())),
             )
             .collect();
         let webhook_listener = match routes.is_empty() {
@@ -222,7 +222,11 @@ impl Application {
                 } else {
                     "http"
                 };
-                format!("{scheme}://{}{}", reachable(a), routes[0].0)
+                let path = match &routes[0].0 {
+                    None => webhook::PATH.to_owned(),
+                    Some(name) => format!("{}/{name}", webhook::PATH),
+                };
+                format!("{scheme}://{}{path}", reachable(a))
             });
         let (account, sandbox) = match settings.upstream {
             Upstream::Graph(accounts) => (accounts, None),

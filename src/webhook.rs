@@ -135,29 +135,37 @@ struct Hook {
     /// Account ids seen in deliveries but not configured, each logged once
     /// (shared by every app's path).
     strangers: Arc<Strangers>,
+    /// The app this path is for; `None`: `/webhook`.
+    app: Option<String>,
     secrets: WebhookSecrets,
     /// A body must arrive within this; a sender that trickles is cut off.
     body_read_timeout: Duration,
 }
 
-/// One route per Meta app: `(path, its secrets)`. A delivery is checked
+/// One route per Meta app: `/webhook` for the `INSTAGRAM_APP_SECRET` pair
+/// (`None`), `/webhook/{name}` for each named app. A delivery is checked
 /// against the secret of the path it arrives at.
 pub fn router(
     inbox: Arc<Inbox>,
     accounts: Arc<Registry>,
-    routes: Vec<(String, WebhookSecrets)>,
+    routes: Vec<(Option<String>, WebhookSecrets)>,
     body_read_timeout: Duration,
 ) -> Router {
     let strangers = Arc::new(Strangers::default());
     routes
         .into_iter()
-        .fold(Router::new(), |router, (path, secrets)| {
+        .fold(Router::new(), |router, (app, secrets)| {
+            let path = match &app {
+                None => PATH.to_owned(),
+                Some(name) => format!("{PATH}/{name}"),
+            };
             router.route(
                 &path,
                 get(handshake).post(deliver).with_state(Arc::new(Hook {
                     inbox: inbox.clone(),
                     accounts: accounts.clone(),
                     strangers: strangers.clone(),
+                    app,
                     secrets,
                     body_read_timeout,
                 })),
@@ -207,7 +215,18 @@ async fn deliver(
     if !signed_by(&hook.secrets.app_secret, &signature, &body) {
         return Err(WebhookError::BadSignature);
     }
-    let events = parse_delivery(&body)?;
+    let mut events = parse_delivery(&body)?;
+    // An account tied to one app takes events only from that app's path:
+    // another app's secret cannot write into its conversations.
+    events.retain(|event| {
+        let accepted = hook
+            .accounts
+            .accepts_from(&event.account_id, hook.app.as_deref());
+        if !accepted {
+            crate::refusals::note("a webhook entry for an account tied to another app");
+        }
+        accepted
+    });
     let count = events.len();
     // Still stored and streamed (nothing is lost): an account may be added
     // to the file after Meta starts sending for it.

@@ -491,7 +491,17 @@ async fn each_meta_app_has_its_own_webhook_path_and_secret() {
     use messenger_gateway::config::WebhookApp;
     use messenger_gateway::webhook::{self, WebhookSecrets};
 
+    // Support is tied to brand-b: only brand-b's webhooks carry its events.
+    let support = Account::new(
+        "http://127.0.0.1:9/v25.0",
+        SUPPORT_ID,
+        &AccessToken::new(SUPPORT_TOKEN),
+    )
+    .unwrap();
+    let mut support = AccountSpec::new(support).named("support");
+    support.app = Some("brand-b".into());
     let gw = TestGateway::builder()
+        .account(support)
         .configure(|s| {
             s.webhook_apps = vec![WebhookApp {
                 name: "brand-b".into(),
@@ -545,6 +555,36 @@ async fn each_meta_app_has_its_own_webhook_path_and_secret() {
         .into_inner();
     let e = events.next().await.unwrap().unwrap();
     assert_eq!(e.account_id, ACCOUNT);
+
+    // An entry for support arriving with the main app's secret is dropped;
+    // the same through brand-b's path is taken.
+    let for_support = |mid: &str| {
+        serde_json::to_vec(&json!({"object":"instagram","entry":[
+            {"id":SUPPORT_ID,"time":T0,"messaging":[{"sender":{"id":USER},"recipient":{"id":SUPPORT_ID},
+                "timestamp":T0,"message":{"mid":mid,"text":"hi support"}}]},
+        ]}))
+        .unwrap()
+    };
+    assert_eq!(gw.deliver(&for_support("m-forged")).await, 200);
+    let genuine = for_support("m-genuine");
+    let taken = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(
+            webhook::SIGNATURE_HEADER,
+            webhook::sign("brand-b-secret", &genuine),
+        )
+        .body(genuine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status().as_u16(), 200);
+    let e = events.next().await.unwrap().unwrap();
+    assert_eq!(e.account_id, SUPPORT_ID);
+    match e.event {
+        Some(pb::inbound_event::Event::Message(m)) => assert_eq!(m.mid, "m-genuine"),
+        other => panic!("expected the genuine message, got {other:?}"),
+    }
 }
 
 #[tokio::test]
