@@ -675,3 +675,52 @@ async fn a_key_limited_to_some_accounts_learns_nothing_of_the_others() {
         tokio::time::timeout(std::time::Duration::from_millis(300), events.next()).await;
     assert!(nothing_more.is_err(), "{nothing_more:?}");
 }
+
+#[tokio::test]
+async fn one_accounts_full_queue_does_not_refuse_anothers_sends() {
+    use messenger_gateway::delivery::DeliveryPolicy;
+
+    let support_graph = MockServer::start().await;
+    let base = format!("{}/v25.0", support_graph.uri());
+    let account = Account::new(&base, SUPPORT_ID, &AccessToken::new(SUPPORT_TOKEN)).unwrap();
+    let gw = TestGateway::builder()
+        .account(AccountSpec::new(account).named("support"))
+        .delivery(DeliveryPolicy {
+            max_concurrent_calls: 1,
+            max_queued_sends: 1,
+            ..quick_policy()
+        })
+        .start()
+        .await;
+    // The shop's Graph is stuck: one call under way, one queued.
+    gw.graph_answers(ok_reply().set_delay(std::time::Duration::from_secs(5)))
+        .await;
+    Mock::given(method("POST"))
+        .and(path(SUPPORT_PATH))
+        .respond_with(ok_reply())
+        .mount(&support_graph)
+        .await;
+    for _ in 0..2 {
+        let mut client = gw.client().await;
+        tokio::spawn(async move { client.send(as_account(ACCOUNT, "stuck")).await });
+    }
+    let mut client = gw.client().await;
+    let mut full = None;
+    for _ in 0..100 {
+        match client.send(as_account(ACCOUNT, "one too many")).await {
+            Err(status) if error_info(&status).0 == "OVERLOADED" => {
+                full = Some(status);
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    assert!(full.is_some(), "the shop's queue never filled");
+    // Support has its own slots and queue.
+    for _ in 0..3 {
+        client
+            .send(as_account("support", "still fine"))
+            .await
+            .unwrap();
+    }
+}

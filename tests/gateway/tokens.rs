@@ -439,3 +439,47 @@ async fn a_refresh_that_a_reload_overtakes_is_dropped() {
     let status = accounts(&gw).await.remove(0);
     assert!(status.last_refresh_at.is_none(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_passing_check_clears_an_invalid_mark() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(graph_error(
+            401,
+            190,
+            Some(460),
+            "The session has been invalidated",
+        ))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v25.0/me"))
+        .respond_with(me(ACCOUNT, "shop"))
+        .mount(&graph)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/refresh_access_token"))
+        .respond_with(refreshed("IGAA-refreshed"))
+        .mount(&graph)
+        .await;
+    let gw = tokens_on(TestGateway::builder().graph(graph, &base), None)
+        .start()
+        .await;
+    settled(&gw, ACCOUNT, |a| {
+        a.token_state == pb::TokenState::Valid as i32
+    })
+    .await;
+    let status = gw.send_text().await.unwrap_err();
+    assert_eq!(error_info(&status).0, "ACCESS_TOKEN_INVALID");
+    assert_eq!(
+        accounts(&gw).await[0].token_state,
+        pb::TokenState::Invalid as i32
+    );
+    gw.keeper.as_ref().unwrap().check_all().await;
+    assert_eq!(
+        accounts(&gw).await[0].token_state,
+        pb::TokenState::Valid as i32
+    );
+}
