@@ -350,16 +350,7 @@ async fn events_for_an_account_not_configured_are_still_stored_and_streamed() {
     let body = serde_json::to_vec(&delivery).unwrap();
     assert_eq!(gw.deliver(&body).await, 200);
     assert_eq!(gw.deliver(&body).await, 200);
-    let mut events = gw
-        .client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = gw.events_after(0).await;
     let e = events.next().await.unwrap().unwrap();
     assert_eq!((e.seq, e.account_id.as_str()), (1, stranger));
 }
@@ -543,16 +534,7 @@ async fn each_meta_app_has_its_own_webhook_path_and_secret() {
         .unwrap();
     assert_eq!(handshake.text().await.unwrap(), "1158201444");
 
-    let mut events = gw
-        .client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = gw.events_after(0).await;
     let e = events.next().await.unwrap().unwrap();
     assert_eq!(e.account_id, ACCOUNT);
 

@@ -247,6 +247,19 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// Every event after `after`, then new ones, over a fresh client.
+    pub async fn events_after(&self, after: u64) -> tonic::Streaming<pb::InboundEvent> {
+        self.client()
+            .await
+            .subscribe(pb::SubscribeRequest {
+                after,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// A plain text send to the demo user over a fresh client.
     pub async fn send_text(&self) -> Result<pb::SendResponse, tonic::Status> {
         self.client()

@@ -99,6 +99,20 @@ async fn settled(
     panic!("account {id} never settled: {:?}", accounts(gw).await);
 }
 
+/// The default account and `support` (id `17841400000000002`, token
+/// `other-token`), both on `graph`, with tokens looked after.
+async fn with_support(graph: MockServer, base: &str) -> TestGateway {
+    let other = Account::new(base, "17841400000000002", &AccessToken::new("other-token")).unwrap();
+    tokens_on(
+        TestGateway::builder()
+            .graph(graph, base)
+            .account(AccountSpec::new(other).named("support")),
+        None,
+    )
+    .start()
+    .await
+}
+
 fn refresh_calls(requests: &[wiremock::Request]) -> usize {
     requests
         .iter()
@@ -237,15 +251,7 @@ async fn a_refresh_failure_on_one_account_leaves_the_other_untouched() {
         .await;
     sends_accepted_with(&graph, ACCOUNT, TOKEN).await;
     sends_accepted_with(&graph, OTHER, "IGAA-other-2").await;
-    let other = Account::new(&base, OTHER, &AccessToken::new("other-token")).unwrap();
-    let gw = tokens_on(
-        TestGateway::builder()
-            .graph(graph, &base)
-            .account(AccountSpec::new(other).named("support")),
-        None,
-    )
-    .start()
-    .await;
+    let gw = with_support(graph, &base).await;
 
     let support = settled(&gw, OTHER, |a| a.last_refresh_at.is_some()).await;
     assert_eq!(support.token_state, pb::TokenState::Valid as i32);
@@ -367,15 +373,7 @@ async fn an_account_whose_graph_hangs_does_not_hold_up_another() {
         .mount(&graph)
         .await;
     mount_token_endpoints(&graph, OTHER, "other-token", refreshed("IGAA-other-2")).await;
-    let other = Account::new(&base, OTHER, &AccessToken::new("other-token")).unwrap();
-    let gw = tokens_on(
-        TestGateway::builder()
-            .graph(graph, &base)
-            .account(AccountSpec::new(other).named("support")),
-        None,
-    )
-    .start()
-    .await;
+    let gw = with_support(graph, &base).await;
     let started = std::time::Instant::now();
     settled(&gw, OTHER, |a| a.last_refresh_at.is_some()).await;
     assert!(
