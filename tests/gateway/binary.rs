@@ -330,3 +330,72 @@ fn an_accounts_file_fault_stops_the_start_naming_the_file_and_line() {
     assert!(stderr.contains("INSTAGRAM_ACCESS_TOKEN"), "{stderr}");
     assert!(!stderr.contains("env-token") && !stderr.contains("shop-secret-token"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_accounts_file_of_the_running_binary() {
+    let gw = TestGateway::start().await; // only for its Graph fake
+    gw.graph_answers(ok_reply()).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(
+            "/v25.0/17841400000000002/messages",
+        ))
+        .respond_with(ok_reply())
+        .mount(&gw.graph)
+        .await;
+    let base = format!("{}/v25.0", gw.graph.uri());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("accounts.toml");
+    let entry = |id: &str, name: &str| {
+        format!(
+            "[[account]]\nid = \"{id}\"\nname = \"{name}\"\ntoken_env = \"SHOP_TOKEN\"\napi_url = \"{base}\"\n\n"
+        )
+    };
+    std::fs::write(&file, entry(ACCOUNT, "shop")).unwrap();
+    let child = gateway(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--accounts",
+            file.to_str().unwrap(),
+        ],
+        &[("SHOP_TOKEN", TOKEN)],
+    )
+    .spawn()
+    .unwrap();
+    let mut child = KillOnDrop(child);
+    let (addr, _) = listening_addr(&mut child);
+    let mut client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let support = |text: &str| from_account("support", text_to(USER, text));
+    let status = client.send(support("not yet")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    std::fs::write(
+        &file,
+        entry(ACCOUNT, "shop") + &entry("17841400000000002", "support"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if client.send(support("after SIGHUP")).await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "the added account never started");
+    client
+        .send(from_account("shop", text_to(USER, "still here")))
+        .await
+        .unwrap();
+    drop(client);
+    sigterm(&child);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+}
