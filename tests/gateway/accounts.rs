@@ -706,3 +706,44 @@ async fn one_accounts_full_queue_does_not_refuse_anothers_sends() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn what_a_send_under_way_learns_of_its_token_outlives_a_reload() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(
+            graph_error(401, 190, Some(463), "Session has expired")
+                .set_delay(std::time::Duration::from_millis(400)),
+        )
+        .mount(&graph)
+        .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let file = |name: &str| accounts_toml(secrets.path(), &[(ACCOUNT, name, TOKEN, &base)]);
+    let gw = TestGateway::builder()
+        .graph(graph, &base)
+        .accounts_file(&file("shop"))
+        .start()
+        .await;
+    let mut client = gw.client().await;
+    let send = tokio::spawn(async move { client.send(as_account("shop", "hi")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Renamed while the send is under way: a new path, the same account.
+    std::fs::write(&gw.accounts_file, file("store")).unwrap();
+    gw.reloader.reload();
+    let status = send.await.unwrap().unwrap_err();
+    assert_eq!(error_info(&status).0, "ACCESS_TOKEN_INVALID");
+    let listed = gw
+        .client()
+        .await
+        .list_accounts(pb::ListAccountsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts[0].name, "store");
+    assert_eq!(
+        listed.accounts[0].token_state,
+        pb::TokenState::Invalid as i32
+    );
+}

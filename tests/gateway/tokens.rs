@@ -481,3 +481,29 @@ async fn a_passing_check_clears_an_invalid_mark() {
         pb::TokenState::Valid as i32
     );
 }
+
+#[tokio::test]
+async fn a_token_near_expiry_that_cannot_be_refreshed_shows_expiring_even_while_sends_work() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    mount_token_endpoints(&graph, ACCOUNT, TOKEN, refreshed("IGAA-refreshed-1")).await;
+    mount_token_endpoints(
+        &graph,
+        ACCOUNT,
+        "IGAA-refreshed-1",
+        ResponseTemplate::new(500).set_body_json(json!({"error": {"message": "An unknown error occurred", "type": "OAuthException", "code": 1, "is_transient": true}})),
+    )
+    .await;
+    sends_accepted_with(&graph, ACCOUNT, "IGAA-refreshed-1").await;
+    let gw = tokens_on(TestGateway::builder().graph(graph, &base), None)
+        .start()
+        .await;
+    settled(&gw, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+
+    gw.clock.set(T0 + 51 * DAY_MS);
+    gw.keeper.as_ref().unwrap().check_all().await;
+    let expiring = pb::TokenState::Expiring as i32;
+    assert_eq!(accounts(&gw).await[0].token_state, expiring);
+    gw.send_text().await.unwrap();
+    assert_eq!(accounts(&gw).await[0].token_state, expiring);
+}
