@@ -130,7 +130,7 @@ impl Gateway {
             cmd.env(format!("BENCH_TOKEN_{i}"), token);
         }
         std::fs::write(&file, text).unwrap();
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
             .arg("--data-dir")
             .arg(data.path())
             .arg("--accounts")

@@ -124,6 +124,8 @@ impl Gateway {
             "127.0.0.1:0",
             "--webhook-listen",
             "127.0.0.1:0",
+            "--pace",
+            "off",
         ])
         .arg("--data-dir")
         .arg(data.path())

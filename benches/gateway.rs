@@ -150,7 +150,7 @@ impl Gateway {
         let addr = format!("127.0.0.1:{port}");
         let data = tempfile::tempdir().unwrap();
         let child = Command::new(BIN)
-            .args(["serve", "--listen", &addr])
+            .args(["serve", "--listen", &addr, "--pace", "off"])
             .arg("--data-dir")
             .arg(data.path())
             .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))

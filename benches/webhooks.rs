@@ -46,7 +46,7 @@ impl Drop for Gateway {
 
 fn start_gateway(data: &std::path::Path) -> Gateway {
     let child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
         .args(["--webhook-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data)

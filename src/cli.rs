@@ -15,6 +15,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::inbox::Inbox;
 use crate::net::Limits;
 use crate::outbox::OutboxPolicy;
+use crate::pacing::{PaceLimits, Rate};
 use crate::server::ServeOptions;
 use crate::startup::{DEFAULT_EVENT_RETENTION, Settings, Upstream};
 use crate::telemetry::LogFormat;
@@ -193,6 +194,25 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION",
           default_value_t = DEFAULT_EVENT_RETENTION.into())]
     event_retention: Duration,
+    /// Pace each account's sends under Meta's limits (`off`: as fast as
+    /// callers ask, for benchmarks).
+    #[arg(long, env = "MESSENGER_GATEWAY_PACE", default_value = "on",
+          action = clap::ArgAction::Set, value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pace: bool,
+    /// Each account's budget for text-like sends (text, templates,
+    /// stickers, shares, reactions, sender actions, images).
+    #[arg(long, env = "MESSENGER_GATEWAY_PACE_STANDARD", value_parser = Rate::parse,
+          default_value_t = PaceLimits::default().standard)]
+    pace_standard: Rate,
+    /// Each account's budget for audio and video.
+    #[arg(long, env = "MESSENGER_GATEWAY_PACE_MEDIA", value_parser = Rate::parse,
+          default_value_t = PaceLimits::default().media)]
+    pace_media: Rate,
+    /// Each account's budget for private replies to comments.
+    #[arg(long, env = "MESSENGER_GATEWAY_PACE_PRIVATE_REPLIES", value_parser = Rate::parse,
+          default_value_t = PaceLimits::default().private_replies)]
+    pace_private_replies: Rate,
     /// Refresh an Instagram-Login token (at least a day old) this long
     /// before it expires, such as 10d.
     #[arg(long, env = "MESSENGER_GATEWAY_REFRESH_BEFORE",
@@ -267,6 +287,11 @@ impl ServeArgs {
                 upstream_timeout: self.upstream_timeout.into(),
                 max_queued_sends: self.max_queued_sends,
                 min_send_budget: self.min_send_budget.into(),
+                pace: self.pace.then_some(PaceLimits {
+                    standard: self.pace_standard,
+                    media: self.pace_media,
+                    private_replies: self.pace_private_replies,
+                }),
                 ..DeliveryPolicy::default()
             },
             outbox: OutboxPolicy {

@@ -15,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Failure, Reason, SendError, truncate};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
+use crate::pacing::{PaceLimits, PaceRefusal, Pacer, Priority, Tier};
+
+/// Rate-limit answers one send may wait out before it fails as rate
+/// limited (each pause is within its deadline anyway).
+const MAX_RATE_LIMITED_RETRIES: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {
@@ -37,14 +42,18 @@ pub struct DeliveryPolicy {
     /// A send with less time than this left is not started: it could not
     /// get an answer, only an unknown outcome.
     pub min_send_budget: Duration,
+    /// The account's pace; `None`: as fast as callers ask.
+    pub pace: Option<PaceLimits>,
 }
 
-/// How long a send may take, and whether its caller still waits for it.
+/// How long a send may take, whether its caller still waits for it, and
+/// who that caller is (a person, or a broadcast).
 #[derive(Debug, Clone, Default)]
 pub struct Budget {
     pub deadline: Option<Instant>,
     /// Cancelled when the caller goes: a send still waiting is then dropped.
     pub cancelled: CancellationToken,
+    pub priority: Priority,
 }
 
 impl From<Option<Instant>> for Budget {
@@ -52,6 +61,7 @@ impl From<Option<Instant>> for Budget {
         Self {
             deadline,
             cancelled: CancellationToken::new(),
+            priority: Priority::default(),
         }
     }
 }
@@ -73,6 +83,7 @@ impl Default for DeliveryPolicy {
             rate_limit_delay: Duration::from_secs(60),
             max_queued_sends: Self::DEFAULT_MAX_QUEUED_SENDS,
             min_send_budget: Self::DEFAULT_MIN_SEND_BUDGET,
+            pace: None,
         }
     }
 }
@@ -108,6 +119,7 @@ impl DeliveryPolicy {
 pub struct Deliverer {
     graph: GraphClient,
     account: ArcSwap<Account>,
+    pacer: Option<Pacer>,
     policy: DeliveryPolicy,
     calls: Semaphore,
     draining: AtomicBool,
@@ -119,6 +131,7 @@ impl Deliverer {
         Arc::new(Self {
             graph,
             account: ArcSwap::from_pointee(account),
+            pacer: policy.pace.map(Pacer::new),
             calls: Semaphore::new(policy.max_concurrent_calls.max(1)),
             policy,
             draining: AtomicBool::new(false),
@@ -184,8 +197,15 @@ impl Deliverer {
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let body = graph::encode_message(message);
-        self.send_logged("message", message.recipient.as_str(), body, budget.into())
-            .await
+        let tier = Tier::of(message);
+        self.send_logged(
+            "message",
+            message.recipient.as_str(),
+            body,
+            tier,
+            budget.into(),
+        )
+        .await
     }
 
     pub async fn send_action(
@@ -194,8 +214,14 @@ impl Deliverer {
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let body = graph::encode_action(action);
-        self.send_logged("action", action.recipient.as_str(), body, budget.into())
-            .await
+        self.send_logged(
+            "action",
+            action.recipient.as_str(),
+            body,
+            Tier::Standard,
+            budget.into(),
+        )
+        .await
     }
 
     async fn send_logged(
@@ -203,15 +229,16 @@ impl Deliverer {
         kind: &str,
         recipient: &str,
         body: Bytes,
+        tier: Tier,
         budget: Budget,
     ) -> Result<Sent, SendError> {
         let started = Instant::now();
-        let result = self.deliver(body, &budget).await;
+        let result = self.deliver(body, tier, &budget).await;
         log_outcome(kind, recipient, started, result.as_ref());
         result
     }
 
-    async fn deliver(&self, body: Bytes, budget: &Budget) -> Result<Sent, SendError> {
+    async fn deliver(&self, body: Bytes, tier: Tier, budget: &Budget) -> Result<Sent, SendError> {
         let deadline = budget.deadline;
         // Counted before the check, so the bound holds under a race.
         let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -221,25 +248,63 @@ impl Deliverer {
             return Err(self.overloaded());
         }
         let mut attempts = 0;
+        // Graph calls refused by a rate limit: Graph did not process them,
+        // so they do not count against `max_attempts`.
+        let mut rate_limited = 0;
+        let mut queued = Duration::ZERO;
         loop {
+            if let Some(pacer) = &self.pacer {
+                queued += self.wait_for_pace(pacer, tier, budget).await?;
+            }
             attempts += 1;
-            let error = match self
+            let outcome = self
                 .call_graph(body.clone(), policy.upstream_timeout, budget)
-                .await
+                .await;
+            if let Some(pacer) = &self.pacer
+                && let Some(usage) = match &outcome {
+                    Ok(reply) => reply.usage,
+                    Err(e) => e.usage,
+                }
             {
+                pacer.observe_usage(usage);
+            }
+            let error = match outcome {
                 Ok(reply) => {
                     return Ok(Sent {
                         message_id: reply.message_id,
                         recipient_id: reply.recipient_id,
                         graph_calls: attempts,
+                        queued_ms: queued.as_millis() as u64,
                     });
                 }
                 Err(error) => error,
             };
+            if let Some(pacer) = &self.pacer
+                && error.failure.reason() == Reason::RateLimited
+            {
+                let pause = error
+                    .retry_after
+                    .unwrap_or(policy.rate_limit_delay)
+                    .min(graph::MAX_RETRY_HINT);
+                pacer.pause(pause);
+                tracing::warn!(
+                    pause_ms = pause.as_millis() as u64,
+                    "Graph rate-limited the account: it is paused"
+                );
+                rate_limited += 1;
+                let in_time = deadline.is_none_or(|d| Instant::now() + pause < d);
+                if in_time
+                    && rate_limited <= MAX_RATE_LIMITED_RETRIES
+                    && !budget.cancelled.is_cancelled()
+                    && !self.draining.load(Ordering::SeqCst)
+                {
+                    continue;
+                }
+            }
             let delay = policy.backoff(attempts);
             let fits_deadline = deadline.is_none_or(|d| Instant::now() + delay < d);
             let retry = error.failure.is_retryable()
-                && attempts < policy.max_attempts
+                && attempts - rate_limited < policy.max_attempts
                 && fits_deadline
                 && !budget.cancelled.is_cancelled()
                 && !self.draining.load(Ordering::SeqCst);
@@ -264,6 +329,38 @@ impl Deliverer {
 }
 
 impl Deliverer {
+    /// Waits for the send's turn in the account's pace: how long it waited.
+    async fn wait_for_pace(
+        &self,
+        pacer: &Pacer,
+        tier: Tier,
+        budget: &Budget,
+    ) -> Result<Duration, SendError> {
+        match pacer.turn(tier, budget.priority, budget).await {
+            Ok(waited) => Ok(waited),
+            Err(PaceRefusal::TooLate { retry_after }) => Err(SendError::Overloaded {
+                detail: format!(
+                    "the account's {} pace ({}) cannot fit this send in before its deadline",
+                    tier.as_str(),
+                    match tier {
+                        Tier::Standard => pacer.limits().standard,
+                        Tier::Media => pacer.limits().media,
+                        Tier::PrivateReply => pacer.limits().private_replies,
+                    }
+                ),
+                retry_after,
+            }),
+            Err(PaceRefusal::Cancelled) => Err(SendError::not_sent(
+                "the caller cancelled while the send waited for the account's pace".into(),
+            )),
+        }
+    }
+
+    /// The account's pace, when it has one.
+    pub fn pacer(&self) -> Option<&Pacer> {
+        self.pacer.as_ref()
+    }
+
     /// One Graph call, once the account has a free call slot, if the caller
     /// still waits and enough of its deadline is left. Until the call starts
     /// nothing has been sent, so giving up before it is "not sent".

@@ -22,6 +22,7 @@ pub mod inbox;
 pub mod message;
 pub mod net;
 pub mod outbox;
+pub mod pacing;
 pub mod refusals;
 pub mod sandbox;
 pub mod server;

@@ -320,6 +320,9 @@ pub struct Sent {
     pub message_id: Option<String>,
     pub recipient_id: String,
     pub graph_calls: u32,
+    /// How long the send waited for the account's pace.
+    #[serde(default)]
+    pub queued_ms: u64,
 }
 
 #[cfg(test)]

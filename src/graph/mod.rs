@@ -95,17 +95,22 @@ impl Account {
 }
 
 /// What Graph answered to a successful call.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct GraphReply {
     pub recipient_id: String,
     pub message_id: Option<String>,
+    /// The highest quota use Graph's usage headers reported (1.0 = 100 %).
+    #[serde(skip)]
+    pub usage: Option<f64>,
 }
 
 /// How one attempt failed, with any hint Graph gave about when to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttemptError {
     pub failure: Failure,
     pub retry_after: Option<Duration>,
+    /// As [`GraphReply::usage`], when Graph answered at all.
+    pub usage: Option<f64>,
 }
 
 impl From<Failure> for AttemptError {
@@ -113,6 +118,7 @@ impl From<Failure> for AttemptError {
         Self {
             failure,
             retry_after: None,
+            usage: None,
         }
     }
 }
@@ -179,6 +185,7 @@ impl GraphClient {
                 .map_err(transport_failure)?;
             let status = response.status().as_u16();
             let retry_after = retry_hint(response.headers());
+            let usage = usage_ratio(response.headers());
             let mut raw = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
                 if raw.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -190,10 +197,13 @@ impl GraphClient {
                 }
                 raw.extend_from_slice(&chunk);
             }
-            interpret(status, &raw).map_err(|failure| AttemptError {
-                failure,
-                retry_after,
-            })
+            interpret(status, &raw)
+                .map(|reply| GraphReply { usage, ..reply })
+                .map_err(|failure| AttemptError {
+                    failure,
+                    retry_after,
+                    usage,
+                })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
@@ -330,6 +340,33 @@ fn retry_hint_unclamped(headers: &reqwest::header::HeaderMap) -> Option<Duration
         .filter_map(|u| u.get("estimated_time_to_regain_access")?.as_u64())
         .max()?;
     (minutes > 0).then(|| Duration::from_secs(minutes.saturating_mul(60)))
+}
+
+/// The highest share of any quota in use, from `X-App-Usage` and
+/// `X-Business-Use-Case-Usage` (percentages: `call_count`, `total_cputime`,
+/// `total_time`), as a ratio (1.0 = 100 %).
+fn usage_ratio(headers: &reqwest::header::HeaderMap) -> Option<f64> {
+    const FIELDS: [&str; 3] = ["call_count", "total_cputime", "total_time"];
+    let parse = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(headers.get(name)?.to_str().ok()?).ok()
+    };
+    let mut quotas: Vec<serde_json::Value> = Vec::new();
+    if let Some(app) = parse("x-app-usage") {
+        quotas.push(app);
+    }
+    if let Some(serde_json::Value::Object(by_business)) = parse("x-business-use-case-usage") {
+        for list in by_business.into_values() {
+            if let serde_json::Value::Array(items) = list {
+                quotas.extend(items);
+            }
+        }
+    }
+    quotas
+        .iter()
+        .flat_map(|q| FIELDS.iter().filter_map(move |f| q.get(*f)?.as_f64()))
+        .filter(|p| p.is_finite() && *p >= 0.0)
+        .map(|p| p.min(1000.0) / 100.0)
+        .reduce(f64::max)
 }
 
 #[cfg(test)]
@@ -573,9 +610,32 @@ mod tests {
             interpret(200, br#"{"recipient_id":"1","message_id":"m"}"#).unwrap(),
             GraphReply {
                 recipient_id: "1".into(),
-                message_id: Some("m".into())
+                message_id: Some("m".into()),
+                usage: None,
             }
         );
+    }
+
+    #[test]
+    fn usage_is_the_highest_share_of_any_quota() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(usage_ratio(&headers), None);
+        headers.insert(
+            "x-app-usage",
+            r#"{"call_count":12,"total_cputime":3,"total_time":5}"#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(usage_ratio(&headers), Some(0.12));
+        headers.insert(
+            "x-business-use-case-usage",
+            r#"{"178414":[{"type":"instagram","call_count":91,"total_cputime":10,"total_time":20,"estimated_time_to_regain_access":0}]}"#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(usage_ratio(&headers), Some(0.91));
+        headers.insert("x-app-usage", "not json".parse().unwrap());
+        assert_eq!(usage_ratio(&headers), Some(0.91));
     }
 
     #[test]

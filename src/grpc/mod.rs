@@ -27,6 +27,7 @@ use crate::inbox::Inbox;
 use crate::message::{Igsid, Sent};
 use crate::net::ConnInfo;
 use crate::outbox::Outbox;
+use crate::pacing::Priority;
 use crate::refusals;
 
 /// Code generated from `proto/messenger/v1/messenger.proto`.
@@ -192,7 +193,11 @@ impl pb::messenger_server::Messenger for MessengerService {
             let span = tracing::info_span!("call", key = caller.id());
             (span, caller.request_scope().to_owned(), account)
         };
-        let budget = self.budget_of(&request);
+        let mut budget = self.budget_of(&request);
+        budget.priority = match request.get_ref().priority() {
+            pb::Priority::Bulk => Priority::Bulk,
+            pb::Priority::Unspecified | pb::Priority::Interactive => Priority::Interactive,
+        };
         // Answered before anything is awaited, so even a deadline of a
         // nanosecond gets this answer rather than tonic's bare timeout.
         if let Some(e) = self.outbox.budget_refusal(&budget) {
@@ -221,6 +226,7 @@ impl pb::messenger_server::Messenger for MessengerService {
             recipient_id: sent.recipient_id,
             graph_calls: sent.graph_calls,
             account_id,
+            queued_ms: sent.queued_ms,
         }))
     }
 

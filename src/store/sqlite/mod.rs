@@ -587,6 +587,7 @@ mod tests {
             message_id: Some("mid".into()),
             recipient_id: "U".into(),
             graph_calls: 1,
+            queued_ms: 0,
         };
         store
             .settle_request("r1", Some(RecordedOutcome::Sent(sent.clone())))

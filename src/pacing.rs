@@ -1,0 +1,437 @@
+//! Sending at Instagram's pace. Each account has a budget per tier of
+//! send (a GCRA, from `governor`): text-like sends 300/s, audio and video
+//! 10/s, private replies to comments 750/h. Sends are spaced evenly, with a
+//! burst of at most a few, so no window of the budget's period ever holds
+//! more than the budget. Interactive sends (a person is waiting) take
+//! budget before bulk ones; Graph's usage headers slow an account down at
+//! 90 % of a quota, and a rate-limit answer pauses it.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+
+use crate::delivery::Budget;
+use crate::message::{AttachmentKind, Content, OutgoingMessage, Recipient};
+
+/// Which of an account's budgets a send spends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Text, quick replies, templates, stickers, shares, reactions, sender
+    /// actions, images.
+    Standard,
+    /// Audio and video.
+    Media,
+    /// A private reply to a comment.
+    PrivateReply,
+}
+
+impl Tier {
+    pub fn of(message: &OutgoingMessage) -> Tier {
+        if matches!(message.recipient, Recipient::Comment(_)) {
+            return Tier::PrivateReply;
+        }
+        match &message.content {
+            Content::Attachments(a)
+                if a.iter()
+                    .any(|a| matches!(a.kind, AttachmentKind::Audio | AttachmentKind::Video)) =>
+            {
+                Tier::Media
+            }
+            _ => Tier::Standard,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Standard => "standard",
+            Tier::Media => "media",
+            Tier::PrivateReply => "private_reply",
+        }
+    }
+}
+
+/// Who waits for a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A person is waiting: takes budget first.
+    #[default]
+    Interactive,
+    /// A broadcast: uses only the budget interactive sends leave free.
+    Bulk,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
+/// So many sends per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub sends: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub const fn per_second(sends: u32) -> Self {
+        Self {
+            sends,
+            per: Duration::from_secs(1),
+        }
+    }
+
+    pub const fn per_hour(sends: u32) -> Self {
+        Self {
+            sends,
+            per: Duration::from_secs(3600),
+        }
+    }
+
+    /// `300/s`, `10/s`, `750/h` or `20/m`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let shape = || format!("a rate is N/s, N/m or N/h (got {s:?})");
+        let (n, unit) = s.split_once('/').ok_or_else(shape)?;
+        let sends: u32 = n.trim().parse().map_err(|_| shape())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(shape()),
+        };
+        if sends == 0 {
+            return Err(format!("a rate must allow at least one send (got {s:?})"));
+        }
+        Ok(Self { sends, per })
+    }
+
+    /// The most sends that may go at once.
+    fn burst(self) -> u32 {
+        self.sends.clamp(1, 3)
+    }
+
+    /// The spacing that keeps any window of `per` (from one instant to,
+    /// not including, the same instant a period later) within `sends`,
+    /// burst included: it holds at most `burst + per / interval - 1`.
+    /// Rounded up, so the sum never creeps over.
+    fn interval(self) -> Duration {
+        let per = self.per.as_nanos();
+        let slots = u128::from(self.sends - self.burst() + 1);
+        Duration::from_nanos(u64::try_from(per.div_ceil(slots)).unwrap_or(u64::MAX))
+    }
+
+    fn quota(self, slowdown: u32) -> Quota {
+        let interval = self.interval().max(Duration::from_nanos(1)) * slowdown;
+        Quota::with_period(interval)
+            .expect("a positive period")
+            .allow_burst(NonZeroU32::new(self.burst()).expect("at least one"))
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.sends)
+    }
+}
+
+/// An account's budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaceLimits {
+    pub standard: Rate,
+    pub media: Rate,
+    pub private_replies: Rate,
+}
+
+impl Default for PaceLimits {
+    /// Meta's Send API limits for an Instagram professional account.
+    fn default() -> Self {
+        Self {
+            standard: Rate::per_second(300),
+            media: Rate::per_second(10),
+            private_replies: Rate::per_hour(750),
+        }
+    }
+}
+
+impl PaceLimits {
+    fn of(&self, tier: Tier) -> Rate {
+        match tier {
+            Tier::Standard => self.standard,
+            Tier::Media => self.media,
+            Tier::PrivateReply => self.private_replies,
+        }
+    }
+}
+
+/// Why a send was not given a turn; nothing was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaceRefusal {
+    /// Its deadline passes before its turn comes.
+    TooLate { retry_after: Duration },
+    /// The caller went away while it waited.
+    Cancelled,
+}
+
+/// Usage (of any quota) at which the account slows to half its rate, and
+/// below which it goes back to full rate.
+const SLOW_AT: f64 = 0.90;
+const RESUME_BELOW: f64 = 0.75;
+
+/// One account's budgets and queue.
+pub struct Pacer {
+    limits: PaceLimits,
+    limiters: [ArcSwap<DefaultDirectRateLimiter>; 3],
+    slowed: AtomicBool,
+    paused_until: Mutex<Option<Instant>>,
+    /// Sends waiting for a turn, by priority (interactive, bulk).
+    waiting: [AtomicUsize; 2],
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("limits", &self.limits)
+            .field("slowed", &self.slowed)
+            .finish()
+    }
+}
+
+const TIERS: [Tier; 3] = [Tier::Standard, Tier::Media, Tier::PrivateReply];
+
+fn index(tier: Tier) -> usize {
+    match tier {
+        Tier::Standard => 0,
+        Tier::Media => 1,
+        Tier::PrivateReply => 2,
+    }
+}
+
+impl Pacer {
+    pub fn new(limits: PaceLimits) -> Self {
+        let limiter = |tier| {
+            ArcSwap::from_pointee(DefaultDirectRateLimiter::direct(limits.of(tier).quota(1)))
+        };
+        Self {
+            limits,
+            limiters: TIERS.map(limiter),
+            slowed: AtomicBool::new(false),
+            paused_until: Mutex::new(None),
+            waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            clock: DefaultClock::default(),
+        }
+    }
+
+    pub fn limits(&self) -> PaceLimits {
+        self.limits
+    }
+
+    /// Sends waiting for a turn, by priority.
+    pub fn waiting(&self, priority: Priority) -> usize {
+        self.waiting[priority as usize].load(Ordering::Relaxed)
+    }
+
+    /// How long the account is paused for still.
+    pub fn pause_left(&self) -> Duration {
+        self.paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |u| {
+                u.saturating_duration_since(Instant::now())
+            })
+    }
+
+    /// Graph said the account is rate-limited: no send for `d`.
+    pub fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Graph's usage headers: at 90 % of any quota the account's rates
+    /// halve, until usage falls below 75 %.
+    pub fn observe_usage(&self, ratio: f64) {
+        let slow = if ratio >= SLOW_AT {
+            true
+        } else if ratio < RESUME_BELOW {
+            false
+        } else {
+            return;
+        };
+        if self.slowed.swap(slow, Ordering::Relaxed) != slow {
+            let slowdown = if slow { 2 } else { 1 };
+            for tier in TIERS {
+                self.limiters[index(tier)].store(std::sync::Arc::new(
+                    DefaultDirectRateLimiter::direct(self.limits.of(tier).quota(slowdown)),
+                ));
+            }
+            tracing::info!(
+                usage = ratio,
+                slowed = slow,
+                "Graph usage changed the account's pace"
+            );
+        }
+    }
+
+    pub fn is_slowed(&self) -> bool {
+        self.slowed.load(Ordering::Relaxed)
+    }
+
+    /// Waits for this send's turn: answers how long it waited, or why it
+    /// will not get one in time (then nothing may be sent).
+    pub async fn turn(
+        &self,
+        tier: Tier,
+        priority: Priority,
+        budget: &Budget,
+    ) -> Result<Duration, PaceRefusal> {
+        let started = Instant::now();
+        let rate = self.limits.of(tier);
+        let slowdown = if self.is_slowed() { 2 } else { 1 };
+        let interval = rate.interval() * slowdown;
+        // Who goes first: every interactive send, and for a bulk one every
+        // bulk send queued before it too.
+        let ahead = self.waiting(Priority::Interactive)
+            + match priority {
+                Priority::Interactive => 0,
+                Priority::Bulk => self.waiting(Priority::Bulk),
+            };
+        let eta = self.pause_left() + interval.saturating_mul(ahead as u32);
+        if let Some(deadline) = budget.deadline
+            && started + eta > deadline
+        {
+            return Err(PaceRefusal::TooLate {
+                retry_after: eta.max(interval),
+            });
+        }
+        let _waiting = Waiting::new(&self.waiting[priority as usize]);
+        loop {
+            let wait = match self.pause_left() {
+                left if !left.is_zero() => left,
+                _ if priority == Priority::Bulk && self.waiting(Priority::Interactive) > 0 => {
+                    interval
+                }
+                _ => match self.limiters[index(tier)].load().check() {
+                    Ok(()) => return Ok(started.elapsed()),
+                    Err(not_until) => not_until.wait_time_from(self.clock.now()),
+                },
+            };
+            let until = Instant::now() + wait;
+            if budget.deadline.is_some_and(|d| until > d) {
+                return Err(PaceRefusal::TooLate {
+                    retry_after: wait.max(interval),
+                });
+            }
+            tokio::select! {
+                biased;
+                () = budget.cancelled.cancelled() => return Err(PaceRefusal::Cancelled),
+                () = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+}
+
+/// Counts a send as waiting for as long as it does.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_space_sends_so_no_window_overflows() {
+        assert_eq!(Rate::parse("300/s").unwrap(), Rate::per_second(300));
+        assert_eq!(Rate::parse("750/h").unwrap(), Rate::per_hour(750));
+        assert!(Rate::parse("0/s").is_err());
+        assert!(Rate::parse("10/d").is_err());
+        assert!(Rate::parse("ten/s").is_err());
+        let r = Rate::per_second(300);
+        // burst 3 + 1 s / interval (297) = 300 at most in any second.
+        assert_eq!(r.burst(), 3);
+        let interval = r.interval().as_nanos();
+        assert_eq!(interval, 1_000_000_000u128.div_ceil(298));
+        // In any second: the burst, then one per interval after the first.
+        assert!(u128::from(r.burst()) + 1_000_000_000u128.div_ceil(interval) - 1 <= 300);
+        assert_eq!(Rate::per_second(1).interval(), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_budget_spaces_sends_and_refuses_one_its_deadline_cannot_wait_for() {
+        let pacer = Pacer::new(PaceLimits {
+            standard: Rate::per_second(20),
+            ..PaceLimits::default()
+        });
+        let started = Instant::now();
+        for _ in 0..23 {
+            pacer
+                .turn(Tier::Standard, Priority::Interactive, &Budget::default())
+                .await
+                .unwrap();
+        }
+        // 3 at once, then 20 spaced by 1 s / 18.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        let hurried = Budget::from(Instant::now() + Duration::from_millis(1));
+        pacer.pause(Duration::from_secs(5));
+        assert!(matches!(
+            pacer.turn(Tier::Standard, Priority::Interactive, &hurried).await,
+            Err(PaceRefusal::TooLate { retry_after }) if retry_after >= Duration::from_secs(4)
+        ));
+    }
+
+    #[test]
+    fn media_and_private_replies_have_their_own_tiers() {
+        use crate::message::*;
+        let to = |content| OutgoingMessage {
+            recipient: Recipient::User(Igsid::parse("17841400000000000").unwrap()),
+            content,
+            reply_to: None,
+            human_agent: false,
+        };
+        let video = Attachment {
+            kind: AttachmentKind::Video,
+            source: MediaSource::Url(HttpUrl::parse("https://example.com/v.mp4").unwrap()),
+        };
+        assert_eq!(
+            Tier::of(&to(Content::Attachments(vec![video]))),
+            Tier::Media
+        );
+        assert_eq!(Tier::of(&to(Content::LikeHeartSticker)), Tier::Standard);
+        let reply = OutgoingMessage {
+            recipient: Recipient::Comment(CommentId::parse("17900000000000001").unwrap()),
+            ..to(Content::LikeHeartSticker)
+        };
+        assert_eq!(Tier::of(&reply), Tier::PrivateReply);
+    }
+}
