@@ -10,6 +10,7 @@ mod errors;
 mod hostile;
 mod idempotency;
 mod inbound;
+mod pacing;
 mod retries;
 mod sandbox;
 mod secure_defaults;

@@ -1,0 +1,272 @@
+//! Sending at Instagram's pace: against a fake Graph that answers 613 to
+//! any send beyond N in a second, as Meta's rate limit does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, Request, Respond, ResponseTemplate};
+
+use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::pacing::{PaceLimits, Rate};
+
+use crate::support::*;
+
+/// Answers 613 to a send when `limit` were accepted in the second before
+/// it; records when each was accepted.
+#[derive(Clone)]
+struct MetaRateLimit {
+    limit: usize,
+    accepted: Arc<Mutex<VecDeque<Instant>>>,
+    refused: Arc<Mutex<usize>>,
+    /// Sent on every answer.
+    usage_percent: Arc<Mutex<u32>>,
+}
+
+impl MetaRateLimit {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            accepted: Arc::default(),
+            refused: Arc::default(),
+            usage_percent: Arc::default(),
+        }
+    }
+
+    fn refused(&self) -> usize {
+        *self.refused.lock().unwrap()
+    }
+
+    fn accepted(&self) -> Vec<Instant> {
+        self.accepted.lock().unwrap().iter().copied().collect()
+    }
+}
+
+impl Respond for MetaRateLimit {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let now = Instant::now();
+        let usage = format!(
+            r#"{{"call_count":{0},"total_cputime":1,"total_time":1}}"#,
+            *self.usage_percent.lock().unwrap()
+        );
+        let mut accepted = self.accepted.lock().unwrap();
+        let in_last_second = accepted
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) < Duration::from_secs(1))
+            .count();
+        if in_last_second >= self.limit {
+            *self.refused.lock().unwrap() += 1;
+            return graph_error(
+                400,
+                613,
+                None,
+                "(#613) Calls to this api have exceeded the rate limit.",
+            )
+            .insert_header("x-app-usage", usage.as_str());
+        }
+        accepted.push_back(now);
+        ok_reply().insert_header("x-app-usage", usage.as_str())
+    }
+}
+
+fn paced(limits: PaceLimits) -> DeliveryPolicy {
+    DeliveryPolicy {
+        pace: Some(limits),
+        max_queued_sends: 100_000,
+        ..quick_policy()
+    }
+}
+
+async fn gateway_with(limits: PaceLimits, graph: &MetaRateLimit) -> TestGateway {
+    let gw = TestGateway::builder().delivery(paced(limits)).start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(graph.clone())
+        .mount(&gw.graph)
+        .await;
+    gw
+}
+
+fn bulk(text: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        priority: pb::Priority::Bulk as i32,
+        ..text_to(USER, text)
+    }
+}
+
+/// The most sends the fake accepted in any one second.
+fn busiest_second(accepted: &[Instant]) -> usize {
+    (0..accepted.len())
+        .map(|i| {
+            accepted[i..]
+                .iter()
+                .take_while(|t| t.duration_since(accepted[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broadcast_goes_at_the_accounts_pace_with_no_613_and_a_reply_overtakes_it() {
+    let graph = MetaRateLimit::new(300);
+    let gw = gateway_with(PaceLimits::default(), &graph).await;
+    let channel = gw.client().await;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        let mut client = channel.clone();
+        let next = next.clone();
+        callers.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 3000 {
+                client
+                    .send(tonic::Request::new(bulk("spring sale")))
+                    .await
+                    .expect("every broadcast message is delivered");
+            }
+        });
+    }
+    // Mid-broadcast, a person's reply waits for at most about one slot.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut client = gw.client().await;
+    let reply = client
+        .send(text_to(USER, "a person replies"))
+        .await
+        .unwrap()
+        .into_inner();
+    while callers.join_next().await.is_some() {}
+    let took = started.elapsed();
+
+    assert_eq!(graph.refused(), 0, "Graph refused sends as over its limit");
+    let accepted = graph.accepted();
+    assert_eq!(accepted.len(), 3001);
+    assert!(
+        busiest_second(&accepted) <= 300,
+        "{}",
+        busiest_second(&accepted)
+    );
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_secs(11),
+        "3,000 at 300/s took {took:?}"
+    );
+    // One slot is 3.4 ms; the rest is this shared machine's scheduling.
+    assert!(
+        reply.queued_ms <= 25,
+        "the reply waited {} ms",
+        reply.queued_ms
+    );
+}
+
+#[tokio::test]
+async fn usage_at_90_percent_halves_the_pace_until_it_falls() {
+    let graph = MetaRateLimit::new(1000);
+    let limits = PaceLimits {
+        standard: Rate::per_second(40),
+        ..PaceLimits::default()
+    };
+    let gw = gateway_with(limits, &graph).await;
+    let mut client = gw.client().await;
+    let mut timed = async |n: usize| {
+        let started = Instant::now();
+        for _ in 0..n {
+            client.send(text_to(USER, "hi")).await.unwrap();
+        }
+        started.elapsed()
+    };
+    timed(5).await; // spend the burst
+    let full = timed(20).await;
+    *graph.usage_percent.lock().unwrap() = 95;
+    timed(1).await; // this answer reports 95 %
+    let halved = timed(20).await;
+    *graph.usage_percent.lock().unwrap() = 50;
+    timed(1).await;
+    timed(3).await;
+    let restored = timed(20).await;
+    assert!(
+        halved.as_secs_f64() > 1.6 * full.as_secs_f64(),
+        "full pace {full:?}, at 95 % usage {halved:?}"
+    );
+    assert!(
+        restored.as_secs_f64() < 1.3 * full.as_secs_f64(),
+        "full pace {full:?}, after usage fell {restored:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limit_answer_pauses_the_account_and_the_refused_send_goes_after() {
+    let gw = TestGateway::builder()
+        .delivery(paced(PaceLimits::default()))
+        .start()
+        .await;
+    // The first call is refused with a one-second pause; then all is well.
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(
+            graph_error(
+                400,
+                613,
+                None,
+                "(#613) Calls to this api have exceeded the rate limit.",
+            )
+            .insert_header("retry-after", "1"),
+        )
+        .up_to_n_times(1)
+        .mount(&gw.graph)
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let started = Instant::now();
+    let mut first = gw.client().await;
+    let refused_first = tokio::spawn(async move { first.send(text_to(USER, "first")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A send made during the pause waits for it too.
+    let during = gw.send_text().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(during.queued_ms >= 600, "{during:?}");
+    let first = refused_first.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.graph_calls, 2, "refused once, then delivered");
+    assert_eq!(gw.graph_calls().await, 3);
+}
+
+#[tokio::test]
+async fn a_send_whose_deadline_passes_before_its_turn_is_overloaded_and_never_sent() {
+    let graph = MetaRateLimit::new(1000);
+    let limits = PaceLimits {
+        standard: Rate::per_second(1),
+        private_replies: Rate::per_hour(2),
+        ..PaceLimits::default()
+    };
+    let gw = gateway_with(limits, &graph).await;
+    let mut client = gw.client().await;
+    client.send(text_to(USER, "first")).await.unwrap();
+    let mut hurried = tonic::Request::new(text_to(USER, "second"));
+    hurried.set_timeout(Duration::from_millis(300));
+    let status = client.send(hurried).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).0, "OVERLOADED");
+    let retry = retry_delay(&status).expect("RetryInfo says when");
+    assert!(retry >= Duration::from_millis(500), "{retry:?}");
+    assert_eq!(graph.accepted().len(), 1);
+
+    // Private replies have an hourly budget of their own.
+    let reply_to_comment = |n: u32| {
+        let mut r = tonic::Request::new(pb::SendRequest {
+            comment_id: "17900000000000001".into(),
+            text: format!("thanks {n}"),
+            ..Default::default()
+        });
+        r.set_timeout(Duration::from_secs(2));
+        r
+    };
+    for n in 0..2 {
+        client.send(reply_to_comment(n)).await.unwrap();
+    }
+    let status = client.send(reply_to_comment(3)).await.unwrap_err();
+    assert_eq!(error_info(&status).0, "OVERLOADED");
+    assert!(retry_delay(&status).unwrap() >= Duration::from_secs(59 * 60));
+    assert_eq!(graph.accepted().len(), 3);
+}
