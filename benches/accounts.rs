@@ -131,6 +131,7 @@ impl Gateway {
         }
         std::fs::write(&file, text).unwrap();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
+            .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
             .arg(data.path())
             .arg("--accounts")

@@ -127,6 +127,7 @@ impl Gateway {
             "--pace",
             "off",
         ])
+        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .arg("--data-dir")
         .arg(data.path())
         .args(extra)

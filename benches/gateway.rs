@@ -151,6 +151,7 @@ impl Gateway {
         let data = tempfile::tempdir().unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &addr, "--pace", "off"])
+            .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
             .arg(data.path())
             .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))

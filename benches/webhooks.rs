@@ -48,6 +48,7 @@ fn start_gateway(data: &std::path::Path) -> Gateway {
     let child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
         .args(["--webhook-listen", "127.0.0.1:0"])
+        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .arg("--data-dir")
         .arg(data)
         // Sends are not measured here; the sandbox would sign with its own

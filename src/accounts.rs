@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::delivery::{Deliverer, DeliveryPolicy};
 use crate::graph::{Account, GraphClient};
+use crate::metrics::Metrics;
 
 /// An Instagram account id: digits only.
 pub fn is_account_id(s: &str) -> bool {
@@ -187,6 +188,7 @@ pub enum AccountError {
 /// The configured accounts, each with its own delivery path.
 pub struct Registry {
     table: ArcSwap<Table>,
+    metrics: Arc<Metrics>,
     graph: GraphClient,
     policy: DeliveryPolicy,
     /// Paths taken out of the table that may still finish sends: a shutdown
@@ -219,8 +221,19 @@ impl Registry {
     /// One path per spec; ids and aliases must be distinct (the accounts
     /// file's parser checks).
     pub fn new(graph: GraphClient, policy: DeliveryPolicy, specs: Vec<AccountSpec>) -> Arc<Self> {
+        Self::observed(graph, policy, specs, Arc::default())
+    }
+
+    /// As `new`, every account counting into `metrics`.
+    pub fn observed(
+        graph: GraphClient,
+        policy: DeliveryPolicy,
+        specs: Vec<AccountSpec>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let registry = Self {
             table: ArcSwap::from_pointee(Table::default()),
+            metrics,
             graph,
             policy,
             retired: Mutex::new(Vec::new()),
@@ -235,10 +248,11 @@ impl Registry {
             id: spec.account.account_id.clone(),
             name: spec.name,
             app: spec.app,
-            deliverer: Deliverer::new(
+            deliverer: Deliverer::observed(
                 self.graph.clone(),
                 spec.account.clone(),
                 self.policy.clone(),
+                self.metrics.clone(),
             ),
             configured: spec.account,
             health: Arc::default(),

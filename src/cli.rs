@@ -194,6 +194,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION",
           default_value_t = DEFAULT_EVENT_RETENTION.into())]
     event_retention: Duration,
+    /// Where to serve /metrics (Prometheus), /livez and /readyz; `off`
+    /// serves none.
+    #[arg(long, env = "MESSENGER_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9464",
+          value_parser = parse_admin_listen, value_name = "ADDR|off")]
+    admin_listen: AdminListen,
     /// Pace each account's sends under Meta's limits (`off`: as fast as
     /// callers ask, for benchmarks).
     #[arg(long, env = "MESSENGER_GATEWAY_PACE", default_value = "on",
@@ -314,6 +319,7 @@ impl ServeArgs {
             api_keys: self.api_keys,
             accounts_file: if self.sandbox { None } else { self.accounts },
             allow_insecure_graph: self.allow_insecure_graph,
+            admin_listen: self.admin_listen.0,
             tokens: Some(TokenPolicy {
                 refresh_before: self.refresh_before.into(),
                 ..TokenPolicy::default()
@@ -336,4 +342,17 @@ impl ServeArgs {
             max_subscribers: self.max_subscribers,
         })
     }
+}
+
+/// The admin address, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminListen(Option<SocketAddr>);
+
+fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if s == "off" {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| format!("expected an address such as 127.0.0.1:9464, or off (got {s:?})"))
 }

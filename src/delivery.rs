@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Failure, Reason, SendError, truncate};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
+use crate::metrics::Metrics;
 use crate::pacing::{PaceLimits, PaceRefusal, Pacer, Priority, Tier};
 
 /// Rate-limit answers one send may wait out before it fails as rate
@@ -120,6 +121,7 @@ pub struct Deliverer {
     graph: GraphClient,
     account: ArcSwap<Account>,
     pacer: Option<Pacer>,
+    metrics: Arc<Metrics>,
     policy: DeliveryPolicy,
     calls: Semaphore,
     draining: AtomicBool,
@@ -128,7 +130,18 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(graph: GraphClient, account: Account, policy: DeliveryPolicy) -> Arc<Self> {
+        Self::observed(graph, account, policy, Arc::default())
+    }
+
+    /// As `new`, counting into `metrics`.
+    pub fn observed(
+        graph: GraphClient,
+        account: Account,
+        policy: DeliveryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             graph,
             account: ArcSwap::from_pointee(account),
             pacer: policy.pace.map(Pacer::new),
@@ -234,7 +247,15 @@ impl Deliverer {
     ) -> Result<Sent, SendError> {
         let started = Instant::now();
         let result = self.deliver(body, tier, &budget).await;
-        log_outcome(kind, recipient, started, result.as_ref());
+        let account = self.account.load();
+        log_outcome(
+            &self.metrics,
+            &account.account_id,
+            kind,
+            recipient,
+            started,
+            result.as_ref(),
+        );
         result
     }
 
@@ -254,19 +275,34 @@ impl Deliverer {
         let mut queued = Duration::ZERO;
         loop {
             if let Some(pacer) = &self.pacer {
-                queued += self.wait_for_pace(pacer, tier, budget).await?;
+                let waited = self.wait_for_pace(pacer, tier, budget).await?;
+                self.metrics.queue_waited(
+                    &self.account.load().account_id,
+                    budget.priority,
+                    waited.as_secs_f64(),
+                );
+                queued += waited;
             }
             attempts += 1;
+            let called = Instant::now();
             let outcome = self
                 .call_graph(body.clone(), policy.upstream_timeout, budget)
                 .await;
-            if let Some(pacer) = &self.pacer
-                && let Some(usage) = match &outcome {
-                    Ok(reply) => reply.usage,
-                    Err(e) => e.usage,
+            let account = self.account.load();
+            let result = match &outcome {
+                Ok(_) => "ok",
+                Err(e) => e.failure.reason().as_str(),
+            };
+            self.metrics
+                .graph_call(&account.account_id, result, called.elapsed().as_secs_f64());
+            if let Some(usage) = match &outcome {
+                Ok(reply) => reply.usage,
+                Err(e) => e.usage,
+            } {
+                self.metrics.usage(&account.account_id, usage);
+                if let Some(pacer) = &self.pacer {
+                    pacer.observe_usage(usage);
                 }
-            {
-                pacer.observe_usage(usage);
             }
             let error = match outcome {
                 Ok(reply) => {
@@ -287,6 +323,7 @@ impl Deliverer {
                     .unwrap_or(policy.rate_limit_delay)
                     .min(graph::MAX_RETRY_HINT);
                 pacer.pause(pause);
+                self.metrics.paused(&self.account.load().account_id);
                 tracing::warn!(
                     pause_ms = pause.as_millis() as u64,
                     "Graph rate-limited the account: it is paused"
@@ -354,6 +391,10 @@ impl Deliverer {
                 "the caller cancelled while the send waited for the account's pace".into(),
             )),
         }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The account's pace, when it has one.
@@ -425,11 +466,18 @@ const LOGGED_ERROR_BYTES: usize = 1024;
 
 /// The one log line per send.
 pub fn log_outcome(
+    metrics: &Metrics,
+    account: &str,
     kind: &str,
     recipient: &str,
     started: Instant,
     result: Result<&Sent, &SendError>,
 ) {
+    let outcome = match result {
+        Ok(_) => "OK",
+        Err(e) => e.reason().as_str(),
+    };
+    metrics.send_answered(account, kind, outcome);
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let recipient = truncate(recipient, LOGGED_RECIPIENT_BYTES);
     let recipient = recipient.as_str();

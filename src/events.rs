@@ -91,6 +91,22 @@ pub enum PayloadError {
     Shape(&'static str),
 }
 
+impl EventKind {
+    /// A short name, as metrics label events.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Message(_) => "message",
+            EventKind::Echo(_) => "echo",
+            EventKind::Reaction { .. } => "reaction",
+            EventKind::Postback { .. } => "postback",
+            EventKind::Read { .. } => "read",
+            EventKind::Referral { .. } => "referral",
+            EventKind::Edit { .. } => "edit",
+            EventKind::Raw { .. } => "raw",
+        }
+    }
+}
+
 impl InboundEvent {
     /// Whether this event opens (or renews) the user's messaging window:
     /// a message, a postback, a reaction or a referral from the user.

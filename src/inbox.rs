@@ -116,6 +116,11 @@ impl Inbox {
         }))
     }
 
+    /// `Subscribe` streams open now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

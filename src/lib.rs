@@ -20,6 +20,7 @@ pub mod graph;
 pub mod grpc;
 pub mod inbox;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod outbox;
 pub mod pacing;

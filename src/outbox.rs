@@ -229,7 +229,14 @@ impl Outbox {
                     closed_at_ms: closed_at,
                     detail,
                 };
-                log_outcome("message", &user, Instant::now(), Err(&error));
+                log_outcome(
+                    account.deliverer.metrics(),
+                    &account.id,
+                    "message",
+                    &user,
+                    Instant::now(),
+                    Err(&error),
+                );
                 return Err(error);
             }
         }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,6 +21,7 @@ use crate::auth::Keys;
 use crate::grpc::deadline::RefuseHopelessLayer;
 use crate::grpc::{MessengerServer, MessengerService, pb};
 use crate::inbox::Inbox;
+use crate::metrics::Metrics;
 use crate::net::{self, Limits};
 use crate::outbox::Outbox;
 use crate::tls::ReloadableTls;
@@ -32,6 +34,9 @@ pub struct Gateway {
     pub outbox: Arc<Outbox>,
     pub inbox: Arc<Inbox>,
     pub keys: Arc<Keys>,
+    pub metrics: Arc<Metrics>,
+    /// Where `/metrics`, `/livez` and `/readyz` are served, if anywhere.
+    pub admin: Option<TcpListener>,
 }
 
 /// The service name health reports on, besides "" for the whole server.
@@ -104,10 +109,17 @@ fn serve_webhooks(
     webhooks: WebhookListener,
     inbox: Arc<Inbox>,
     accounts: Arc<Registry>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let app = webhook::router(inbox, accounts, webhooks.routes, limits.body_read_timeout);
+    let app = webhook::router(
+        inbox,
+        accounts,
+        webhooks.routes,
+        limits.body_read_timeout,
+        metrics,
+    );
     let mut stop = stop;
     tokio::spawn(async move {
         let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);
@@ -135,6 +147,59 @@ fn serve_webhooks(
     })
 }
 
+/// What the admin port reads.
+struct Admin {
+    metrics: Arc<Metrics>,
+    accounts: Arc<Registry>,
+    inbox: Arc<Inbox>,
+    ready: Arc<AtomicBool>,
+}
+
+/// `/metrics` (Prometheus text), `/livez` (the process answers) and
+/// `/readyz` (ready to take calls) on their own port, for operators and
+/// orchestrators, never for callers. Runs until the process ends, so a
+/// scrape during the drain still sees it.
+fn serve_admin(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<()> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let admin = Arc::new(admin);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(a): axum::extract::State<Arc<Admin>>| async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        a.metrics.render(&a.accounts, &a.inbox),
+                    )
+                },
+            ),
+        )
+        .route("/livez", get(|| async { "live" }))
+        .route(
+            "/readyz",
+            get(
+                |axum::extract::State(a): axum::extract::State<Arc<Admin>>| async move {
+                    if a.ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(admin);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the admin port stopped");
+        }
+    })
+}
+
 /// Serves until `shutdown` resolves, then: health goes NOT_SERVING, sends under
 /// way stop retrying, new calls are refused, and the call returns once the
 /// sends in flight finish or the grace period ends.
@@ -150,13 +215,30 @@ pub async fn serve(
         outbox,
         inbox,
         keys,
+        metrics,
+        admin,
     } = gateway;
+    // Ready once the store is open (it is, to get here) and the gRPC port
+    // serves; not ready again once draining starts.
+    let ready = Arc::new(AtomicBool::new(false));
+    let _admin = admin.map(|listener| {
+        serve_admin(
+            listener,
+            Admin {
+                metrics: metrics.clone(),
+                accounts: accounts.clone(),
+                inbox: inbox.clone(),
+                ready: ready.clone(),
+            },
+        )
+    });
     let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);
     let hooks = webhooks.map(|w| {
         serve_webhooks(
             w,
             inbox.clone(),
             accounts.clone(),
+            metrics.clone(),
             options.limits,
             hooks_stopped,
         )
@@ -222,6 +304,7 @@ pub async fn serve(
         let _ = stop_rx.await;
     }));
 
+    ready.store(true, Ordering::SeqCst);
     tokio::select! {
         result = &mut server => return flatten(result),
         () = shutdown => {}
@@ -238,6 +321,7 @@ pub async fn serve(
         // Ends open Watch streams, which would otherwise hold the drain open.
         health.clear_service_status(name).await;
     }
+    ready.store(false, Ordering::SeqCst);
     accounts.start_draining();
     // Subscriptions never end by themselves: end them so the drain can.
     inbox.close();

@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use crate::cli::{Cli, Command, KeysCommand, NewKeyArgs};
+use crate::metrics::Metrics;
 use crate::telemetry;
 use crate::tokens::{Sealer, TokenKeeper, TokenPolicy};
 
@@ -69,6 +70,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub webhook_tls: Option<TlsFiles>,
     pub max_subscribers: usize,
+    /// The admin port (`/metrics`, `/livez`, `/readyz`); `None`: off.
+    pub admin_listen: Option<SocketAddr>,
     /// Check and refresh the accounts' tokens; `None`: never (tests that
     /// count every Graph call).
     pub tokens: Option<TokenPolicy>,
@@ -109,6 +112,7 @@ impl Settings {
             allow_insecure_graph: false,
             tokens: None,
             store_key: None,
+            admin_listen: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct Application {
     webhook_url: Option<String>,
     sandbox: Option<RunningSandbox>,
     accounts_registry: Arc<Registry>,
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    admin_addr: Option<SocketAddr>,
     keeper: Option<Arc<TokenKeeper>>,
     gateway: Gateway,
     serve: ServeOptions,
@@ -272,7 +278,15 @@ impl Application {
 
         let connect_timeout = settings.delivery.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
         let graph = GraphClient::new(connect_timeout);
-        let accounts = Registry::new(graph.clone(), settings.delivery, account);
+        let metrics = Arc::new(Metrics::new());
+        let accounts =
+            Registry::observed(graph.clone(), settings.delivery, account, metrics.clone());
+        tokio::spawn(count_stored_events(inbox.clone(), metrics.clone()));
+        let admin = match settings.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let keeper = settings.tokens.map(|policy| {
             TokenKeeper::new(
                 accounts.clone(),
@@ -306,11 +320,14 @@ impl Application {
             sandbox,
             gateway: Gateway {
                 accounts: accounts.clone(),
+                metrics,
+                admin,
                 outbox,
                 inbox,
                 keys: keys.clone(),
             },
             accounts_registry: accounts.clone(),
+            admin_addr,
             keeper,
             serve: settings.serve,
             keys,
@@ -387,6 +404,11 @@ impl Application {
         &self.keys
     }
 
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The token keeper, when tokens are looked after.
     pub fn token_keeper(&self) -> Option<&Arc<TokenKeeper>> {
         self.keeper.as_ref()
@@ -395,6 +417,19 @@ impl Application {
     /// What SIGHUP does, for tests.
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+}
+
+/// Counts each event as it is committed, by account and kind. A burst this
+/// task falls behind on is skipped, not counted twice.
+async fn count_stored_events(inbox: Arc<Inbox>, metrics: Arc<Metrics>) {
+    let mut feed = inbox.store().committed();
+    loop {
+        match feed.recv().await {
+            Ok(e) => metrics.event_stored(&e.event.account_id, e.event.kind.name()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -622,6 +657,12 @@ fn announce(app: &Application) {
     }
     if let Some(url) = app.webhook_url() {
         println!("webhooks at {url}");
+    }
+    if let Some(admin) = app.admin_addr() {
+        println!(
+            "admin at http://{} (/metrics, /livez, /readyz)",
+            reachable(admin)
+        );
     }
     println!("callers: {}", app.mode());
     // Last, so a script that waits for it knows the banner is complete.

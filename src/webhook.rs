@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::accounts::Registry;
 use crate::events::{PayloadError, parse_delivery};
 use crate::inbox::Inbox;
+use crate::metrics::Metrics;
 use crate::refusals;
 use crate::store::StoreError;
 
@@ -108,6 +109,21 @@ enum WebhookError {
     StoreTooSlow,
 }
 
+impl WebhookError {
+    /// The `result` label of the deliveries metric.
+    fn label(&self) -> &'static str {
+        match self {
+            WebhookError::BadSignature => "bad_signature",
+            WebhookError::TooLarge => "too_large",
+            WebhookError::BodyTimeout => "body_timeout",
+            WebhookError::BodyBroken => "body_broken",
+            WebhookError::BadPayload(_) => "bad_payload",
+            WebhookError::Store(_) => "store_failed",
+            WebhookError::StoreTooSlow => "store_too_slow",
+        }
+    }
+}
+
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = match self {
@@ -137,6 +153,7 @@ struct Hook {
     strangers: Arc<Strangers>,
     /// The app this path is for; `None`: `/webhook`.
     app: Option<String>,
+    metrics: Arc<Metrics>,
     secrets: WebhookSecrets,
     /// A body must arrive within this; a sender that trickles is cut off.
     body_read_timeout: Duration,
@@ -150,6 +167,7 @@ pub fn router(
     accounts: Arc<Registry>,
     routes: Vec<(Option<String>, WebhookSecrets)>,
     body_read_timeout: Duration,
+    metrics: Arc<Metrics>,
 ) -> Router {
     let strangers = Arc::new(Strangers::default());
     routes
@@ -162,6 +180,7 @@ pub fn router(
             router.route(
                 &path,
                 get(handshake).post(deliver).with_state(Arc::new(Hook {
+                    metrics: metrics.clone(),
                     inbox: inbox.clone(),
                     accounts: accounts.clone(),
                     strangers: strangers.clone(),
@@ -195,6 +214,15 @@ async fn deliver(
     State(hook): State<Arc<Hook>>,
     request: Request<Body>,
 ) -> Result<&'static str, WebhookError> {
+    let result = take_delivery(&hook, request).await;
+    hook.metrics.webhook_delivery(match &result {
+        Ok(_) => "stored",
+        Err(e) => e.label(),
+    });
+    result
+}
+
+async fn take_delivery(hook: &Hook, request: Request<Body>) -> Result<&'static str, WebhookError> {
     let headers = request.headers();
     let signature = parse_signature(headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()))
         .ok_or(WebhookError::BadSignature)?;

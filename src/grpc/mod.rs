@@ -201,10 +201,12 @@ impl pb::messenger_server::Messenger for MessengerService {
         // Answered before anything is awaited, so even a deadline of a
         // nanosecond gets this answer rather than tonic's bare timeout.
         if let Some(e) = self.outbox.budget_refusal(&budget) {
-            return Err(span.in_scope(|| refused("message", &request.get_ref().recipient_id, e)));
+            return Err(
+                span.in_scope(|| refused(&account, "message", &request.get_ref().recipient_id, e))
+            );
         }
         let (message, request_id) = convert::message_from_pb(request.get_ref()).map_err(|v| {
-            span.in_scope(|| rejected("message", &request.get_ref().recipient_id, v))
+            span.in_scope(|| rejected(&account, "message", &request.get_ref().recipient_id, v))
         })?;
         // Not kept while the send is under way.
         drop(request);
@@ -241,10 +243,12 @@ impl pb::messenger_server::Messenger for MessengerService {
         };
         let budget = self.budget_of(&request);
         if let Some(e) = self.outbox.budget_refusal(&budget) {
-            return Err(span.in_scope(|| refused("action", &request.get_ref().recipient_id, e)));
+            return Err(
+                span.in_scope(|| refused(&account, "action", &request.get_ref().recipient_id, e))
+            );
         }
         let action = convert::action_from_pb(request.get_ref()).map_err(|v| {
-            span.in_scope(|| rejected("action", &request.get_ref().recipient_id, v))
+            span.in_scope(|| rejected(&account, "action", &request.get_ref().recipient_id, v))
         })?;
         drop(request);
         let outbox = self.outbox.clone();
@@ -360,13 +364,30 @@ fn refused_call(caller: &Caller, operation: Operation, error: AuthError) -> Stat
 }
 
 /// Logs and converts a request that failed validation.
-fn rejected(kind: &str, recipient: &str, violations: Vec<FieldViolation>) -> Status {
-    refused(kind, recipient, SendError::InvalidRequest(violations))
+fn rejected(
+    account: &AccountPath,
+    kind: &str,
+    recipient: &str,
+    violations: Vec<FieldViolation>,
+) -> Status {
+    refused(
+        account,
+        kind,
+        recipient,
+        SendError::InvalidRequest(violations),
+    )
 }
 
 /// Logs and converts a send refused before it started.
-fn refused(kind: &str, recipient: &str, error: SendError) -> Status {
-    log_outcome(kind, recipient, Instant::now(), Err(&error));
+fn refused(account: &AccountPath, kind: &str, recipient: &str, error: SendError) -> Status {
+    log_outcome(
+        account.deliverer.metrics(),
+        &account.id,
+        kind,
+        recipient,
+        Instant::now(),
+        Err(&error),
+    );
     error.into()
 }
 

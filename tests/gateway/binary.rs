@@ -23,6 +23,7 @@ pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
     // Never the defaults (./data, port 8080): tests run side by side.
     let data = tempfile::tempdir().unwrap().keep();
     cmd.env("MESSENGER_GATEWAY_DATA_DIR", data);
+    cmd.env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0");
     cmd.env("MESSENGER_GATEWAY_WEBHOOK_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);

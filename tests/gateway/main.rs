@@ -10,6 +10,7 @@ mod errors;
 mod hostile;
 mod idempotency;
 mod inbound;
+mod metrics;
 mod pacing;
 mod retries;
 mod sandbox;

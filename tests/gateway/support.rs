@@ -41,6 +41,8 @@ pub struct TestGateway {
     pub keys_file: std::path::PathBuf,
     /// What SIGHUP does.
     pub reloader: Arc<Reloader>,
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub admin: SocketAddr,
     /// Looks after tokens, when the builder turned that on.
     pub keeper: Option<Arc<TokenKeeper>>,
     /// Where `Builder::accounts_file` wrote the accounts.
@@ -159,6 +161,7 @@ impl Builder {
                 .accounts;
         }
         let mut settings = Settings::local(Upstream::Graph(accounts), data.path().to_owned());
+        settings.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         if self.accounts_file.is_some() {
             settings.accounts_file = Some(accounts_file.clone());
         }
@@ -182,6 +185,7 @@ impl Builder {
         let keys = app.keys().clone();
         let reloader = app.reloader().clone();
         let keeper = app.token_keeper().cloned();
+        let admin = app.admin_addr().expect("the admin port is on");
         let addr = app.grpc_addr();
         let webhook_url = app.webhook_url().unwrap().to_owned();
         let (stop, stopped) = oneshot::channel();
@@ -193,6 +197,7 @@ impl Builder {
             keys,
             keys_file,
             reloader,
+            admin,
             keeper,
             accounts_file,
             webhook_url,

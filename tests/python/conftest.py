@@ -95,6 +95,8 @@ def start_gateway(args, env=None):
     """Starts the binary with `args` and only the INSTAGRAM_* variables in
     `env`; stderr (the log) goes to a file the test can read."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INSTAGRAM_")}
+    # Tests run side by side: never the default admin port.
+    clean["MESSENGER_GATEWAY_ADMIN_LISTEN"] = "127.0.0.1:0"
     clean.update(env or {})
     log_path = tempfile.mktemp(prefix="mg-log-")
     log = open(log_path, "w")

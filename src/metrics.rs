@@ -1,0 +1,324 @@
+//! What the gateway is doing, as Prometheus metrics: counters and
+//! histograms the core updates as it works, and gauges read from it at
+//! each scrape. Served on the admin port (see [`crate::server`]).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::accounts::{Registry, TokenState};
+use crate::inbox::Inbox;
+use crate::pacing::Priority;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SendLabels {
+    pub account: String,
+    pub kind: String,
+    /// `OK`, or the failure's reason.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GraphCallLabels {
+    pub account: String,
+    /// `ok`, or the failure's reason.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub account: String,
+    pub priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub account: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub account: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// Histograms of durations, 1 ms to about 65 s.
+#[derive(Clone)]
+struct Seconds;
+
+impl MetricConstructor<Histogram> for Seconds {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    }
+}
+
+type Ratio = Gauge<f64, AtomicU64>;
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: PromRegistry,
+    pub sends: Family<SendLabels, Counter>,
+    pub graph_calls: Family<GraphCallLabels, Counter>,
+    graph_duration: Family<AccountLabels, Histogram, Seconds>,
+    queue_wait: Family<QueueLabels, Histogram, Seconds>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    sends_in_flight: Family<AccountLabels, Gauge>,
+    pub pauses: Family<AccountLabels, Counter>,
+    graph_usage: Family<AccountLabels, Ratio>,
+    pub webhook_deliveries: Family<ResultLabels, Counter>,
+    pub events_stored: Family<EventLabels, Counter>,
+    subscribers: Gauge,
+    token_state: Family<TokenLabels, Gauge>,
+    token_expiry: Family<AccountLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = PromRegistry::with_prefix("messenger_gateway");
+        let metrics = Self {
+            sends: Family::default(),
+            graph_calls: Family::default(),
+            graph_duration: Family::new_with_constructor(Seconds),
+            queue_wait: Family::new_with_constructor(Seconds),
+            queue_depth: Family::default(),
+            sends_in_flight: Family::default(),
+            pauses: Family::default(),
+            graph_usage: Family::default(),
+            webhook_deliveries: Family::default(),
+            events_stored: Family::default(),
+            subscribers: Gauge::default(),
+            token_state: Family::default(),
+            token_expiry: Family::default(),
+            registry: PromRegistry::default(),
+        };
+        registry.register(
+            "sends",
+            "Sends and sender actions answered, by account, kind and outcome (OK or the reason)",
+            metrics.sends.clone(),
+        );
+        registry.register(
+            "graph_requests",
+            "Graph calls made, by account and result (ok or the reason)",
+            metrics.graph_calls.clone(),
+        );
+        registry.register(
+            "graph_request_duration_seconds",
+            "How long each Graph call took, by account",
+            metrics.graph_duration.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "How long sends waited for their account's pace, by account and priority",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Sends waiting for their account's pace now, by account and priority",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "sends_in_flight",
+            "Sends under way or waiting, by account",
+            metrics.sends_in_flight.clone(),
+        );
+        registry.register(
+            "pauses",
+            "Times Graph's rate limit paused an account",
+            metrics.pauses.clone(),
+        );
+        registry.register(
+            "graph_usage_ratio",
+            "The highest quota use Graph's usage headers last reported (1 = 100 %), by account",
+            metrics.graph_usage.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries, by result (stored, or why refused)",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "events_stored",
+            "Inbound events newly stored, by account and kind",
+            metrics.events_stored.clone(),
+        );
+        registry.register(
+            "subscribers",
+            "Subscribe streams open",
+            metrics.subscribers.clone(),
+        );
+        registry.register(
+            "token_state",
+            "1 for each account's current token state",
+            metrics.token_state.clone(),
+        );
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When each account's token expires, where known (Unix time)",
+            metrics.token_expiry.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "The running build", build);
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts one answered send.
+    pub fn send_answered(&self, account: &str, kind: &str, outcome: &str) {
+        self.sends
+            .get_or_create(&SendLabels {
+                account: account.to_owned(),
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One Graph call and how it ended.
+    pub fn graph_call(&self, account: &str, result: &str, seconds: f64) {
+        let labels = AccountLabels {
+            account: account.to_owned(),
+        };
+        self.graph_duration.get_or_create(&labels).observe(seconds);
+        self.graph_calls
+            .get_or_create(&GraphCallLabels {
+                account: account.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn queue_waited(&self, account: &str, priority: Priority, seconds: f64) {
+        self.queue_wait
+            .get_or_create(&QueueLabels {
+                account: account.to_owned(),
+                priority: priority.as_str().to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn paused(&self, account: &str) {
+        self.pauses
+            .get_or_create(&AccountLabels {
+                account: account.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn usage(&self, account: &str, ratio: f64) {
+        self.graph_usage
+            .get_or_create(&AccountLabels {
+                account: account.to_owned(),
+            })
+            .set(ratio);
+    }
+
+    pub fn webhook_delivery(&self, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn event_stored(&self, account: &str, kind: &str) {
+        self.events_stored
+            .get_or_create(&EventLabels {
+                account: account.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with the gauges read now.
+    pub fn render(&self, accounts: &Registry, inbox: &Inbox) -> String {
+        self.queue_depth.clear();
+        self.token_state.clear();
+        self.token_expiry.clear();
+        self.sends_in_flight.clear();
+        for path in accounts.paths() {
+            let account = path.id.clone();
+            let deliverer = &path.deliverer;
+            self.sends_in_flight
+                .get_or_create(&AccountLabels {
+                    account: account.clone(),
+                })
+                .set(deliverer.in_flight() as i64);
+            if let Some(pacer) = deliverer.pacer() {
+                for priority in [Priority::Interactive, Priority::Bulk] {
+                    self.queue_depth
+                        .get_or_create(&QueueLabels {
+                            account: account.clone(),
+                            priority: priority.as_str().to_owned(),
+                        })
+                        .set(pacer.waiting(priority) as i64);
+                }
+            }
+            let status = path.status();
+            for state in [
+                TokenState::Unchecked,
+                TokenState::Valid,
+                TokenState::Expiring,
+                TokenState::Invalid,
+            ] {
+                self.token_state
+                    .get_or_create(&TokenLabels {
+                        account: account.clone(),
+                        state: format!("{state:?}").to_ascii_uppercase(),
+                    })
+                    .set(i64::from(status.state == state));
+            }
+            if let Some(expires) = status.expires_at_ms {
+                self.token_expiry
+                    .get_or_create(&AccountLabels {
+                        account: account.clone(),
+                    })
+                    .set(expires / 1000);
+            }
+        }
+        self.subscribers.set(inbox.subscribers() as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
