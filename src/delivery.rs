@@ -20,7 +20,7 @@ use crate::pacing::{PaceLimits, PaceRefusal, Pacer, Priority, Tier};
 
 /// Rate-limit answers one send may wait out before it fails as rate
 /// limited (each pause is within its deadline anyway).
-const MAX_RATE_LIMITED_RETRIES: u32 = 5;
+const MAX_RATE_LIMITED_RETRIES: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct DeliveryPolicy {

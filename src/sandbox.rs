@@ -156,6 +156,9 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
 ];
 
+/// What the rate-limited recipient's answers ask to wait.
+const RATE_LIMIT_PAUSE_SECONDS: &str = "1";
+
 /// Fails every other call with a transient error, so a send succeeds on its
 /// second Graph call (`graph_calls: 2`).
 pub const FLAKY_RECIPIENT: &str = "10000000000000009";
@@ -476,7 +479,7 @@ async fn send(
     }
 
     if let Some(s) = SCENARIOS.iter().find(|s| s.recipient_id == recipient_id) {
-        return graph_error_with(
+        let mut answer = graph_error_with(
             s.http_status,
             s.code,
             s.subcode,
@@ -484,6 +487,15 @@ async fn send(
             s.message,
             s.is_transient,
         );
+        // The demo's rate limit lasts a second, not Graph's minutes: the
+        // gateway pauses the whole account for it.
+        if s.code == 613 {
+            answer.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RATE_LIMIT_PAUSE_SECONDS),
+            );
+        }
+        return answer;
     }
     if !is_comment {
         let tagged = body["tag"].as_str() == Some("HUMAN_AGENT");
