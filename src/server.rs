@@ -39,6 +39,12 @@ pub struct Gateway {
     pub admin: Option<TcpListener>,
 }
 
+/// HTTP/2 flow-control windows on the gRPC port: a stream may have 64 KiB
+/// (HTTP/2's own default) on its way to the gateway unread, a connection
+/// 1 MiB.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+
 /// The service name health reports on, besides "" for the whole server.
 const SERVICE_NAME: &str = <MessengerServer<MessengerService> as tonic::server::NamedService>::NAME;
 /// Pings find callers that vanished without closing (a NAT timeout, a
@@ -296,6 +302,10 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(options.max_concurrent_streams))
+        // What a caller may have in flight to the gateway before it reads:
+        // small, so a SendStream broadcast waits in its caller, not here.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::accounts::{AccountError, AccountPath, Registry};
@@ -47,6 +47,7 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// The `Messenger` service: sends go to the outbox; windows and the event
 /// stream come from the inbox. Every call is checked against its caller's
 /// key before anything else happens.
+#[derive(Clone)]
 pub struct MessengerService {
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
@@ -111,11 +112,125 @@ impl MessengerService {
         given: &str,
     ) -> Result<(&'r Caller, Arc<AccountPath>), Status> {
         let caller = self.authorize(request, operation)?;
+        Ok((caller, self.account_for(caller, operation, given)?))
+    }
+
+    /// The account `given` names, if `caller` may act for it.
+    fn account_for(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        given: &str,
+    ) -> Result<Arc<AccountPath>, Status> {
         let account = self.resolve_for(caller, operation, given)?;
         if let Err(e) = caller.authorize(operation, &account.id, account.name.as_deref()) {
             return Err(refused_call(caller, operation, e));
         }
-        Ok((caller, account))
+        Ok(account)
+    }
+
+    /// Checks one `SendRequest` as `caller` would have it sent, and starts
+    /// it on its own task: what `Send` does, and `SendStream` per message.
+    /// `default` is the priority of a request that names none.
+    fn start_send(
+        &self,
+        caller: &Caller,
+        request: &pb::SendRequest,
+        mut budget: Budget,
+        default: Priority,
+    ) -> Result<impl Future<Output = Result<pb::SendResponse, Status>> + Send + 'static, Status>
+    {
+        let account = self.account_for(caller, Operation::Send, &request.account_id)?;
+        let span = tracing::info_span!("call", key = caller.id());
+        let scope = caller.request_scope().to_owned();
+        budget.priority = match request.priority() {
+            pb::Priority::Bulk => Priority::Bulk,
+            pb::Priority::Interactive => Priority::Interactive,
+            pb::Priority::Unspecified => default,
+        };
+        // Answered before anything is awaited, so even a deadline of a
+        // nanosecond gets this answer rather than tonic's bare timeout.
+        if let Some(e) = self.outbox.budget_refusal(&budget) {
+            return Err(span.in_scope(|| refused(&account, "message", &request.recipient_id, e)));
+        }
+        let (message, request_id) = convert::message_from_pb(request).map_err(|v| {
+            span.in_scope(|| rejected(&account, "message", &request.recipient_id, v))
+        })?;
+        let outbox = self.outbox.clone();
+        let cancelled = budget.cancelled.clone();
+        let account_id = account.id.clone();
+        let sent = finish_detached(
+            async move {
+                outbox
+                    .send_message(&account, message, request_id.map(|id| (scope, id)), budget)
+                    .await
+            }
+            .instrument(span),
+            cancelled,
+        );
+        Ok(async move {
+            let sent = sent.await?;
+            Ok(pb::SendResponse {
+                message_id: sent.message_id.unwrap_or_default(),
+                recipient_id: sent.recipient_id,
+                graph_calls: sent.graph_calls,
+                account_id,
+                queued_ms: sent.queued_ms,
+            })
+        })
+    }
+
+    /// Runs one `SendStream`: reads at most `STREAM_READ_AHEAD` messages
+    /// ahead of their results, sends each as `Send` would (bulk unless it
+    /// says otherwise), and answers each as it finishes. When the caller
+    /// goes, every send still waiting is dropped unsent.
+    async fn broadcast(
+        self,
+        caller: Caller,
+        deadline: Option<Instant>,
+        mut inbound: Streaming<pb::SendRequest>,
+        results: tokio::sync::mpsc::Sender<Result<pb::SendResult, Status>>,
+    ) {
+        use futures_util::stream::FuturesUnordered;
+        let stream_gone = CancellationToken::new();
+        let _on_end = stream_gone.clone().drop_guard();
+        let mut running = FuturesUnordered::new();
+        let mut index = 0u64;
+        let mut reading = true;
+        loop {
+            if !reading && running.is_empty() {
+                return;
+            }
+            tokio::select! {
+                next = inbound.next(), if reading && running.len() < STREAM_READ_AHEAD => match next {
+                    Some(Ok(request)) => {
+                        let (i, request_id) = (index, request.request_id.clone());
+                        index += 1;
+                        let budget = Budget {
+                            deadline: Some(deadline.unwrap_or_else(|| Instant::now() + self.default_timeout)),
+                            cancelled: stream_gone.child_token(),
+                            priority: Priority::Bulk,
+                        };
+                        match self.start_send(&caller, &request, budget, Priority::Bulk) {
+                            Ok(job) => running.push(async move { (i, request_id, job.await) }),
+                            Err(status) => {
+                                if results.send(Ok(send_result(i, request_id, Err(status)))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    // The caller's stream broke: what is under way finishes.
+                    Some(Err(_)) | None => reading = false,
+                },
+                Some((i, request_id, outcome)) = running.next(), if !running.is_empty() => {
+                    if results.send(Ok(send_result(i, request_id, outcome))).await.is_err() {
+                        return;
+                    }
+                }
+                () = results.closed() => return,
+            }
+        }
     }
 
     /// The account `given` names. A key limited to some accounts learns
@@ -187,49 +302,30 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let (span, scope, account) = {
-            let given = &request.get_ref().account_id;
-            let (caller, account) = self.authorize_for(&request, Operation::Send, given)?;
-            let span = tracing::info_span!("call", key = caller.id());
-            (span, caller.request_scope().to_owned(), account)
+        let job = {
+            let caller = self.authorize(&request, Operation::Send)?;
+            let budget = self.budget_of(&request);
+            self.start_send(caller, request.get_ref(), budget, Priority::Interactive)?
         };
-        let mut budget = self.budget_of(&request);
-        budget.priority = match request.get_ref().priority() {
-            pb::Priority::Bulk => Priority::Bulk,
-            pb::Priority::Unspecified | pb::Priority::Interactive => Priority::Interactive,
-        };
-        // Answered before anything is awaited, so even a deadline of a
-        // nanosecond gets this answer rather than tonic's bare timeout.
-        if let Some(e) = self.outbox.budget_refusal(&budget) {
-            return Err(
-                span.in_scope(|| refused(&account, "message", &request.get_ref().recipient_id, e))
-            );
-        }
-        let (message, request_id) = convert::message_from_pb(request.get_ref()).map_err(|v| {
-            span.in_scope(|| rejected(&account, "message", &request.get_ref().recipient_id, v))
-        })?;
         // Not kept while the send is under way.
         drop(request);
-        let outbox = self.outbox.clone();
-        let cancelled = budget.cancelled.clone();
-        let account_id = account.id.clone();
-        let sent = finish_detached(
-            async move {
-                outbox
-                    .send_message(&account, message, request_id.map(|id| (scope, id)), budget)
-                    .await
-            }
-            .instrument(span),
-            cancelled,
-        )
-        .await?;
-        Ok(Response::new(pb::SendResponse {
-            message_id: sent.message_id.unwrap_or_default(),
-            recipient_id: sent.recipient_id,
-            graph_calls: sent.graph_calls,
-            account_id,
-            queued_ms: sent.queued_ms,
-        }))
+        Ok(Response::new(job.await?))
+    }
+
+    type SendStreamStream = Pin<Box<dyn Stream<Item = Result<pb::SendResult, Status>> + Send>>;
+
+    async fn send_stream(
+        &self,
+        request: Request<Streaming<pb::SendRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let caller = self.authorize(&request, Operation::Send)?.clone();
+        let deadline = deadline_of(&request);
+        let inbound = request.into_inner();
+        let (results, rx) = tokio::sync::mpsc::channel(STREAM_READ_AHEAD);
+        tokio::spawn(self.clone().broadcast(caller, deadline, inbound, results));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn send_action(
@@ -351,6 +447,38 @@ impl pb::messenger_server::Messenger for MessengerService {
             .map(|a| inbound::account_to_pb(a))
             .collect();
         Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
+}
+
+/// Messages of one `SendStream` under way at once: the gateway reads no
+/// further ahead, so HTTP/2 flow control holds the rest in the caller.
+const STREAM_READ_AHEAD: usize = 64;
+
+/// One message's outcome in a `SendStream`: its response, or the status
+/// `Send` would have answered, details and all.
+fn send_result(
+    index: u64,
+    request_id: String,
+    outcome: Result<pb::SendResponse, Status>,
+) -> pb::SendResult {
+    let result = match outcome {
+        Ok(response) => pb::send_result::Result::Response(response),
+        Err(status) => {
+            let rpc = <tonic_types::pb::Status as prost::Message>::decode(status.details())
+                .ok()
+                .filter(|s| s.code != 0)
+                .unwrap_or_else(|| tonic_types::pb::Status {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    details: Vec::new(),
+                });
+            pb::send_result::Result::Error(rpc)
+        }
+    };
+    pb::SendResult {
+        index,
+        request_id,
+        result: Some(result),
     }
 }
 

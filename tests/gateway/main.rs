@@ -17,6 +17,7 @@ mod sandbox;
 mod secure_defaults;
 mod send;
 mod shutdown;
+mod stream;
 mod support;
 mod tokens;
 mod webhook_abuse;

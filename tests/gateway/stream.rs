@@ -1,0 +1,174 @@
+//! SendStream: a broadcast over one stream, each message sent as Send would
+//! send it, in constant memory, and nothing unsent after the caller goes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::Code;
+use wiremock::Mock;
+use wiremock::matchers::{method, path};
+
+use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::pacing::{PaceLimits, Rate};
+
+use crate::support::*;
+
+const OUTSIDE: &str = "17841400000000066";
+
+fn numbered(i: usize) -> pb::SendRequest {
+    pb::SendRequest {
+        request_id: format!("sale-{i}"),
+        ..text_to(USER, &format!("spring sale {i}"))
+    }
+}
+
+#[tokio::test]
+async fn every_message_of_a_stream_gets_its_result_as_send_would_answer_it() {
+    let gw = TestGateway::start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(wiremock::matchers::body_partial_json(
+            serde_json::json!({"recipient": {"id": OUTSIDE}}),
+        ))
+        .respond_with(graph_error(
+            400,
+            10,
+            Some(2534022),
+            "(#10) outside of allowed window",
+        ))
+        .mount(&gw.graph)
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let requests = vec![
+        numbered(0),
+        pb::SendRequest {
+            recipient_id: "not-an-igsid".into(),
+            ..numbered(1)
+        },
+        pb::SendRequest {
+            recipient_id: OUTSIDE.into(),
+            ..numbered(2)
+        },
+        numbered(3),
+        pb::SendRequest {
+            account_id: "17841400000000777".into(),
+            ..numbered(4)
+        },
+    ];
+    let mut results: Vec<pb::SendResult> = gw
+        .client()
+        .await
+        .send_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    results.sort_by_key(|r| r.index);
+    let summary: Vec<(u64, &str, String)> = results
+        .iter()
+        .map(|r| {
+            let outcome = match r.result.as_ref().unwrap() {
+                pb::send_result::Result::Response(ok) => {
+                    assert!(!ok.message_id.is_empty());
+                    "OK".to_owned()
+                }
+                pb::send_result::Result::Error(status) => {
+                    // The same details a unary Send would carry.
+                    let status: tonic::Status = tonic::Status::with_details(
+                        Code::from_i32(status.code),
+                        status.message.clone(),
+                        prost::Message::encode_to_vec(status).into(),
+                    );
+                    error_info(&status).0
+                }
+            };
+            (r.index, r.request_id.as_str(), outcome)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, "sale-0", "OK".to_owned()),
+            (1, "sale-1", "INVALID_REQUEST".to_owned()),
+            (2, "sale-2", "OUTSIDE_MESSAGING_WINDOW".to_owned()),
+            (3, "sale-3", "OK".to_owned()),
+            (4, "sale-4", "ACCOUNT_NOT_FOUND".to_owned()),
+        ]
+    );
+    // Stream messages are bulk, and request_ids hold as for Send.
+    let again = gw
+        .client()
+        .await
+        .send_stream(tokio_stream::iter(vec![numbered(0)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        again.result,
+        Some(pb::send_result::Result::Response(_))
+    ));
+    assert_eq!(gw.graph_calls().await, 3, "sale-0 was not sent twice");
+}
+
+#[tokio::test]
+async fn a_stalled_graph_stops_the_gateway_reading_ahead() {
+    let gw = TestGateway::start().await;
+    gw.graph_answers(ok_reply().set_delay(Duration::from_secs(30)))
+        .await;
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let broadcast = tokio_stream::iter(0..100_000).map(move |i| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        numbered(i)
+    });
+    let mut client = gw.client().await;
+    let _results = tokio::spawn(async move { client.send_stream(broadcast).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let taken_by_the_caller = pulled.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Flow control holds the rest in the caller: it stops producing.
+    assert_eq!(pulled.load(Ordering::Relaxed), taken_by_the_caller);
+    assert!(taken_by_the_caller < 10_000, "{taken_by_the_caller}");
+    // And the gateway has at most its read-ahead under way.
+    let in_flight = gw.graph_calls().await;
+    assert!(in_flight <= 64, "{in_flight}");
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_mid_stream_leaves_nothing_unsent_going_out() {
+    let gw = TestGateway::builder()
+        .delivery(DeliveryPolicy {
+            pace: Some(PaceLimits {
+                standard: Rate::per_second(4),
+                ..PaceLimits::default()
+            }),
+            ..quick_policy()
+        })
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let mut client = gw.client().await;
+    let mut results = client
+        .send_stream(tokio_stream::iter((0..20).map(numbered)))
+        .await
+        .unwrap()
+        .into_inner();
+    // The burst of 3 goes at once; then the caller goes.
+    for _ in 0..3 {
+        results.next().await.unwrap().unwrap();
+    }
+    drop(results);
+    drop(client);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = gw.graph_calls().await;
+    assert!(sent <= 4, "{sent} sent after the caller went");
+}
