@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::delivery::{Deliverer, DeliveryPolicy};
 use crate::graph::{Account, GraphClient};
 use crate::metrics::Metrics;
+use crate::pacing::{PaceLimits, Rate};
 
 /// An Instagram account id: digits only.
 pub fn is_account_id(s: &str) -> bool {
@@ -37,6 +38,8 @@ pub struct AccountSpec {
     /// The Meta app (an `[[app]]` name) whose webhooks alone may carry this
     /// account's events; `None`: any app's.
     pub app: Option<String>,
+    /// This account's own budgets, where they differ from the flags'.
+    pub pace: PaceOverrides,
     /// Its Graph settings: base URL, Instagram user id, token.
     pub account: Account,
 }
@@ -46,6 +49,7 @@ impl AccountSpec {
         Self {
             name: None,
             app: None,
+            pace: PaceOverrides::default(),
             account,
         }
     }
@@ -84,6 +88,24 @@ pub struct TokenStatus {
     pub last_refresh_ms: Option<i64>,
     /// The last error Graph gave for the token or a send.
     pub last_error: Option<String>,
+}
+
+/// An account's budgets that differ from the flags'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PaceOverrides {
+    pub standard: Option<Rate>,
+    pub media: Option<Rate>,
+    pub private_replies: Option<Rate>,
+}
+
+impl PaceOverrides {
+    fn over(self, limits: PaceLimits) -> PaceLimits {
+        PaceLimits {
+            standard: self.standard.unwrap_or(limits.standard),
+            media: self.media.unwrap_or(limits.media),
+            private_replies: self.private_replies.unwrap_or(limits.private_replies),
+        }
+    }
 }
 
 /// One account's delivery path.
@@ -244,6 +266,11 @@ impl Registry {
     }
 
     fn path(&self, spec: AccountSpec) -> Arc<AccountPath> {
+        // `--pace off` is off for every account.
+        let policy = DeliveryPolicy {
+            pace: self.policy.pace.map(|limits| spec.pace.over(limits)),
+            ..self.policy.clone()
+        };
         Arc::new(AccountPath {
             id: spec.account.account_id.clone(),
             name: spec.name,
@@ -251,7 +278,7 @@ impl Registry {
             deliverer: Deliverer::observed(
                 self.graph.clone(),
                 spec.account.clone(),
-                self.policy.clone(),
+                policy,
                 self.metrics.clone(),
             ),
             configured: spec.account,

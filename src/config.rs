@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::accounts::{AccountSpec, is_account_id, is_alias};
+use crate::accounts::{AccountSpec, PaceOverrides, is_account_id, is_alias};
 use crate::graph::{AccessToken, Account};
+use crate::pacing::Rate;
 use crate::webhook::WebhookSecrets;
 
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.instagram.com/v25.0";
@@ -157,6 +158,11 @@ struct AccountEntry {
     api_url: Option<toml::Spanned<String>>,
     /// The `[[app]]` whose webhooks alone may carry this account's events.
     app: Option<toml::Spanned<String>>,
+    /// This account's budgets, such as "100/s", where they differ from the
+    /// flags'.
+    pace_standard: Option<toml::Spanned<String>>,
+    pace_media: Option<toml::Spanned<String>>,
+    pace_private_replies: Option<toml::Spanned<String>>,
     /// Refused with its own message: tokens never sit in the file.
     token: Option<toml::Spanned<toml::Value>>,
 }
@@ -290,6 +296,17 @@ pub fn parse_accounts(
         let account = Account::new(&base_url, id, &AccessToken::new(raw))
             .map_err(|e| at(span.clone(), format!("account {id}: {e}")))?;
         let mut spec = AccountSpec::new(account);
+        let rate = |field: &Option<toml::Spanned<String>>| {
+            field
+                .as_ref()
+                .map(|f| Rate::parse(f.get_ref()).map_err(|e| at(f.span(), e)))
+                .transpose()
+        };
+        spec.pace = PaceOverrides {
+            standard: rate(&entry.pace_standard)?,
+            media: rate(&entry.pace_media)?,
+            private_replies: rate(&entry.pace_private_replies)?,
+        };
         if let Some(app) = entry.app {
             apps_named.push((app.get_ref().clone(), app.span()));
             spec.app = Some(app.into_inner());
@@ -570,6 +587,19 @@ token_env = "HELP"
         );
         let config = parse_accounts(Path::new("a.toml"), &tied, &var, false).unwrap();
         assert_eq!(config.accounts[1].app.as_deref(), Some("brand-b"));
+        let paced = text.replace(
+            "token_env = \"HELP\"",
+            "token_env = \"HELP\"\npace_standard = \"50/s\"",
+        );
+        let config = parse_accounts(Path::new("a.toml"), &paced, &var, false).unwrap();
+        assert_eq!(config.accounts[1].pace.standard, Some(Rate::per_second(50)));
+        let bad = text.replace(
+            "token_env = \"HELP\"",
+            "token_env = \"HELP\"\npace_media = \"fast\"",
+        );
+        let e = parse_accounts(Path::new("a.toml"), &bad, &var, false).unwrap_err();
+        assert!(e.what.contains("a rate is N/s"), "{e}");
+        assert_eq!(e.line, 11);
         let bad = text.replace("brand-b", "../etc");
         let e = parse_accounts(Path::new("a.toml"), &bad, &var, false).unwrap_err();
         assert!(e.what.contains("URL path"), "{e}");

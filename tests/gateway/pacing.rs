@@ -270,3 +270,35 @@ async fn a_send_whose_deadline_passes_before_its_turn_is_overloaded_and_never_se
     assert!(retry_delay(&status).unwrap() >= Duration::from_secs(59 * 60));
     assert_eq!(graph.accepted().len(), 3);
 }
+
+#[tokio::test]
+async fn audio_and_video_go_at_their_own_slower_pace() {
+    let graph = MetaRateLimit::new(1000);
+    let gw = gateway_with(PaceLimits::default(), &graph).await;
+    let mut client = gw.client().await;
+    let video = || pb::SendRequest {
+        attachments: vec![pb::Attachment {
+            r#type: pb::AttachmentType::Video as i32,
+            source: Some(pb::attachment::Source::Url(
+                "https://example.com/clip.mp4".into(),
+            )),
+        }],
+        ..text_to(USER, "")
+    };
+    let started = Instant::now();
+    for _ in 0..8 {
+        client.send(text_to(USER, "text")).await.unwrap();
+    }
+    let texts = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..8 {
+        client.send(video()).await.unwrap();
+    }
+    let videos = started.elapsed();
+    // 10/s: a burst of 3, then one each 125 ms.
+    assert!(
+        videos >= Duration::from_millis(600),
+        "8 videos in {videos:?}"
+    );
+    assert!(texts < Duration::from_millis(300), "8 texts in {texts:?}");
+}
