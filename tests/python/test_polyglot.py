@@ -209,3 +209,26 @@ def test_python_lists_the_accounts_and_follows_one_of_them(gateway, stub):
         stub.Send(pb.SendRequest(account_id="nobody", recipient_id=DEMO, text="hi"), timeout=10)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert details_of(unknown.value)["ErrorInfo"][0].reason == "ACCOUNT_NOT_FOUND"
+
+
+def test_a_broadcast_streams_from_python_and_from_grpcurl(gateway, stub):
+    people = [DEMO, OUTSIDE_WINDOW, DEMO]
+
+    def broadcast():
+        for i, igsid in enumerate(people):
+            yield pb.SendRequest(account_id=SHOP, recipient_id=igsid, text="Spring sale", request_id=f"py-sale-{i}")
+
+    results = sorted(stub.SendStream(broadcast(), timeout=30), key=lambda r: r.index)
+    assert [r.request_id for r in results] == ["py-sale-0", "py-sale-1", "py-sale-2"]
+    assert [r.WhichOneof("result") for r in results] == ["response", "error", "response"]
+    assert results[1].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "outside" in results[1].error.message.lower()
+
+    lines = "\n".join(
+        json.dumps({"account_id": SHOP, "recipient_id": igsid, "text": "Spring sale", "request_id": f"curl-sale-{i}"})
+        for i, igsid in enumerate(people)
+    )
+    out = grpcurl("-plaintext", "-d", "@", gateway.target, "messenger.v1.Messenger/SendStream", stdin=lines)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count('"messageId"') == 2, out.stdout
+    assert "OUTSIDE_MESSAGING_WINDOW" in out.stdout or "outside" in out.stdout.lower(), out.stdout
