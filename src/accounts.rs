@@ -104,6 +104,7 @@ impl PaceOverrides {
             standard: self.standard.unwrap_or(limits.standard),
             media: self.media.unwrap_or(limits.media),
             private_replies: self.private_replies.unwrap_or(limits.private_replies),
+            per_recipient: limits.per_recipient,
         }
     }
 }

@@ -218,6 +218,14 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_PACE_PRIVATE_REPLIES", value_parser = Rate::parse,
           default_value_t = PaceLimits::default().private_replies)]
     pace_private_replies: Rate,
+    /// At least this long between two sends to one person, such as 1s
+    /// (Meta may throttle a thread that receives too much); 0s: off.
+    #[arg(
+        long,
+        env = "MESSENGER_GATEWAY_MIN_INTERVAL_PER_RECIPIENT",
+        default_value = "0s"
+    )]
+    min_interval_per_recipient: Duration,
     /// Refresh an Instagram-Login token (at least a day old) this long
     /// before it expires, such as 10d.
     #[arg(long, env = "MESSENGER_GATEWAY_REFRESH_BEFORE",
@@ -296,6 +304,8 @@ impl ServeArgs {
                     standard: self.pace_standard,
                     media: self.pace_media,
                     private_replies: self.pace_private_replies,
+                    per_recipient: Some(self.min_interval_per_recipient.into())
+                        .filter(|d: &std::time::Duration| !d.is_zero()),
                 }),
                 ..DeliveryPolicy::default()
             },

@@ -246,7 +246,7 @@ impl Deliverer {
         budget: Budget,
     ) -> Result<Sent, SendError> {
         let started = Instant::now();
-        let result = self.deliver(body, tier, &budget).await;
+        let result = self.deliver(body, tier, recipient, &budget).await;
         let account = self.account.load();
         log_outcome(
             &self.metrics,
@@ -259,7 +259,13 @@ impl Deliverer {
         result
     }
 
-    async fn deliver(&self, body: Bytes, tier: Tier, budget: &Budget) -> Result<Sent, SendError> {
+    async fn deliver(
+        &self,
+        body: Bytes,
+        tier: Tier,
+        recipient: &str,
+        budget: &Budget,
+    ) -> Result<Sent, SendError> {
         let deadline = budget.deadline;
         // Counted before the check, so the bound holds under a race.
         let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -275,7 +281,7 @@ impl Deliverer {
         let mut queued = Duration::ZERO;
         loop {
             if let Some(pacer) = &self.pacer {
-                let waited = self.wait_for_pace(pacer, tier, budget).await?;
+                let waited = self.wait_for_pace(pacer, tier, recipient, budget).await?;
                 self.metrics.queue_waited(
                     &self.account.load().account_id,
                     budget.priority,
@@ -371,9 +377,10 @@ impl Deliverer {
         &self,
         pacer: &Pacer,
         tier: Tier,
+        recipient: &str,
         budget: &Budget,
     ) -> Result<Duration, SendError> {
-        match pacer.turn(tier, budget.priority, budget).await {
+        match pacer.turn(tier, budget.priority, recipient, budget).await {
             Ok(waited) => Ok(waited),
             Err(PaceRefusal::TooLate { retry_after }) => Err(SendError::Overloaded {
                 detail: format!(

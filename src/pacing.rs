@@ -156,6 +156,9 @@ pub struct PaceLimits {
     pub standard: Rate,
     pub media: Rate,
     pub private_replies: Rate,
+    /// At least this long between two sends to one person (Meta may
+    /// throttle a single thread that receives too much); `None`: off.
+    pub per_recipient: Option<Duration>,
 }
 
 impl Default for PaceLimits {
@@ -165,6 +168,7 @@ impl Default for PaceLimits {
             standard: Rate::per_second(300),
             media: Rate::per_second(10),
             private_replies: Rate::per_hour(750),
+            per_recipient: None,
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct Pacer {
     paused_until: Mutex<Option<Instant>>,
     /// Sends waiting for a turn, by priority (interactive, bulk).
     waiting: [AtomicUsize; 2],
+    /// Each person's next free turn, with `per_recipient` spacing.
+    recipients: Mutex<std::collections::HashMap<String, Instant>>,
     clock: DefaultClock,
 }
 
@@ -237,6 +243,7 @@ impl Pacer {
             slowed: AtomicBool::new(false),
             paused_until: Mutex::new(None),
             waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            recipients: Mutex::default(),
             clock: DefaultClock::default(),
         }
     }
@@ -304,9 +311,18 @@ impl Pacer {
         &self,
         tier: Tier,
         priority: Priority,
+        recipient: &str,
         budget: &Budget,
     ) -> Result<Duration, PaceRefusal> {
         let started = Instant::now();
+        if let Some(gap) = self.limits.per_recipient {
+            let slot = self.recipient_slot(recipient, gap, budget.deadline)?;
+            tokio::select! {
+                biased;
+                () = budget.cancelled.cancelled() => return Err(PaceRefusal::Cancelled),
+                () = tokio::time::sleep_until(slot.into()) => {}
+            }
+        }
         let rate = self.limits.of(tier);
         let slowdown = if self.is_slowed() { 2 } else { 1 };
         let interval = rate.interval() * slowdown;
@@ -351,6 +367,36 @@ impl Pacer {
         }
     }
 }
+
+impl Pacer {
+    /// Reserves `recipient`'s next turn, `gap` after the last one; refused
+    /// if it comes after `deadline`.
+    fn recipient_slot(
+        &self,
+        recipient: &str,
+        gap: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Instant, PaceRefusal> {
+        let now = Instant::now();
+        let mut next = self.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = next.get(recipient).map_or(now, |t| (*t).max(now));
+        if deadline.is_some_and(|d| slot > d) {
+            return Err(PaceRefusal::TooLate {
+                retry_after: slot - now,
+            });
+        }
+        next.insert(recipient.to_owned(), slot + gap);
+        // People written to long ago need no entry.
+        if next.len() > MAX_REMEMBERED_RECIPIENTS {
+            next.retain(|_, t| *t > now);
+        }
+        Ok(slot)
+    }
+}
+
+/// Recipients remembered for spacing before the ones already free are
+/// forgotten.
+const MAX_REMEMBERED_RECIPIENTS: usize = 100_000;
 
 /// Counts a send as waiting for as long as it does.
 struct Waiting<'a>(&'a AtomicUsize);
@@ -399,7 +445,12 @@ mod tests {
         let started = Instant::now();
         for _ in 0..23 {
             pacer
-                .turn(Tier::Standard, Priority::Interactive, &Budget::default())
+                .turn(
+                    Tier::Standard,
+                    Priority::Interactive,
+                    "1",
+                    &Budget::default(),
+                )
                 .await
                 .unwrap();
         }
@@ -412,8 +463,49 @@ mod tests {
         let hurried = Budget::from(Instant::now() + Duration::from_millis(1));
         pacer.pause(Duration::from_secs(5));
         assert!(matches!(
-            pacer.turn(Tier::Standard, Priority::Interactive, &hurried).await,
+            pacer.turn(Tier::Standard, Priority::Interactive, "1", &hurried).await,
             Err(PaceRefusal::TooLate { retry_after }) if retry_after >= Duration::from_secs(4)
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_person_gets_sends_no_closer_than_the_spacing() {
+        let pacer = Pacer::new(PaceLimits {
+            per_recipient: Some(Duration::from_millis(200)),
+            ..PaceLimits::default()
+        });
+        let started = Instant::now();
+        for _ in 0..3 {
+            pacer
+                .turn(
+                    Tier::Standard,
+                    Priority::Interactive,
+                    "1",
+                    &Budget::default(),
+                )
+                .await
+                .unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        // Another person is not held up by the first.
+        let other = Instant::now();
+        pacer
+            .turn(
+                Tier::Standard,
+                Priority::Interactive,
+                "2",
+                &Budget::default(),
+            )
+            .await
+            .unwrap();
+        assert!(other.elapsed() < Duration::from_millis(100));
+        // A deadline before the person's next turn is refused at once.
+        let hurried = Budget::from(Instant::now() + Duration::from_millis(50));
+        assert!(matches!(
+            pacer
+                .turn(Tier::Standard, Priority::Interactive, "1", &hurried)
+                .await,
+            Err(PaceRefusal::TooLate { .. })
         ));
     }
 
