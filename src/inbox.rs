@@ -2,7 +2,7 @@
 //! and answering what the window with a person is. Free of HTTP and protobuf.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -96,6 +96,8 @@ pub struct Inbox {
     closing: watch::Sender<bool>,
     max_subscribers: usize,
     subscribers: Arc<AtomicUsize>,
+    /// Each live subscription's position, for the lag metric.
+    positions: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
 
 impl Inbox {
@@ -113,7 +115,22 @@ impl Inbox {
             closing: watch::Sender::new(false),
             max_subscribers,
             subscribers: Arc::new(AtomicUsize::new(0)),
+            positions: std::sync::Mutex::default(),
         }))
+    }
+
+    /// How many events the furthest-behind subscriber has still to take.
+    pub async fn largest_subscriber_lag(&self) -> u64 {
+        let Ok((head, _)) = self.store.bounds().await else {
+            return 0;
+        };
+        let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|p| head.saturating_sub(p.load(Ordering::Relaxed)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// `Subscribe` streams open now.
@@ -177,6 +194,12 @@ impl Inbox {
         let (tx, rx) = mpsc::channel(PAGE);
         let (end, ended) = oneshot::channel();
         let inbox = self.clone();
+        let position = Arc::new(AtomicU64::new(after));
+        {
+            let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            positions.retain(|p| p.strong_count() > 0);
+            positions.push(Arc::downgrade(&position));
+        }
         tokio::spawn(async move {
             let _slot = slot;
             let mut closing = inbox.closing.subscribe();
@@ -184,6 +207,7 @@ impl Inbox {
                 store: &inbox.store,
                 filter,
                 tx: &tx,
+                position: &position,
             };
             let ended = tokio::select! {
                 ended = feed.run(after, after < head, live) => ended,
@@ -239,6 +263,8 @@ struct Feed<'a> {
     store: &'a Arc<dyn Store>,
     filter: EventFilter,
     tx: &'a mpsc::Sender<Arc<StoredEvent>>,
+    /// The last seq handed to the subscriber (or filtered out).
+    position: &'a AtomicU64,
 }
 
 impl Feed<'_> {
@@ -305,10 +331,12 @@ impl Feed<'_> {
 
     /// `None` once the subscriber has gone.
     async fn send(&self, event: Arc<StoredEvent>) -> Option<()> {
-        if !(self.filter)(&event.event) {
-            return Some(());
+        let seq = event.seq;
+        if (self.filter)(&event.event) {
+            self.tx.send(event).await.ok()?;
         }
-        self.tx.send(event).await.ok()
+        self.position.store(seq, Ordering::Relaxed);
+        Some(())
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ResultLabels, Counter>,
     pub events_stored: Family<EventLabels, Counter>,
     subscribers: Gauge,
+    subscriber_lag: Gauge,
+    store_commit: Histogram,
     token_state: Family<TokenLabels, Gauge>,
     token_expiry: Family<AccountLabels, Gauge>,
 }
@@ -120,6 +122,8 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             events_stored: Family::default(),
             subscribers: Gauge::default(),
+            subscriber_lag: Gauge::default(),
+            store_commit: Seconds.new_metric(),
             token_state: Family::default(),
             token_expiry: Family::default(),
             registry: PromRegistry::default(),
@@ -178,6 +182,16 @@ impl Metrics {
             "subscribers",
             "Subscribe streams open",
             metrics.subscribers.clone(),
+        );
+        registry.register(
+            "subscriber_lag_events",
+            "Events the furthest-behind Subscribe stream has still to take",
+            metrics.subscriber_lag.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "How long each store commit (one fsync for a batch of writes) took",
+            metrics.store_commit.clone(),
         );
         registry.register(
             "token_state",
@@ -269,8 +283,14 @@ impl Metrics {
             .inc();
     }
 
+    pub fn store_committed(&self, seconds: f64) {
+        self.store_commit.observe(seconds);
+    }
+
     /// The Prometheus text exposition, with the gauges read now.
-    pub fn render(&self, accounts: &Registry, inbox: &Inbox) -> String {
+    pub async fn render(&self, accounts: &Registry, inbox: &Inbox) -> String {
+        self.subscriber_lag
+            .set(inbox.largest_subscriber_lag().await as i64);
         self.queue_depth.clear();
         self.token_state.clear();
         self.token_expiry.clear();

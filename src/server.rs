@@ -180,7 +180,7 @@ fn serve_admin(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<(
                             header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        a.metrics.render(&a.accounts, &a.inbox),
+                        a.metrics.render(&a.accounts, &a.inbox).await,
                     )
                 },
             ),

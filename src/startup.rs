@@ -267,6 +267,9 @@ impl Application {
         let store = Arc::new(
             SqliteStore::open(&settings.data_dir).map_err(|e| store_failed(e.to_string()))?,
         );
+        let metrics = Arc::new(Metrics::new());
+        let commits = metrics.clone();
+        store.observe_commits(move |seconds| commits.store_committed(seconds));
         let inbox = Inbox::new(store, settings.clock.clone(), settings.max_subscribers)
             .await
             .map_err(|e| store_failed(e.to_string()))?;
@@ -278,7 +281,6 @@ impl Application {
 
         let connect_timeout = settings.delivery.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
         let graph = GraphClient::new(connect_timeout);
-        let metrics = Arc::new(Metrics::new());
         let accounts =
             Registry::observed(graph.clone(), settings.delivery, account, metrics.clone());
         tokio::spawn(count_stored_events(inbox.clone(), metrics.clone()));

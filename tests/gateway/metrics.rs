@@ -84,6 +84,15 @@ async fn metrics_move_with_the_traffic_and_probes_follow_the_lifecycle() {
         format!("messenger_gateway_events_stored_total{{account=\"{ACCOUNT}\",kind=\"message\"}}");
     assert_eq!(sample(&text, &stored), Some(1.0), "{text}");
     assert_eq!(sample(&text, "messenger_gateway_subscribers "), Some(1.0));
+    assert_eq!(
+        sample(&text, "messenger_gateway_subscriber_lag_events "),
+        Some(0.0)
+    );
+    let commits = sample(
+        &text,
+        "messenger_gateway_store_commit_duration_seconds_count",
+    );
+    assert!(commits.unwrap_or(0.0) >= 1.0, "{text}");
     assert!(text.contains("messenger_gateway_build_info{version=\""));
     assert!(text.contains(&format!(
         "messenger_gateway_token_state{{account=\"{ACCOUNT}\",state=\"VALID\"}} 1"

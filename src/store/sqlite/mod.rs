@@ -30,7 +30,7 @@ mod writer;
 
 use schema::{SCHEMA, create_private_dir, head, open_connection, pruned_through, restrict_files};
 use windows::{WindowChange, Windows, apply, latest, load_windows};
-use writer::{Job, in_savepoint, write_loop};
+use writer::{CommitObserver, Job, in_savepoint, write_loop};
 
 /// Events committed, in seq order, for live subscribers.
 type Feed = broadcast::Sender<Arc<StoredEvent>>;
@@ -43,6 +43,8 @@ pub struct SqliteStore {
     windows: Arc<RwLock<Windows>>,
     feed: Feed,
     bounds: Arc<Bounds>,
+    /// Told each commit's duration.
+    commits: CommitObserver,
 }
 
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
@@ -92,9 +94,11 @@ impl SqliteStore {
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the reader: {e}")))?;
         let (writer, jobs) = mpsc::channel::<Job>();
+        let observer = CommitObserver::default();
+        let commits = observer.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(writer_conn, jobs))
+            .spawn(move || write_loop(writer_conn, jobs, observer))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             writer,
@@ -102,7 +106,14 @@ impl SqliteStore {
             windows,
             feed: broadcast::Sender::new(FEED_CAPACITY),
             bounds,
+            commits,
         })
+    }
+
+    /// Has `observe` told each commit's duration in seconds (once; a second
+    /// observer is ignored).
+    pub fn observe_commits(&self, observe: impl Fn(f64) + Send + Sync + 'static) {
+        let _ = self.commits.set(Box::new(observe));
     }
 
     async fn write<R: Send + 'static>(

@@ -29,7 +29,11 @@ pub(super) fn in_savepoint<R>(
     result
 }
 
-pub(super) fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+/// Told how long each commit took.
+pub(super) type CommitObserver =
+    std::sync::Arc<std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>>;
+
+pub(super) fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, observer: CommitObserver) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -48,7 +52,11 @@ pub(super) fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 continue;
             }
         };
+        let started = std::time::Instant::now();
         let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Some(observe) = observer.get() {
+            observe(started.elapsed().as_secs_f64());
+        }
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
