@@ -353,9 +353,15 @@ impl Deliverer {
                 && !self.draining.load(Ordering::SeqCst);
             if !retry {
                 let retry_after = match error.failure.reason() {
-                    Reason::RateLimited => {
-                        Some(error.retry_after.unwrap_or(policy.rate_limit_delay))
-                    }
+                    // With a pace, the pause still left; else Graph's hint.
+                    Reason::RateLimited => Some(
+                        self.pacer
+                            .as_ref()
+                            .map(Pacer::pause_left)
+                            .filter(|left| !left.is_zero())
+                            .or(error.retry_after)
+                            .unwrap_or(policy.rate_limit_delay),
+                    ),
                     Reason::UpstreamUnavailable => Some(error.retry_after.unwrap_or(delay)),
                     _ => None,
                 };

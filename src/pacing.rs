@@ -206,8 +206,9 @@ pub struct Pacer {
     limiters: [ArcSwap<DefaultDirectRateLimiter>; 3],
     slowed: AtomicBool,
     paused_until: Mutex<Option<Instant>>,
-    /// Sends waiting for a turn, by priority (interactive, bulk).
-    waiting: [AtomicUsize; 2],
+    /// Sends waiting for a turn, by tier and priority (interactive, bulk):
+    /// only the same tier's interactive sends hold a bulk one back.
+    waiting: [[AtomicUsize; 2]; 3],
     /// Each person's next free turn, with `per_recipient` spacing.
     recipients: Mutex<std::collections::HashMap<String, Instant>>,
     clock: DefaultClock,
@@ -242,7 +243,7 @@ impl Pacer {
             limiters: TIERS.map(limiter),
             slowed: AtomicBool::new(false),
             paused_until: Mutex::new(None),
-            waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            waiting: Default::default(),
             recipients: Mutex::default(),
             clock: DefaultClock::default(),
         }
@@ -254,7 +255,14 @@ impl Pacer {
 
     /// Sends waiting for a turn, by priority.
     pub fn waiting(&self, priority: Priority) -> usize {
-        self.waiting[priority as usize].load(Ordering::Relaxed)
+        self.waiting
+            .iter()
+            .map(|tier| tier[priority as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn waiting_in(&self, tier: Tier, priority: Priority) -> usize {
+        self.waiting[index(tier)][priority as usize].load(Ordering::Relaxed)
     }
 
     /// How long the account is paused for still.
@@ -289,9 +297,14 @@ impl Pacer {
         if self.slowed.swap(slow, Ordering::Relaxed) != slow {
             let slowdown = if slow { 2 } else { 1 };
             for tier in TIERS {
-                self.limiters[index(tier)].store(std::sync::Arc::new(
-                    DefaultDirectRateLimiter::direct(self.limits.of(tier).quota(slowdown)),
-                ));
+                let rate = self.limits.of(tier);
+                let limiter = DefaultDirectRateLimiter::direct(rate.quota(slowdown));
+                // A new limiter starts with its burst free; spent now, so
+                // the swap never lets more through than the budget.
+                for _ in 0..rate.burst() {
+                    let _ = limiter.check();
+                }
+                self.limiters[index(tier)].store(std::sync::Arc::new(limiter));
             }
             tracing::info!(
                 usage = ratio,
@@ -328,10 +341,10 @@ impl Pacer {
         let interval = rate.interval() * slowdown;
         // Who goes first: every interactive send, and for a bulk one every
         // bulk send queued before it too.
-        let ahead = self.waiting(Priority::Interactive)
+        let ahead = self.waiting_in(tier, Priority::Interactive)
             + match priority {
                 Priority::Interactive => 0,
-                Priority::Bulk => self.waiting(Priority::Bulk),
+                Priority::Bulk => self.waiting_in(tier, Priority::Bulk),
             };
         let eta = self.pause_left() + interval.saturating_mul(ahead as u32);
         if let Some(deadline) = budget.deadline
@@ -341,11 +354,13 @@ impl Pacer {
                 retry_after: eta.max(interval),
             });
         }
-        let _waiting = Waiting::new(&self.waiting[priority as usize]);
+        let _waiting = Waiting::new(&self.waiting[index(tier)][priority as usize]);
         loop {
             let wait = match self.pause_left() {
                 left if !left.is_zero() => left,
-                _ if priority == Priority::Bulk && self.waiting(Priority::Interactive) > 0 => {
+                _ if priority == Priority::Bulk
+                    && self.waiting_in(tier, Priority::Interactive) > 0 =>
+                {
                     interval
                 }
                 _ => match self.limiters[index(tier)].load().check() {

@@ -283,7 +283,11 @@ impl Application {
         let graph = GraphClient::new(connect_timeout);
         let accounts =
             Registry::observed(graph.clone(), settings.delivery, account, metrics.clone());
-        tokio::spawn(count_stored_events(inbox.clone(), metrics.clone()));
+        tokio::spawn(count_stored_events(
+            inbox.clone(),
+            accounts.clone(),
+            metrics.clone(),
+        ));
         let admin = match settings.admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -422,13 +426,20 @@ impl Application {
     }
 }
 
-/// Counts each event as it is committed, by account and kind. A burst this
-/// task falls behind on is skipped, not counted twice.
-async fn count_stored_events(inbox: Arc<Inbox>, metrics: Arc<Metrics>) {
+/// Counts each event as it is committed, by account and kind; events for
+/// accounts not configured share one label, so a payload cannot mint
+/// series. A burst this task falls behind on is skipped, not counted twice.
+async fn count_stored_events(inbox: Arc<Inbox>, accounts: Arc<Registry>, metrics: Arc<Metrics>) {
     let mut feed = inbox.store().committed();
     loop {
         match feed.recv().await {
-            Ok(e) => metrics.event_stored(&e.event.account_id, e.event.kind.name()),
+            Ok(e) => {
+                let account = match accounts.by_id(&e.event.account_id) {
+                    Some(_) => e.event.account_id.as_str(),
+                    None => "unconfigured",
+                };
+                metrics.event_stored(account, e.event.kind.name())
+            }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }

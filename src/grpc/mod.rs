@@ -194,14 +194,30 @@ impl MessengerService {
         use futures_util::stream::FuturesUnordered;
         let stream_gone = CancellationToken::new();
         let _on_end = stream_gone.clone().drop_guard();
+        let keys = self.keys.clone();
+        let revoked_caller = caller.clone();
+        let revoked = keys.revoked(&revoked_caller);
+        tokio::pin!(revoked);
         let mut running = FuturesUnordered::new();
         let mut index = 0u64;
         let mut reading = true;
+        // Why the caller's stream broke, told after what is under way.
+        let mut broken: Option<Status> = None;
         loop {
             if !reading && running.is_empty() {
+                if let Some(status) = broken {
+                    let _ = results.send(Err(status)).await;
+                }
                 return;
             }
             tokio::select! {
+                // A key revoked mid-stream: nothing more goes out for it.
+                () = &mut revoked => {
+                    let _ = results
+                        .send(Err(AuthError::InvalidKey.into()))
+                        .await;
+                    return;
+                }
                 next = inbound.next(), if reading && running.len() < STREAM_READ_AHEAD => match next {
                     Some(Ok(request)) => {
                         let (i, request_id) = (index, request.request_id.clone());
@@ -220,8 +236,13 @@ impl MessengerService {
                             }
                         }
                     }
-                    // The caller's stream broke: what is under way finishes.
-                    Some(Err(_)) | None => reading = false,
+                    // The caller's stream broke: what is under way finishes,
+                    // then the caller learns why the rest was not read.
+                    Some(Err(status)) => {
+                        reading = false;
+                        broken = Some(status);
+                    }
+                    None => reading = false,
                 },
                 Some((i, request_id, outcome)) = running.next(), if !running.is_empty() => {
                     if results.send(Ok(send_result(i, request_id, outcome))).await.is_err() {

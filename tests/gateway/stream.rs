@@ -172,3 +172,43 @@ async fn a_caller_that_goes_mid_stream_leaves_nothing_unsent_going_out() {
     let sent = gw.graph_calls().await;
     assert!(sent <= 4, "{sent} sent after the caller went");
 }
+
+#[tokio::test]
+async fn a_key_revoked_mid_stream_ends_the_broadcast_and_sends_nothing_more() {
+    const KEY: &str = "mgw_broadcaster_0123456789abcdefghijklmnopqrstu";
+    let gw = TestGateway::builder()
+        .keys(&key_entry("marketing", KEY, &["*"], &["send"]))
+        .delivery(DeliveryPolicy {
+            pace: Some(PaceLimits {
+                standard: Rate::per_second(4),
+                ..PaceLimits::default()
+            }),
+            ..quick_policy()
+        })
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let mut results = gw
+        .client()
+        .await
+        .send_stream(with_key(tokio_stream::iter((0..20).map(numbered)), KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    results.next().await.unwrap().unwrap();
+    std::fs::write(&gw.keys_file, "").unwrap();
+    gw.keys.reload().unwrap();
+    let mut ended = None;
+    while let Some(item) = results.next().await {
+        if let Err(status) = item {
+            ended = Some(status);
+            break;
+        }
+    }
+    let status = ended.expect("the stream ends with an error");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let sent = gw.graph_calls().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(gw.graph_calls().await, sent, "nothing more went out");
+    assert!(sent < 20, "{sent}");
+}
