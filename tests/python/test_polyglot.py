@@ -50,7 +50,8 @@ def test_python_client_gets_retry_info_on_rate_limits(stub):
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = details_of(caught.value)
     assert details["ErrorInfo"][0].reason == "RATE_LIMITED"
-    assert details["RetryInfo"][0].retry_delay.seconds > 0
+    delay = details["RetryInfo"][0].retry_delay
+    assert delay.seconds + delay.nanos / 1e9 > 0.5
 
 
 def test_python_client_sees_each_bad_field(stub):
