@@ -119,6 +119,8 @@ pub struct AccountPath {
     pub deliverer: Arc<Deliverer>,
     /// The settings as configured (the deliverer may hold a refreshed token).
     configured: Account,
+    /// The budgets of its own it was built with.
+    pace: PaceOverrides,
     /// Shared with the path that replaces this one on a reload, so sends
     /// and checks still under way on this one report where it is seen.
     health: Arc<Health>,
@@ -283,6 +285,7 @@ impl Registry {
                 self.metrics.clone(),
             ),
             configured: spec.account,
+            pace: spec.pace,
             health: Arc::default(),
         })
     }
@@ -309,6 +312,24 @@ impl Registry {
                     return self.path(spec);
                 };
                 kept.insert(previous.id.clone());
+                if previous.pace != spec.pace {
+                    // New budgets need a new pacer: a new delivery path, with
+                    // the token in use and the token's status carried over;
+                    // the old path finishes what it has under way.
+                    summary.changed.push(previous.id.clone());
+                    let same_token = previous.configured.token() == spec.account.token();
+                    let in_use = previous.deliverer.account();
+                    let mut fresh = Arc::into_inner(self.path(spec)).expect("just made");
+                    if same_token && let Ok(account) = fresh.configured.with_token(in_use.token()) {
+                        fresh.deliverer.replace_account(account);
+                    }
+                    fresh.health = previous.health.clone();
+                    self.retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Arc::downgrade(&previous.deliverer));
+                    return Arc::new(fresh);
+                }
                 let changed = !previous.configured.same_as(&spec.account);
                 if changed {
                     summary.changed.push(previous.id.clone());
@@ -339,6 +360,7 @@ impl Registry {
                     app: spec.app,
                     deliverer: previous.deliverer.clone(),
                     configured: spec.account,
+                    pace: spec.pace,
                     health: previous.health.clone(),
                 })
             })
@@ -534,5 +556,34 @@ mod tests {
         ]);
         assert_eq!(again, Reloaded::default());
         assert!(Arc::ptr_eq(&same, &r.resolve("shop").unwrap()));
+    }
+
+    #[test]
+    fn a_reload_with_new_budgets_gives_the_account_a_new_pacer() {
+        let paced = |standard: Option<Rate>| {
+            let mut spec = spec("1", Some("shop"));
+            spec.pace.standard = standard;
+            spec
+        };
+        let r = Registry::new(
+            GraphClient::new(Duration::from_secs(1)),
+            DeliveryPolicy {
+                pace: Some(PaceLimits::default()),
+                ..DeliveryPolicy::default()
+            },
+            vec![paced(None)],
+        );
+        let before = r.resolve("shop").unwrap();
+        before.token_refused("expired");
+        let summary = r.reload(vec![paced(Some(Rate::per_second(50)))]);
+        assert_eq!(summary.changed, ["1"]);
+        let after = r.resolve("shop").unwrap();
+        assert!(!Arc::ptr_eq(&before.deliverer, &after.deliverer));
+        let limits = after.deliverer.pacer().unwrap().limits();
+        assert_eq!(limits.standard, Rate::per_second(50));
+        // What is known of the token carries over.
+        assert_eq!(after.status().state, TokenState::Invalid);
+        // The old path still drains at shutdown while it has sends.
+        assert_eq!(r.deliverers().len(), 2);
     }
 }

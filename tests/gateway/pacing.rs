@@ -302,3 +302,80 @@ async fn audio_and_video_go_at_their_own_slower_pace() {
     );
     assert!(texts < Duration::from_millis(300), "8 texts in {texts:?}");
 }
+
+#[tokio::test]
+async fn an_accounts_own_budget_from_the_file_paces_it_alone() {
+    let graph = wiremock::MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    Mock::given(method("POST"))
+        .respond_with(ok_reply())
+        .mount(&graph)
+        .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let file = format!(
+        "[[account]]\nid = \"17841400000000001\"\nname = \"slow\"\ntoken_file = {token:?}\napi_url = {base:?}\npace_standard = \"5/s\"\n\n\
+         [[account]]\nid = \"17841400000000002\"\nname = \"fast\"\ntoken_file = {token:?}\napi_url = {base:?}\n"
+    );
+    let gw = TestGateway::builder()
+        .graph(graph, &base)
+        .delivery(paced(PaceLimits::default()))
+        .accounts_file(&file)
+        .start()
+        .await;
+    let mut client = gw.client().await;
+    let mut timed = async |account: &str| {
+        let started = Instant::now();
+        for _ in 0..8 {
+            client
+                .send(from_account(account, text_to(USER, "hi")))
+                .await
+                .unwrap();
+        }
+        started.elapsed()
+    };
+    let fast = timed("fast").await;
+    let slow = timed("slow").await;
+    // 5/s: a burst of 3, then one each 1/3 s.
+    assert!(slow >= Duration::from_millis(1500), "8 at 5/s in {slow:?}");
+    assert!(fast < Duration::from_millis(500), "8 at 300/s in {fast:?}");
+}
+
+#[tokio::test]
+async fn with_pacing_on_a_full_queue_is_still_overloaded_at_once() {
+    let graph = MetaRateLimit::new(1000);
+    let gw = TestGateway::builder()
+        .delivery(DeliveryPolicy {
+            max_concurrent_calls: 1,
+            max_queued_sends: 2,
+            ..paced(PaceLimits {
+                standard: Rate::per_second(1),
+                ..PaceLimits::default()
+            })
+        })
+        .start()
+        .await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(graph.clone())
+        .mount(&gw.graph)
+        .await;
+    // One sent at once; three more wait for the pace (one per second): with
+    // one call slot and two queued, that is the bound.
+    for _ in 0..4 {
+        let mut client = gw.client().await;
+        tokio::spawn(async move { client.send(text_to(USER, "waiting")).await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = gw
+        .client()
+        .await
+        .send(text_to(USER, "one too many"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).0, "OVERLOADED");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(graph.accepted().len() <= 1);
+}
