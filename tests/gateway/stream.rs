@@ -212,3 +212,66 @@ async fn a_key_revoked_mid_stream_ends_the_broadcast_and_sends_nothing_more() {
     assert_eq!(gw.graph_calls().await, sent, "nothing more went out");
     assert!(sent < 20, "{sent}");
 }
+
+#[tokio::test]
+async fn a_stream_deadline_and_key_scopes_hold_for_each_message() {
+    use messenger_gateway::accounts::AccountSpec;
+    use messenger_gateway::graph::{AccessToken, Account};
+    const KEY: &str = "mgw_shop_broadcaster_0123456789abcdefghijklmno";
+    const OTHER: &str = "17841400000000002";
+    let other = Account::new("http://127.0.0.1:9/v25.0", OTHER, &AccessToken::new("t")).unwrap();
+    let gw = TestGateway::builder()
+        .keys(&key_entry("shop-only", KEY, &[ACCOUNT], &["send"]))
+        .account(AccountSpec::new(other))
+        .delivery(DeliveryPolicy {
+            pace: Some(PaceLimits {
+                standard: Rate::per_second(2),
+                ..PaceLimits::default()
+            }),
+            ..quick_policy()
+        })
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let messages = (0..10).map(|i| {
+        let account = if i == 1 { OTHER } else { ACCOUNT };
+        pb::SendRequest {
+            account_id: account.into(),
+            ..numbered(i)
+        }
+    });
+    let mut request = with_key(tokio_stream::iter(messages), KEY);
+    request.set_timeout(Duration::from_millis(1500));
+    let mut results: Vec<pb::SendResult> = gw
+        .client()
+        .await
+        .send_stream(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .filter_map(Result::ok)
+        .collect()
+        .await;
+    results.sort_by_key(|r| r.index);
+    let reason = |r: &pb::SendResult| match r.result.as_ref().unwrap() {
+        pb::send_result::Result::Response(_) => "OK".to_owned(),
+        pb::send_result::Result::Error(status) => {
+            let status = tonic::Status::with_details(
+                Code::from_i32(status.code),
+                status.message.clone(),
+                prost::Message::encode_to_vec(status).into(),
+            );
+            error_info(&status).0
+        }
+    };
+    // The other account is outside the key: refused, nothing sent for it.
+    assert_eq!(reason(&results[1]), "ACCOUNT_NOT_ALLOWED");
+    // At 2/s within a 1.5 s deadline, the rest that cannot fit are refused
+    // as OVERLOADED, never sent.
+    let sent = results.iter().filter(|r| reason(r) == "OK").count();
+    let overloaded = results.iter().filter(|r| reason(r) == "OVERLOADED").count();
+    assert!((2..=6).contains(&sent), "{sent} sent");
+    assert_eq!(sent + overloaded + 1, results.len(), "{results:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gw.graph_calls().await, sent, "nothing after the deadline");
+}
