@@ -14,6 +14,8 @@
 //! Knobs: `BENCH_SENDS` (sends per round; default 20000), `BENCH_ROUNDS`
 //! (default 7), `BENCH_STARTS` (start-ups measured; default 5).
 
+mod support;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -35,13 +37,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const USER: &str = "17841400000000000";
 const FIRST_ID: u64 = 17_841_400_000_000_000;
 const CALLERS: usize = 64;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Account `i`'s id and token.
 fn account(i: usize) -> (String, String) {
@@ -185,20 +180,7 @@ impl Gateway {
 
     /// The process's user+system CPU time, from the scheduler's clock.
     fn cpu(&self) -> Duration {
-        let mut clock: libc::clockid_t = 0;
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: both pointers are to live locals of the right types.
-        unsafe {
-            assert_eq!(
-                libc::clock_getcpuclockid(self.child.id() as libc::pid_t, &mut clock),
-                0
-            );
-            assert_eq!(libc::clock_gettime(clock, &mut now), 0);
-        }
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        support::cpu_of(self.child.id())
     }
 
     /// Waits until every account's token has been checked: the keeper's
@@ -254,20 +236,15 @@ async fn sends(channel: &Channel, accounts: usize, n: usize) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 async fn cpu_per_send(upstream: SocketAddr) {
-    let total = env_or("BENCH_SENDS", 20_000) as usize;
+    let total = support::env_or("BENCH_SENDS", 20_000) as usize;
     const CHUNK: usize = 500;
     const MANY: usize = 100;
     println!(
         "1. CPU per send, {MANY} accounts vs one ({total} sends a round, {CALLERS} callers spreading them over the accounts;\n   a fresh pair of gateways each round, taking turns every {CHUNK} sends)"
     );
     let mut ratios = Vec::new();
-    for round in 1..=env_or("BENCH_ROUNDS", 7) {
+    for round in 1..=support::env_or("BENCH_ROUNDS", 7) {
         let (one, many) = if round % 2 == 0 {
             let one = Gateway::start(upstream, 1);
             (one, Gateway::start(upstream, MANY))
@@ -305,7 +282,7 @@ async fn cpu_per_send(upstream: SocketAddr) {
     }
     println!(
         "   median ratio {MANY} accounts / one: {:.3} (aim: within 1.1)",
-        median(ratios)
+        support::median(ratios)
     );
 }
 
@@ -313,7 +290,7 @@ async fn start_up(upstream: SocketAddr) {
     const MANY: usize = 1000;
     println!("\n2. {MANY} accounts configured vs one: start-up time and idle memory");
     let (mut times, mut memory) = (Vec::new(), Vec::new());
-    for _ in 0..env_or("BENCH_STARTS", 5) {
+    for _ in 0..support::env_or("BENCH_STARTS", 5) {
         let one = Gateway::start(upstream, 1);
         let many = Gateway::start(upstream, MANY);
         one.settle(1).await;
@@ -331,8 +308,8 @@ async fn start_up(upstream: SocketAddr) {
         times.push((many.started_in.as_secs_f64(), one.started_in.as_secs_f64()));
         memory.push(many_rss as f64 - one_rss as f64);
     }
-    let many_time = median(times.iter().map(|t| t.0).collect());
-    let one_time = median(times.iter().map(|t| t.1).collect());
+    let many_time = support::median(times.iter().map(|t| t.0).collect());
+    let one_time = support::median(times.iter().map(|t| t.1).collect());
     println!(
         "   median start-up {:.0} ms with {MANY} accounts, {:.0} ms with one ({:.1}x; aim: under 1 s)",
         many_time * 1e3,
@@ -341,7 +318,7 @@ async fn start_up(upstream: SocketAddr) {
     );
     println!(
         "   median idle memory {:.1} MiB more with {MANY} accounts (aim: under 20 MB more)",
-        median(memory) / 1024.0
+        support::median(memory) / 1024.0
     );
 }
 

@@ -22,7 +22,8 @@
 //! `BENCH_ROUNDS` (CPU rounds; default 9) and `BENCH_ONLY_CPU` (stop after
 //! the CPU rounds).
 
-use std::convert::Infallible;
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -30,10 +31,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::webhook;
@@ -47,37 +44,6 @@ const USER: &str = "17841400000000000";
 const SECRET: &str = "bench-app-secret";
 const KEY: &str = "mgw_bench_key_0123456789abcdefghijklmnopqrstuvwxyz0";
 const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A fixed-answer Graph stand-in on this process's runtime.
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(REPLY))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 struct Gateway {
     child: Child,
@@ -197,20 +163,7 @@ impl Gateway {
     /// at each clock tick, which over a round of ~1 s of CPU is ~100
     /// samples and a few per cent of noise by itself.
     fn cpu(&self) -> Duration {
-        let mut clock: libc::clockid_t = 0;
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: both pointers are to live locals of the right types.
-        unsafe {
-            assert_eq!(
-                libc::clock_getcpuclockid(self.child.id() as libc::pid_t, &mut clock),
-                0
-            );
-            assert_eq!(libc::clock_gettime(clock, &mut now), 0);
-        }
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        support::cpu_of(self.child.id())
     }
 }
 
@@ -303,11 +256,6 @@ fn rand_start() -> u64 {
         .as_nanos() as u64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Instructions the gateway executes (callgrind's total) for `n` sends,
 /// start-up and shutdown included, and of those the ones in SHA-256's block
 /// function (which valgrind runs in software: it hides SHA-NI).
@@ -382,7 +330,7 @@ async fn auth_instructions(upstream: SocketAddr) {
 }
 
 async fn auth_cost(upstream: SocketAddr) {
-    let total = env_or("BENCH_SENDS", 20_000) as usize;
+    let total = support::env_or("BENCH_SENDS", 20_000) as usize;
     const CHUNK: usize = 500;
     println!(
         "\n1. CPU per send, API key checked vs authentication off ({total} sends each a round, 16 callers;\n   a fresh pair of gateways each round, taking turns every {CHUNK} sends so both see the same machine)"
@@ -394,7 +342,7 @@ async fn auth_cost(upstream: SocketAddr) {
     // tell the cost of carrying it from the cost of checking it.
     let header_both = std::env::var("BENCH_HEADER_BOTH").is_ok();
     let mut ratios = Vec::new();
-    for round in 1..=env_or("BENCH_ROUNDS", 9) {
+    for round in 1..=support::env_or("BENCH_ROUNDS", 9) {
         // A fresh pair of processes each round, started in turns: one
         // process's luck of layout (where its code, heap and stacks fall in
         // the caches) made two gateways without keys differ by up to 5 % for
@@ -439,7 +387,7 @@ async fn auth_cost(upstream: SocketAddr) {
     }
     println!(
         "   median ratio with key / off: {:.3} (aim: within 1.03)",
-        median(ratios)
+        support::median(ratios)
     );
     // The check itself, in this process: what the key adds at most, beside
     // the noise of the end-to-end rounds.
@@ -476,7 +424,7 @@ async fn auth_cost(upstream: SocketAddr) {
 }
 
 async fn many_subscribers(upstream: SocketAddr) {
-    let n = env_or("BENCH_SUBSCRIBERS", 10_000) as usize;
+    let n = support::env_or("BENCH_SUBSCRIBERS", 10_000) as usize;
     println!("\n2. {n} Subscribe streams receiving events");
     let gateway = Gateway::start(upstream, false, &[]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -560,7 +508,7 @@ async fn many_subscribers(upstream: SocketAddr) {
 }
 
 async fn stalled_connections(upstream: SocketAddr) {
-    let window = Duration::from_secs(env_or("BENCH_SECONDS", 5));
+    let window = Duration::from_secs(support::env_or("BENCH_SECONDS", 5));
     println!(
         "\n3. 32 posters of valid deliveries, with and without 1,000 stalled webhook connections"
     );
@@ -607,7 +555,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let upstream = upstream().await;
+        let upstream = support::fixed_upstream(REPLY).await;
         auth_cost(upstream).await;
         if std::env::var("BENCH_ONLY_CPU").is_ok() {
             return;

@@ -15,7 +15,8 @@
 //! Knobs: `BENCH_SENDS` (per server a round; default 20000), `BENCH_ROUNDS`
 //! (default 3), `BENCH_GATEWAY_RUST_LOG` (the gateway's log level).
 
-use std::convert::Infallible;
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,10 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::grpc::pb::messenger_server::{Messenger, MessengerServer};
@@ -42,36 +39,6 @@ const ACCOUNT: &str = "17841400000000001";
 const USER: &str = "17841400000000000";
 const CALLERS: usize = 64;
 const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(REPLY))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// The two baseline servers: `post` set, the minimal handler; else the
 /// server that answers at once.
@@ -242,20 +209,7 @@ impl Process {
     }
 
     fn cpu(&self) -> Duration {
-        let mut clock: libc::clockid_t = 0;
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: both pointers are to live locals of the right types.
-        unsafe {
-            assert_eq!(
-                libc::clock_getcpuclockid(self.child.id() as libc::pid_t, &mut clock),
-                0
-            );
-            assert_eq!(libc::clock_gettime(clock, &mut now), 0);
-        }
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+        support::cpu_of(self.child.id())
     }
 
     async fn channel(&self) -> Channel {
@@ -309,7 +263,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let upstream = upstream().await;
+        let upstream = support::fixed_upstream(REPLY).await;
         let data = tempfile::tempdir().unwrap();
         let mut gateway = Command::new(BIN);
         gateway
@@ -353,12 +307,12 @@ fn main() {
         for channel in &channels {
             sends(channel, 4000).await;
         }
-        let total = env_or("BENCH_SENDS", 20_000) as usize;
+        let total = support::env_or("BENCH_SENDS", 20_000) as usize;
         println!(
             "CPU per send, {CALLERS} callers, {total} sends per server a round, zero-latency Graph stand-in"
         );
-        let mut per_send = vec![Vec::new(); 4];
-        for round in 1..=env_or("BENCH_ROUNDS", 3) {
+        let mut per_send: [Vec<f64>; 4] = Default::default();
+        for round in 1..=support::env_or("BENCH_ROUNDS", 3) {
             let mut line = format!("   round {round}:");
             for (i, ((name, process), channel)) in servers.iter().zip(&channels).enumerate() {
                 let before = process.cpu();
@@ -378,17 +332,7 @@ fn main() {
             per_send[3].push(us);
             println!("{line} one reqwest POST {us:.1} µs");
         }
-        let median = |v: &Vec<f64>| {
-            let mut v = v.clone();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        };
-        let (gw, minimal, answer, post) = (
-            median(&per_send[0]),
-            median(&per_send[1]),
-            median(&per_send[2]),
-            median(&per_send[3]),
-        );
+        let [gw, minimal, answer, post] = per_send.map(support::median);
         let floor = answer + post;
         println!(
             "   medians: gateway {gw:.1} µs, minimal handler {minimal:.1} µs, answer at once {answer:.1} µs, one POST {post:.1} µs"
