@@ -18,6 +18,22 @@ use crate::support::*;
 
 const OUTSIDE: &str = "17841400000000066";
 
+/// `OK`, or the reason of the ErrorInfo a failed message's status carries
+/// (the same details a unary Send would carry).
+fn outcome(result: &pb::SendResult) -> String {
+    match result.result.as_ref().unwrap() {
+        pb::send_result::Result::Response(_) => "OK".to_owned(),
+        pb::send_result::Result::Error(status) => {
+            let status = tonic::Status::with_details(
+                Code::from_i32(status.code),
+                status.message.clone(),
+                prost::Message::encode_to_vec(status).into(),
+            );
+            error_info(&status).0
+        }
+    }
+}
+
 fn numbered(i: usize) -> pb::SendRequest {
     pb::SendRequest {
         request_id: format!("sale-{i}"),
@@ -72,22 +88,10 @@ async fn every_message_of_a_stream_gets_its_result_as_send_would_answer_it() {
     let summary: Vec<(u64, &str, String)> = results
         .iter()
         .map(|r| {
-            let outcome = match r.result.as_ref().unwrap() {
-                pb::send_result::Result::Response(ok) => {
-                    assert!(!ok.message_id.is_empty());
-                    "OK".to_owned()
-                }
-                pb::send_result::Result::Error(status) => {
-                    // The same details a unary Send would carry.
-                    let status: tonic::Status = tonic::Status::with_details(
-                        Code::from_i32(status.code),
-                        status.message.clone(),
-                        prost::Message::encode_to_vec(status).into(),
-                    );
-                    error_info(&status).0
-                }
-            };
-            (r.index, r.request_id.as_str(), outcome)
+            if let Some(pb::send_result::Result::Response(ok)) = &r.result {
+                assert!(!ok.message_id.is_empty());
+            }
+            (r.index, r.request_id.as_str(), outcome(r))
         })
         .collect();
     assert_eq!(
@@ -261,23 +265,15 @@ async fn a_stream_deadline_and_key_scopes_hold_for_each_message() {
         .collect()
         .await;
     results.sort_by_key(|r| r.index);
-    let reason = |r: &pb::SendResult| match r.result.as_ref().unwrap() {
-        pb::send_result::Result::Response(_) => "OK".to_owned(),
-        pb::send_result::Result::Error(status) => {
-            let status = tonic::Status::with_details(
-                Code::from_i32(status.code),
-                status.message.clone(),
-                prost::Message::encode_to_vec(status).into(),
-            );
-            error_info(&status).0
-        }
-    };
     // The other account is outside the key: refused, nothing sent for it.
-    assert_eq!(reason(&results[1]), "ACCOUNT_NOT_ALLOWED");
+    assert_eq!(outcome(&results[1]), "ACCOUNT_NOT_ALLOWED");
     // At 2/s within a 1.5 s deadline, the rest that cannot fit are refused
     // as OVERLOADED, never sent.
-    let sent = results.iter().filter(|r| reason(r) == "OK").count();
-    let overloaded = results.iter().filter(|r| reason(r) == "OVERLOADED").count();
+    let sent = results.iter().filter(|r| outcome(r) == "OK").count();
+    let overloaded = results
+        .iter()
+        .filter(|r| outcome(r) == "OVERLOADED")
+        .count();
     assert!((2..=6).contains(&sent), "{sent} sent");
     assert_eq!(sent + overloaded + 1, results.len(), "{results:?}");
     tokio::time::sleep(Duration::from_millis(800)).await;
