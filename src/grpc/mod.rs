@@ -441,8 +441,13 @@ impl pb::messenger_server::Messenger for MessengerService {
             if !only.is_empty() && !only.contains(&e.account_id) {
                 return false;
             }
-            let alias = accounts.by_id(&e.account_id).and_then(|a| a.name.clone());
-            sees.sees(&e.account_id, alias.as_deref())
+            // Run per event and subscriber: no lookup where every account
+            // is seen, and the alias borrowed, not copied.
+            if matches!(sees, Caller::Open) {
+                return true;
+            }
+            let path = accounts.by_id(&e.account_id);
+            sees.sees(&e.account_id, path.as_ref().and_then(|p| p.name.as_deref()))
         });
         let keys = self.keys.clone();
         let revoked = Box::pin(async move { keys.revoked(&caller).await });
