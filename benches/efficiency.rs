@@ -17,9 +17,10 @@
 
 mod support;
 
+use support::Baseline;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,10 +28,8 @@ use std::time::Duration;
 
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::grpc::pb::messenger_server::{Messenger, MessengerServer};
-use tokio_stream::Stream;
+use messenger_gateway::grpc::pb::messenger_server::MessengerServer;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status, Streaming};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const ROLE: &str = "BENCH_EFFICIENCY_ROLE";
@@ -40,85 +39,64 @@ const USER: &str = "17841400000000000";
 const CALLERS: usize = 64;
 const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
 
-/// The two baseline servers: `post` set, the minimal handler; else the
-/// server that answers at once.
-struct Baseline {
-    post: Option<(reqwest::Client, String)>,
+/// The allocator of a role process: the system's (glibc), as a default
+/// minimal handler has it, or, with `BENCH_MIMALLOC` in the environment,
+/// mimalloc, as the gateway has it, so the handler can also be compared on
+/// the same allocator. Chosen at the first allocation, from the environment
+/// the process started with, and never changed: every block is freed by the
+/// allocator that made it.
+struct RoleAllocator;
+
+static USE_MIMALLOC: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn mimalloc_chosen() -> bool {
+    match USE_MIMALLOC.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: getenv with a NUL-terminated name; it does not allocate.
+            let chosen = unsafe { !libc::getenv(c"BENCH_MIMALLOC".as_ptr()).is_null() };
+            USE_MIMALLOC.store(if chosen { 2 } else { 1 }, Ordering::Relaxed);
+            chosen
+        }
+        1 => false,
+        _ => true,
+    }
 }
 
-type Results<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Messenger for Baseline {
-    async fn send(
-        &self,
-        request: Request<pb::SendRequest>,
-    ) -> Result<Response<pb::SendResponse>, Status> {
-        let request = request.into_inner();
-        let Some((http, url)) = &self.post else {
-            return Ok(Response::new(pb::SendResponse {
-                recipient_id: request.recipient_id,
-                ..Default::default()
-            }));
-        };
-        let body = serde_json::json!({
-            "recipient": {"id": request.recipient_id},
-            "message": {"text": request.text},
-        });
-        let reply: serde_json::Value = http
-            .post(url)
-            .bearer_auth("bench-token")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| Status::unknown(e.to_string()))?;
-        Ok(Response::new(pb::SendResponse {
-            message_id: reply["message_id"].as_str().unwrap_or_default().to_owned(),
-            recipient_id: reply["recipient_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            graph_calls: 1,
-            ..Default::default()
-        }))
+// SAFETY: every call goes to one of two sound allocators, the same one for
+// the whole life of the process.
+unsafe impl std::alloc::GlobalAlloc for RoleAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if mimalloc_chosen() {
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        } else {
+            unsafe { std::alloc::System.alloc(layout) }
+        }
     }
-
-    type SendStreamStream = Results<pb::SendResult>;
-    async fn send_stream(
-        &self,
-        _: Request<Streaming<pb::SendRequest>>,
-    ) -> Result<Response<Self::SendStreamStream>, Status> {
-        Err(Status::unimplemented("baseline"))
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if mimalloc_chosen() {
+            unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+        } else {
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
     }
-    async fn send_action(
-        &self,
-        _: Request<pb::SendActionRequest>,
-    ) -> Result<Response<pb::SendActionResponse>, Status> {
-        Err(Status::unimplemented("baseline"))
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if mimalloc_chosen() {
+            unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        } else {
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
     }
-    async fn get_window(
-        &self,
-        _: Request<pb::GetWindowRequest>,
-    ) -> Result<Response<pb::GetWindowResponse>, Status> {
-        Err(Status::unimplemented("baseline"))
-    }
-    type SubscribeStream = Results<pb::InboundEvent>;
-    async fn subscribe(
-        &self,
-        _: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("baseline"))
-    }
-    async fn list_accounts(
-        &self,
-        _: Request<pb::ListAccountsRequest>,
-    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
-        Err(Status::unimplemented("baseline"))
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if mimalloc_chosen() {
+            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        } else {
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
     }
 }
+
+#[global_allocator]
+static ALLOCATOR: RoleAllocator = RoleAllocator;
 
 /// Runs this binary as a baseline server or the direct poster.
 fn run_role(role: &str) {
@@ -154,12 +132,26 @@ fn run_role(role: &str) {
             }
             return;
         }
-        let post = (role == "minimal").then(|| (reqwest::Client::new(), url));
+        let post = role
+            .starts_with("minimal")
+            .then(|| (reqwest::Client::new(), url));
+        let baseline = Baseline {
+            post,
+            hold: Duration::ZERO,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("listening on {}", listener.local_addr().unwrap());
+        // Ends on SIGTERM, so callgrind (when it runs us) writes its totals.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
         tonic::transport::Server::builder()
-            .add_service(MessengerServer::new(Baseline { post }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .add_service(MessengerServer::new(baseline))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    term.recv().await;
+                },
+            )
             .await
             .unwrap();
     });
@@ -212,6 +204,20 @@ impl Process {
         support::cpu_of(self.child.id())
     }
 
+    /// Ends the process with SIGTERM, as an operator would, and reads the
+    /// instruction total callgrind wrote to `out` on its way out.
+    fn stop_for_totals(mut self, out: &std::path::Path) -> u64 {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().unwrap();
+        std::fs::read_to_string(out)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("totals: "))
+            .and_then(|t| t.trim().parse().ok())
+            .expect("callgrind wrote its totals")
+    }
+
     async fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
             .unwrap()
@@ -226,9 +232,14 @@ fn cmd_with_pipes(cmd: &mut Command) -> &mut Command {
     cmd.stdout(Stdio::piped()).stderr(Stdio::null())
 }
 
-fn role(name: &str, upstream: SocketAddr) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+fn role(name: &str, upstream: SocketAddr, callgrind_out: Option<&std::path::Path>) -> Command {
+    let mut cmd = command(&std::env::current_exe().unwrap(), callgrind_out);
     cmd.env(ROLE, name).env(UPSTREAM, upstream.to_string());
+    if name.ends_with("mimalloc") {
+        cmd.env("BENCH_MIMALLOC", "1");
+    } else {
+        cmd.env_remove("BENCH_MIMALLOC");
+    }
     cmd
 }
 
@@ -264,36 +275,35 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let upstream = support::fixed_upstream(REPLY).await;
-        let data = tempfile::tempdir().unwrap();
-        let mut gateway = Command::new(BIN);
-        gateway
-            .args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-            .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-            .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
-            .env_remove("RUST_LOG");
-        // BENCH_GATEWAY_RUST_LOG=warn: the gateway without its line per send.
-        if let Ok(level) = std::env::var("BENCH_GATEWAY_RUST_LOG") {
-            gateway.env("RUST_LOG", level);
+        if std::env::var("BENCH_ONLY_INSTRUCTIONS").is_ok() {
+            return instructions(upstream).await;
         }
         let servers = [
             (
                 "gateway",
-                Process::start(gateway, Some(data), "messenger-gateway listening on "),
+                {
+                    let (cmd, data) = gateway(upstream, None);
+                    Process::start(cmd, Some(data), GATEWAY_BANNER)
+                },
             ),
             (
                 "minimal handler",
-                Process::start(role("minimal", upstream), None, "listening on "),
+                Process::start(role("minimal", upstream, None), None, "listening on "),
             ),
             (
                 "answer at once",
-                Process::start(role("answer", upstream), None, "listening on "),
+                Process::start(role("answer", upstream, None), None, "listening on "),
+            ),
+            (
+                "minimal handler on mimalloc",
+                Process::start(
+                    role("minimal-mimalloc", upstream, None),
+                    None,
+                    "listening on ",
+                ),
             ),
         ];
-        let mut poster_cmd = role("poster", upstream);
+        let mut poster_cmd = role("poster", upstream, None);
         poster_cmd.stdin(Stdio::piped());
         let mut poster = Process::start_keeping(cmd_with_pipes(&mut poster_cmd), None, "ready");
         let mut poster_in = poster.child.stdin.take().unwrap();
@@ -303,6 +313,7 @@ fn main() {
             servers[0].1.channel().await,
             servers[1].1.channel().await,
             servers[2].1.channel().await,
+            servers[3].1.channel().await,
         ];
         for channel in &channels {
             sends(channel, 4000).await;
@@ -311,7 +322,7 @@ fn main() {
         println!(
             "CPU per send, {CALLERS} callers, {total} sends per server a round, zero-latency Graph stand-in"
         );
-        let mut per_send: [Vec<f64>; 4] = Default::default();
+        let mut per_send: [Vec<f64>; 5] = Default::default();
         for round in 1..=support::env_or("BENCH_ROUNDS", 3) {
             let mut line = format!("   round {round}:");
             for (i, ((name, process), channel)) in servers.iter().zip(&channels).enumerate() {
@@ -329,17 +340,18 @@ fn main() {
             let done = tokio::task::block_in_place(|| poster_out.next());
             assert_eq!(done.unwrap().unwrap(), "done");
             let us = (poster.cpu() - before).as_secs_f64() * 1e6 / total as f64;
-            per_send[3].push(us);
+            per_send[4].push(us);
             println!("{line} one reqwest POST {us:.1} µs");
         }
-        let [gw, minimal, answer, post] = per_send.map(support::median);
+        let [gw, minimal, answer, minimal_mi, post] = per_send.map(support::median);
         let floor = answer + post;
         println!(
-            "   medians: gateway {gw:.1} µs, minimal handler {minimal:.1} µs, answer at once {answer:.1} µs, one POST {post:.1} µs"
+            "   medians: gateway {gw:.1} µs, minimal handler {minimal:.1} µs (on mimalloc {minimal_mi:.1} µs), answer at once {answer:.1} µs, one POST {post:.1} µs"
         );
         println!(
-            "   gateway / minimal handler: {:.2} (aim: at most 1.0)",
-            gw / minimal
+            "   gateway / minimal handler: {:.2} (aim: at most 1.0); / the same handler on the gateway's allocator: {:.2}",
+            gw / minimal,
+            gw / minimal_mi
         );
         println!(
             "   gateway / floor (answer at once + one POST = {floor:.1} µs): {:.2} (aim: at most 1.15)",
@@ -347,5 +359,100 @@ fn main() {
         );
         drop(servers);
         drop(poster);
+        if std::env::var("BENCH_SKIP_INSTRUCTIONS").is_err() {
+            instructions(upstream).await;
+        }
     });
+}
+
+const GATEWAY_BANNER: &str = "messenger-gateway listening on ";
+
+/// `program`, or valgrind's callgrind running it and writing to `out`.
+fn command(program: &std::path::Path, callgrind_out: Option<&std::path::Path>) -> Command {
+    match callgrind_out {
+        None => Command::new(program),
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(program);
+            c
+        }
+    }
+}
+
+/// The gateway (release binary, metrics on, pacing off) with its Graph at
+/// `upstream`, and the data directory it keeps.
+fn gateway(
+    upstream: SocketAddr,
+    callgrind_out: Option<&std::path::Path>,
+) -> (Command, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = command(std::path::Path::new(BIN), callgrind_out);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
+        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+        .env_remove("RUST_LOG");
+    // BENCH_GATEWAY_RUST_LOG=warn: the gateway without its line per send.
+    if let Ok(level) = std::env::var("BENCH_GATEWAY_RUST_LOG") {
+        cmd.env("RUST_LOG", level);
+    }
+    (cmd, data)
+}
+
+/// Instructions per send, which a busy machine does not disturb: each
+/// server runs under callgrind twice, for a short and a long closed-loop
+/// load, and the slope (Δinstructions ÷ Δsends) cancels start-up and
+/// shutdown. `BENCH_CALLGRIND_KEEP=DIR` keeps the profiles there.
+async fn instructions(upstream: SocketAddr) {
+    let available = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        println!("   (instructions per send: valgrind not installed, skipped)");
+        return;
+    }
+    let (short, long) = (
+        support::env_or("BENCH_CALLGRIND_SHORT", 300) as usize,
+        support::env_or("BENCH_CALLGRIND_LONG", 900) as usize,
+    );
+    let keep = std::env::var("BENCH_CALLGRIND_KEEP").ok();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = keep
+        .as_deref()
+        .map(std::path::Path::new)
+        .unwrap_or(dir.path());
+    let mut per_send = Vec::new();
+    for name in ["gateway", "minimal", "answer", "minimal-mimalloc"] {
+        let mut totals = Vec::new();
+        for n in [short, long] {
+            let out = dir.join(format!("callgrind.{name}.{n}"));
+            let process = match name {
+                "gateway" => {
+                    let (cmd, data) = gateway(upstream, Some(&out));
+                    Process::start(cmd, Some(data), GATEWAY_BANNER)
+                }
+                _ => Process::start(role(name, upstream, Some(&out)), None, "listening on "),
+            };
+            let channel = process.channel().await;
+            sends(&channel, n).await;
+            drop(channel);
+            totals.push(process.stop_for_totals(&out));
+        }
+        per_send.push((totals[1] - totals[0]) as f64 / (long - short) as f64);
+    }
+    let [gw, minimal, answer, minimal_mi] = [per_send[0], per_send[1], per_send[2], per_send[3]];
+    println!(
+        "   instructions per send (callgrind, slope of {short} to {long} sends): gateway {gw:.0}, minimal handler {minimal:.0} (on mimalloc {minimal_mi:.0}), answer at once {answer:.0}"
+    );
+    println!(
+        "   gateway / minimal handler, instructions: {:.3} (aim: at most 1.0); / on the same allocator: {:.3}",
+        gw / minimal,
+        gw / minimal_mi
+    );
 }

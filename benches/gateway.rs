@@ -18,6 +18,8 @@
 //! - `BENCH_GATEWAY_RUST_LOG`, `BENCH_GATEWAY_WORKERS`: the gateway's
 //!   `RUST_LOG` and `TOKIO_WORKER_THREADS` (default: its own defaults).
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -35,8 +37,14 @@ use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+
+/// The gateway's allocator, for the bare tonic server and the load alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Set (to a delay in ms) when this binary runs as the upstream.
 const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_DELAY_MS";
+/// Set ("ADDR MS") when this binary runs as the bare tonic server.
+const HOLD_ROLE: &str = "BENCH_HOLD_SERVER";
 const ACCOUNT: &str = "17841400000000001";
 const TOKEN: &str = "bench-token";
 const RECIPIENT: &str = "17841400000000000";
@@ -142,6 +150,28 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// Not the gateway: this binary as a bare tonic server that answers
+    /// every `Send` after `hold`, on the gateway's allocator.
+    fn hold(hold: Duration) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(HOLD_ROLE, format!("{addr} {}", hold.as_millis()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the bench binary starts");
+        Self {
+            child,
+            addr,
+            _data: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn start(upstream: SocketAddr) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -149,7 +179,16 @@ impl Gateway {
         };
         let addr = format!("127.0.0.1:{port}");
         let data = tempfile::tempdir().unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match std::env::var("BENCH_GATEWAY_WRAPPER") {
+            Ok(w) => {
+                let mut parts = w.split_whitespace();
+                let mut c = Command::new(parts.next().unwrap());
+                c.args(parts).arg(BIN);
+                c
+            }
+            Err(_) => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--listen", &addr, "--pace", "off"])
             .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
@@ -205,7 +244,17 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM first, as an operator would (a wrapper such as valgrind then
+    /// writes its report), then SIGKILL if it is still there after 30 s.
     fn drop(&mut self) {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -318,6 +367,20 @@ where
 }
 
 fn main() {
+    if let Ok(role) = std::env::var(HOLD_ROLE) {
+        let (addr, ms) = role.split_once(' ').unwrap();
+        let baseline = support::Baseline {
+            post: None,
+            hold: Duration::from_millis(ms.parse().unwrap()),
+        };
+        return runtime(true).block_on(async {
+            tonic::transport::Server::builder()
+                .add_service(pb::messenger_server::MessengerServer::new(baseline))
+                .serve(addr.parse().unwrap())
+                .await
+                .unwrap()
+        });
+    }
     if let Ok(ms) = std::env::var(UPSTREAM_ROLE) {
         let delay = Duration::from_millis(ms.parse().unwrap());
         return runtime(true).block_on(serve_upstream(delay));
@@ -331,6 +394,9 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5),
     );
+    if std::env::var("BENCH_ONLY_IN_FLIGHT").is_ok() {
+        return in_flight();
+    }
     let fast = Upstream::start(Duration::ZERO);
     let gateway = Gateway::start(fast.addr);
 
@@ -425,45 +491,69 @@ fn main() {
     if std::env::var("BENCH_SKIP_IN_FLIGHT").is_ok() {
         return;
     }
-    // 3. 10,000 in flight against a 200 ms upstream, on a fresh gateway.
+    in_flight();
+}
+
+/// Phase 3: 10,000 in flight against a 200 ms upstream, on a fresh gateway;
+/// and the same load on a bare tonic server that answers each call after
+/// 200 ms (same runtime, allocator and HTTP/2 stack, nothing else): what any
+/// tonic server pays per call in flight, the bound under the gateway's figure.
+fn in_flight() {
+    let rt = runtime(true);
+    let n = std::env::var("BENCH_IN_FLIGHT").map_or(10_000, |v| v.parse().unwrap());
+    let hold = Gateway::hold(Duration::from_millis(200));
+    let (hold_idle, hold_peak, hold_errors, hold_took) = rt.block_on(load_in_flight(&hold, n));
+    drop(hold);
     let slow = Upstream::start(Duration::from_millis(200));
     let gateway = Gateway::start(slow.addr);
-    rt.block_on(async {
-        let first = gateway.channel().await;
-        let mut warm = MessengerClient::new(first);
-        latency_gateway(&mut warm, 20).await;
-        let (idle_rss, _) = gateway.memory_kib();
-        // Many callers, many connections: 50 connections of 200 streams each.
-        let mut channels = Vec::new();
-        for _ in 0..50 {
-            channels.push(gateway.channel().await);
+    let (idle, peak, errors, took) = rt.block_on(load_in_flight(&gateway, n));
+    let per_call = |idle: u64, peak: u64| peak.saturating_sub(idle) as f64 / n as f64;
+    println!(
+        "| {n} sends in flight, 200 ms upstream | bare tonic server holding each call 200 ms: idle RSS {:.1} MiB, peak {:.1} MiB ({hold_errors} errors, {:.2} s), {:.1} KiB per call | gateway: idle RSS {:.1} MiB, peak {:.1} MiB, {errors} errors, upstream saw {} at once, all done in {:.2} s, {:.1} KiB per send | {:.2}× the bare server's memory per call in flight |",
+        mib(hold_idle),
+        mib(hold_peak),
+        hold_took.as_secs_f64(),
+        per_call(hold_idle, hold_peak),
+        mib(idle),
+        mib(peak),
+        rt.block_on(slow.peak()),
+        took.as_secs_f64(),
+        per_call(idle, peak),
+        per_call(idle, peak) / per_call(hold_idle, hold_peak).max(0.001)
+    );
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Idle and peak RSS (KiB), errors and time for `n` sends at once to
+/// `target`, over 50 connections.
+async fn load_in_flight(target: &Gateway, n: usize) -> (u64, u64, usize, Duration) {
+    let first = target.channel().await;
+    let mut warm = MessengerClient::new(first);
+    latency_gateway(&mut warm, 20).await;
+    let (idle, _) = target.memory_kib();
+    let mut channels = Vec::new();
+    for _ in 0..50 {
+        channels.push(target.channel().await);
+    }
+    let started = Instant::now();
+    let calls: Vec<_> = (0..n)
+        .map(|i| {
+            let mut c = MessengerClient::new(channels[i % channels.len()].clone());
+            tokio::spawn(async move { c.send(request()).await.is_ok() })
+        })
+        .collect();
+    let mut errors = 0;
+    for c in calls {
+        if !c.await.unwrap() {
+            errors += 1;
         }
-        let started = Instant::now();
-        let calls: Vec<_> = (0..10_000)
-            .map(|i| {
-                let mut c = MessengerClient::new(channels[i % channels.len()].clone());
-                tokio::spawn(async move { c.send(request()).await.is_ok() })
-            })
-            .collect();
-        let mut errors = 0;
-        for c in calls {
-            if !c.await.unwrap() {
-                errors += 1;
-            }
-        }
-        let took = started.elapsed();
-        let (_, peak) = gateway.memory_kib();
-        println!(
-            "| 10,000 sends in flight, 200 ms upstream | idle RSS {:.1} MiB | peak RSS {:.1} MiB, {} errors, upstream saw {} at once, all done in {:.2} s | {:.1}× idle, {:.1} KiB per send in flight |",
-            idle_rss as f64 / 1024.0,
-            peak as f64 / 1024.0,
-            errors,
-            slow.peak().await,
-            took.as_secs_f64(),
-            peak as f64 / idle_rss.max(1) as f64,
-            (peak.saturating_sub(idle_rss)) as f64 / 10_000.0
-        );
-    });
+    }
+    let took = started.elapsed();
+    let (_, peak) = target.memory_kib();
+    (idle, peak, errors, took)
 }
 
 fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {

@@ -191,6 +191,16 @@ impl Caller {
         }
     }
 
+    /// The span a call's log lines are made in: it names the key. None
+    /// when authentication is off, when it would only say "-" at the cost
+    /// of a span per call.
+    pub fn span(&self) -> tracing::Span {
+        match self {
+            Caller::Open => tracing::Span::none(),
+            Caller::Key(k) => tracing::info_span!("call", key = k.id.as_str()),
+        }
+    }
+
     /// Checks `operation` alone.
     pub fn authorize_operation(&self, operation: Operation) -> Result<(), AuthError> {
         match self {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Failure, Reason, SendError, truncate};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
-use crate::metrics::Metrics;
+use crate::metrics::{AccountSeries, Metrics};
 use crate::pacing::{PaceLimits, PaceRefusal, Pacer, Priority, Tier};
 
 /// Rate-limit answers one send may wait out before it fails as rate
@@ -122,6 +122,8 @@ pub struct Deliverer {
     account: ArcSwap<Account>,
     pacer: Option<Pacer>,
     metrics: Arc<Metrics>,
+    /// The account's busiest series in `metrics`.
+    series: AccountSeries,
     policy: DeliveryPolicy,
     calls: Semaphore,
     draining: AtomicBool,
@@ -141,6 +143,7 @@ impl Deliverer {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            series: metrics.series(&account.account_id),
             metrics,
             graph,
             account: ArcSwap::from_pointee(account),
@@ -247,15 +250,14 @@ impl Deliverer {
     ) -> Result<Sent, SendError> {
         let started = Instant::now();
         let result = self.deliver(body, tier, recipient, &budget).await;
-        let account = self.account.load();
-        log_outcome(
-            &self.metrics,
-            &account.account_id,
-            kind,
-            recipient,
-            started,
-            result.as_ref(),
-        );
+        let counted = result.is_ok() && self.series.sent(kind);
+        if !counted {
+            let outcome = outcome_of(result.as_ref());
+            let account = self.account.load();
+            self.metrics
+                .send_answered(&account.account_id, kind, outcome);
+        }
+        log_send(kind, recipient, started, result.as_ref());
         result
     }
 
@@ -282,11 +284,8 @@ impl Deliverer {
         loop {
             if let Some(pacer) = &self.pacer {
                 let waited = self.wait_for_pace(pacer, tier, recipient, budget).await?;
-                self.metrics.queue_waited(
-                    &self.account.load().account_id,
-                    budget.priority,
-                    waited.as_secs_f64(),
-                );
+                self.series
+                    .queue_waited(budget.priority, waited.as_secs_f64());
                 queued += waited;
             }
             attempts += 1;
@@ -294,18 +293,20 @@ impl Deliverer {
             let outcome = self
                 .call_graph(body.clone(), policy.upstream_timeout, budget)
                 .await;
-            let account = self.account.load();
-            let result = match &outcome {
-                Ok(_) => "ok",
-                Err(e) => e.failure.reason().as_str(),
-            };
-            self.metrics
-                .graph_call(&account.account_id, result, called.elapsed().as_secs_f64());
+            let took = called.elapsed().as_secs_f64();
+            match &outcome {
+                Ok(_) => self.series.graph_ok(took),
+                Err(e) => {
+                    self.series.graph_duration(took);
+                    self.metrics
+                        .graph_failed(&self.account.load().account_id, e.failure.reason().as_str());
+                }
+            }
             if let Some(usage) = match &outcome {
                 Ok(reply) => reply.usage,
                 Err(e) => e.usage,
             } {
-                self.metrics.usage(&account.account_id, usage);
+                self.metrics.usage(&self.account.load().account_id, usage);
                 if let Some(pacer) = &self.pacer {
                     pacer.observe_usage(usage);
                 }
@@ -477,7 +478,15 @@ impl Drop for InFlight<'_> {
 const LOGGED_RECIPIENT_BYTES: usize = 64;
 const LOGGED_ERROR_BYTES: usize = 1024;
 
-/// The one log line per send.
+/// `OK`, or the failure's reason: the `outcome` of logs and metrics.
+fn outcome_of(result: Result<&Sent, &SendError>) -> &'static str {
+    match result {
+        Ok(_) => "OK",
+        Err(e) => e.reason().as_str(),
+    }
+}
+
+/// Counts a send `account` answered, and logs its one line.
 pub fn log_outcome(
     metrics: &Metrics,
     account: &str,
@@ -486,11 +495,12 @@ pub fn log_outcome(
     started: Instant,
     result: Result<&Sent, &SendError>,
 ) {
-    let outcome = match result {
-        Ok(_) => "OK",
-        Err(e) => e.reason().as_str(),
-    };
-    metrics.send_answered(account, kind, outcome);
+    metrics.send_answered(account, kind, outcome_of(result));
+    log_send(kind, recipient, started, result);
+}
+
+/// The one log line per send.
+fn log_send(kind: &str, recipient: &str, started: Instant, result: Result<&Sent, &SendError>) {
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let recipient = truncate(recipient, LOGGED_RECIPIENT_BYTES);
     let recipient = recipient.as_str();

@@ -63,6 +63,52 @@ struct BuildLabels {
     version: String,
 }
 
+/// One account's busiest series, looked up once: a successful send then
+/// counts with atomic adds, not by building labels, hashing them and
+/// taking each family's lock (which both worker threads contend for).
+/// The families are never cleared, so these stay the exported series.
+#[derive(Clone, Debug)]
+pub struct AccountSeries {
+    message_sent: Counter,
+    action_sent: Counter,
+    graph_ok: Counter,
+    graph_duration: Histogram,
+    interactive_wait: Histogram,
+    bulk_wait: Histogram,
+}
+
+impl AccountSeries {
+    /// Counts one send (`kind` "message" or "action") answered OK; `false`
+    /// for any other kind, which the caller counts through [`Metrics`].
+    pub fn sent(&self, kind: &str) -> bool {
+        match kind {
+            "message" => self.message_sent.inc(),
+            "action" => self.action_sent.inc(),
+            _ => return false,
+        };
+        true
+    }
+
+    /// One Graph call that succeeded.
+    pub fn graph_ok(&self, seconds: f64) {
+        self.graph_duration.observe(seconds);
+        self.graph_ok.inc();
+    }
+
+    /// One Graph call that failed.
+    pub fn graph_duration(&self, seconds: f64) {
+        self.graph_duration.observe(seconds);
+    }
+
+    pub fn queue_waited(&self, priority: Priority, seconds: f64) {
+        match priority {
+            Priority::Interactive => &self.interactive_wait,
+            Priority::Bulk => &self.bulk_wait,
+        }
+        .observe(seconds);
+    }
+}
+
 /// Histograms of durations, 1 ms to about 65 s.
 #[derive(Clone)]
 struct Seconds;
@@ -216,6 +262,46 @@ impl Metrics {
         }
     }
 
+    /// `account`'s busiest series, looked up once.
+    pub fn series(&self, account: &str) -> AccountSeries {
+        let sent = |kind: &str| {
+            self.sends
+                .get_or_create(&SendLabels {
+                    account: account.to_owned(),
+                    kind: kind.to_owned(),
+                    outcome: "OK".to_owned(),
+                })
+                .clone()
+        };
+        let waited = |priority: Priority| {
+            self.queue_wait
+                .get_or_create(&QueueLabels {
+                    account: account.to_owned(),
+                    priority: priority.as_str().to_owned(),
+                })
+                .clone()
+        };
+        AccountSeries {
+            message_sent: sent("message"),
+            action_sent: sent("action"),
+            graph_ok: self
+                .graph_calls
+                .get_or_create(&GraphCallLabels {
+                    account: account.to_owned(),
+                    result: "ok".to_owned(),
+                })
+                .clone(),
+            graph_duration: self
+                .graph_duration
+                .get_or_create(&AccountLabels {
+                    account: account.to_owned(),
+                })
+                .clone(),
+            interactive_wait: waited(Priority::Interactive),
+            bulk_wait: waited(Priority::Bulk),
+        }
+    }
+
     /// Counts one answered send.
     pub fn send_answered(&self, account: &str, kind: &str, outcome: &str) {
         self.sends
@@ -227,27 +313,15 @@ impl Metrics {
             .inc();
     }
 
-    /// One Graph call and how it ended.
-    pub fn graph_call(&self, account: &str, result: &str, seconds: f64) {
-        let labels = AccountLabels {
-            account: account.to_owned(),
-        };
-        self.graph_duration.get_or_create(&labels).observe(seconds);
+    /// One Graph call that failed with `result` (its duration goes to the
+    /// account's [`AccountSeries`]).
+    pub fn graph_failed(&self, account: &str, result: &str) {
         self.graph_calls
             .get_or_create(&GraphCallLabels {
                 account: account.to_owned(),
                 result: result.to_owned(),
             })
             .inc();
-    }
-
-    pub fn queue_waited(&self, account: &str, priority: Priority, seconds: f64) {
-        self.queue_wait
-            .get_or_create(&QueueLabels {
-                account: account.to_owned(),
-                priority: priority.as_str().to_owned(),
-            })
-            .observe(seconds);
     }
 
     pub fn paused(&self, account: &str) {

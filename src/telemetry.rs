@@ -28,8 +28,24 @@ pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
         .with_ansi(ansi)
         .with_writer(writer);
     match format {
+        // Fields as `name=value`, written directly: the default field
+        // formatter styles every name and `=` even when styles are off,
+        // which was a third of a send's log line.
+        LogFormat::Text if !ansi => builder.fmt_fields(plain_fields()).init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+/// `name=value` fields separated by spaces; the message bare. Values are
+/// written as `Debug`, so strings are quoted and control characters escaped,
+/// as the default formatter writes them.
+fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
+        "message" => write!(writer, "{value:?}"),
+        name => write!(writer, "{name}={value:?}"),
+    })
+    .delimited(" ")
 }

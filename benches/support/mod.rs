@@ -10,6 +10,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use messenger_gateway::grpc::pb;
+use messenger_gateway::grpc::pb::messenger_server::Messenger;
+use std::pin::Pin;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 /// A numeric knob from the environment.
 pub fn env_or(name: &str, default: u64) -> u64 {
@@ -68,4 +73,89 @@ pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
         }
     });
     addr
+}
+
+/// The baseline servers: with `post`, a minimal handler (it builds a
+/// `serde_json::Value` and posts it with a default `reqwest::Client`);
+/// without, a server that answers `Send` after `hold` (at once when zero).
+pub struct Baseline {
+    pub post: Option<(reqwest::Client, String)>,
+    pub hold: Duration,
+}
+
+type Results<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Messenger for Baseline {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let request = request.into_inner();
+        let Some((http, url)) = &self.post else {
+            if !self.hold.is_zero() {
+                tokio::time::sleep(self.hold).await;
+            }
+            return Ok(Response::new(pb::SendResponse {
+                recipient_id: request.recipient_id,
+                ..Default::default()
+            }));
+        };
+        let body = serde_json::json!({
+            "recipient": {"id": request.recipient_id},
+            "message": {"text": request.text},
+        });
+        let reply: serde_json::Value = http
+            .post(url)
+            .bearer_auth("bench-token")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| Status::unknown(e.to_string()))?;
+        Ok(Response::new(pb::SendResponse {
+            message_id: reply["message_id"].as_str().unwrap_or_default().to_owned(),
+            recipient_id: reply["recipient_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            graph_calls: 1,
+            ..Default::default()
+        }))
+    }
+
+    type SendStreamStream = Results<pb::SendResult>;
+    async fn send_stream(
+        &self,
+        _: Request<Streaming<pb::SendRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn send_action(
+        &self,
+        _: Request<pb::SendActionRequest>,
+    ) -> Result<Response<pb::SendActionResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn get_window(
+        &self,
+        _: Request<pb::GetWindowRequest>,
+    ) -> Result<Response<pb::GetWindowResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    type SubscribeStream = Results<pb::InboundEvent>;
+    async fn subscribe(
+        &self,
+        _: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+    async fn list_accounts(
+        &self,
+        _: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }

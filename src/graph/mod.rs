@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::error::{Failure, GraphError};
@@ -285,8 +285,34 @@ struct ErrorEnvelope {
     error: GraphError,
 }
 
+/// The fields of both Graph answers, so the usual ones take one parse.
+#[derive(Deserialize)]
+struct Answer {
+    error: Option<GraphError>,
+    recipient_id: Option<String>,
+    message_id: Option<String>,
+}
+
 /// Reads Graph's answer by its body, never by the status alone.
 fn interpret(http_status: u16, raw: &[u8]) -> Result<GraphReply, Failure> {
+    match serde_json::from_slice::<Answer>(raw) {
+        Ok(Answer {
+            error: Some(error), ..
+        }) => return Err(Failure::Graph { http_status, error }),
+        Ok(Answer {
+            recipient_id: Some(recipient_id),
+            message_id,
+            ..
+        }) if (200..300).contains(&http_status) => {
+            return Ok(GraphReply {
+                recipient_id,
+                message_id,
+                usage: None,
+            });
+        }
+        // Anything odder is told apart below.
+        _ => {}
+    }
     if let Ok(ErrorEnvelope { error }) = serde_json::from_slice(raw) {
         return Err(Failure::Graph { http_status, error });
     }
@@ -323,14 +349,14 @@ fn retry_hint(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 fn retry_hint_unclamped(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     if let Some(secs) = headers
-        .get("retry-after")
+        .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
         return Some(Duration::from_secs(secs));
     }
     let usage: serde_json::Value = headers
-        .get("x-business-use-case-usage")
+        .get(&X_BUSINESS_USE_CASE_USAGE)
         .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())?;
     let minutes = usage
         .as_object()?
@@ -342,19 +368,23 @@ fn retry_hint_unclamped(headers: &reqwest::header::HeaderMap) -> Option<Duration
     (minutes > 0).then(|| Duration::from_secs(minutes.saturating_mul(60)))
 }
 
+// Named once: a name given as `&str` is parsed at every lookup.
+static X_APP_USAGE: HeaderName = HeaderName::from_static("x-app-usage");
+static X_BUSINESS_USE_CASE_USAGE: HeaderName = HeaderName::from_static("x-business-use-case-usage");
+
 /// The highest share of any quota in use, from `X-App-Usage` and
 /// `X-Business-Use-Case-Usage` (percentages: `call_count`, `total_cputime`,
 /// `total_time`), as a ratio (1.0 = 100 %).
 fn usage_ratio(headers: &reqwest::header::HeaderMap) -> Option<f64> {
     const FIELDS: [&str; 3] = ["call_count", "total_cputime", "total_time"];
-    let parse = |name: &str| -> Option<serde_json::Value> {
+    let parse = |name: &HeaderName| -> Option<serde_json::Value> {
         serde_json::from_str(headers.get(name)?.to_str().ok()?).ok()
     };
     let mut quotas: Vec<serde_json::Value> = Vec::new();
-    if let Some(app) = parse("x-app-usage") {
+    if let Some(app) = parse(&X_APP_USAGE) {
         quotas.push(app);
     }
-    if let Some(serde_json::Value::Object(by_business)) = parse("x-business-use-case-usage") {
+    if let Some(serde_json::Value::Object(by_business)) = parse(&X_BUSINESS_USE_CASE_USAGE) {
         for list in by_business.into_values() {
             if let serde_json::Value::Array(items) = list {
                 quotas.extend(items);

@@ -141,7 +141,7 @@ impl MessengerService {
     ) -> Result<impl Future<Output = Result<pb::SendResponse, Status>> + Send + 'static, Status>
     {
         let account = self.account_for(caller, Operation::Send, &request.account_id)?;
-        let span = tracing::info_span!("call", key = caller.id());
+        let span = caller.span();
         let scope = caller.request_scope().to_owned();
         budget.priority = match request.priority() {
             pb::Priority::Bulk => Priority::Bulk,
@@ -356,7 +356,7 @@ impl pb::messenger_server::Messenger for MessengerService {
         let (span, account) = {
             let given = &request.get_ref().account_id;
             let (caller, account) = self.authorize_for(&request, Operation::SendAction, given)?;
-            (tracing::info_span!("call", key = caller.id()), account)
+            (caller.span(), account)
         };
         let budget = self.budget_of(&request);
         if let Some(e) = self.outbox.budget_refusal(&budget) {
