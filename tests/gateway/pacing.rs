@@ -24,6 +24,8 @@ struct MetaRateLimit {
     refused: Arc<Mutex<usize>>,
     /// Sent on every answer.
     usage_percent: Arc<Mutex<u32>>,
+    /// In `X-Business-Use-Case-Usage` rather than `X-App-Usage`.
+    business_usage: bool,
 }
 
 impl MetaRateLimit {
@@ -33,6 +35,25 @@ impl MetaRateLimit {
             accepted: Arc::default(),
             refused: Arc::default(),
             usage_percent: Arc::default(),
+            business_usage: false,
+        }
+    }
+
+    /// The usage header this fake sends, and its value now.
+    fn usage_header(&self) -> (&'static str, String) {
+        let percent = *self.usage_percent.lock().unwrap();
+        if self.business_usage {
+            (
+                "x-business-use-case-usage",
+                format!(
+                    r#"{{"{ACCOUNT}":[{{"type":"messenger","call_count":{percent},"total_cputime":1,"total_time":1,"estimated_time_to_regain_access":0}}]}}"#
+                ),
+            )
+        } else {
+            (
+                "x-app-usage",
+                format!(r#"{{"call_count":{percent},"total_cputime":1,"total_time":1}}"#),
+            )
         }
     }
 
@@ -48,10 +69,7 @@ impl MetaRateLimit {
 impl Respond for MetaRateLimit {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         let now = Instant::now();
-        let usage = format!(
-            r#"{{"call_count":{0},"total_cputime":1,"total_time":1}}"#,
-            *self.usage_percent.lock().unwrap()
-        );
+        let (usage_header, usage) = self.usage_header();
         let mut accepted = self.accepted.lock().unwrap();
         // Per second, counted from the first send, as Graph counts calls.
         let in_this_second = match accepted.front() {
@@ -73,10 +91,10 @@ impl Respond for MetaRateLimit {
                 None,
                 "(#613) Calls to this api have exceeded the rate limit.",
             )
-            .insert_header("x-app-usage", usage.as_str());
+            .insert_header(usage_header, usage.as_str());
         }
         accepted.push_back(now);
-        ok_reply().insert_header("x-app-usage", usage.as_str())
+        ok_reply().insert_header(usage_header, usage.as_str())
     }
 }
 
@@ -172,8 +190,20 @@ async fn a_broadcast_goes_at_the_accounts_pace_with_no_613_and_a_reply_overtakes
 }
 
 #[tokio::test]
-async fn usage_at_90_percent_halves_the_pace_until_it_falls() {
-    let graph = MetaRateLimit::new(1000);
+async fn app_usage_at_90_percent_halves_the_pace_until_it_falls() {
+    usage_at_90_percent_halves_the_pace_until_it_falls(MetaRateLimit::new(1000)).await;
+}
+
+#[tokio::test]
+async fn business_use_case_usage_at_90_percent_halves_the_pace_until_it_falls() {
+    let graph = MetaRateLimit {
+        business_usage: true,
+        ..MetaRateLimit::new(1000)
+    };
+    usage_at_90_percent_halves_the_pace_until_it_falls(graph).await;
+}
+
+async fn usage_at_90_percent_halves_the_pace_until_it_falls(graph: MetaRateLimit) {
     let limits = PaceLimits {
         standard: Rate::per_second(40),
         ..PaceLimits::default()
@@ -239,6 +269,36 @@ async fn a_rate_limit_answer_pauses_the_account_and_the_refused_send_goes_after(
     let first = refused_first.await.unwrap().unwrap().into_inner();
     assert_eq!(first.graph_calls, 2, "refused once, then delivered");
     assert_eq!(gw.graph_calls().await, 3);
+}
+
+#[tokio::test]
+async fn a_rate_limit_pause_longer_than_an_hour_is_cut_to_one() {
+    let gw = TestGateway::builder()
+        .delivery(paced(PaceLimits::default()))
+        .start()
+        .await;
+    gw.graph_answers(
+        graph_error(
+            400,
+            613,
+            None,
+            "(#613) Calls to this api have exceeded the rate limit.",
+        )
+        .insert_header("retry-after", "7200"),
+    )
+    .await;
+    let mut client = gw.client().await;
+    let mut request = tonic::Request::new(text_to(USER, "hello"));
+    request.set_timeout(Duration::from_secs(2));
+    let status = client.send(request).await.unwrap_err();
+    assert_eq!(error_info(&status).0, "RATE_LIMITED");
+    // The pause left: at most an hour, not Graph's two.
+    let retry = retry_delay(&status).expect("RetryInfo says when");
+    assert!(
+        (Duration::from_secs(3590)..=Duration::from_secs(3600)).contains(&retry),
+        "{retry:?}"
+    );
+    assert_eq!(gw.graph_calls().await, 1, "nothing more during the pause");
 }
 
 #[tokio::test]
