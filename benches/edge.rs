@@ -272,12 +272,7 @@ async fn callgrind_total(upstream: SocketAddr, keyed: bool, n: usize) -> (u64, u
         .status()
         .unwrap();
     gateway.child.wait().unwrap();
-    let total = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("totals: "))
-        .and_then(|t| t.trim().parse().ok())
-        .expect("callgrind wrote its totals");
+    let total = support::callgrind_total(&out);
     let annotated = Command::new("callgrind_annotate")
         .arg("--inclusive=no")
         .arg(&out)
@@ -301,11 +296,7 @@ async fn callgrind_total(upstream: SocketAddr, keyed: bool, n: usize) -> (u64, u
 /// The same comparison counted in instructions, which a busy machine does
 /// not disturb: the slope between two runs of different lengths.
 async fn auth_instructions(upstream: SocketAddr) {
-    let available = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
+    if !support::valgrind_available() {
         println!("   (instructions per send: valgrind not installed, skipped)");
         return;
     }

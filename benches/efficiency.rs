@@ -210,12 +210,7 @@ impl Process {
         // SAFETY: a plain signal to our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         self.child.wait().unwrap();
-        std::fs::read_to_string(out)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("totals: "))
-            .and_then(|t| t.trim().parse().ok())
-            .expect("callgrind wrote its totals")
+        support::callgrind_total(out)
     }
 
     async fn channel(&self) -> Channel {
@@ -409,11 +404,7 @@ fn gateway(
 /// load, and the slope (Δinstructions ÷ Δsends) cancels start-up and
 /// shutdown. `BENCH_CALLGRIND_KEEP=DIR` keeps the profiles there.
 async fn instructions(upstream: SocketAddr) {
-    let available = Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
+    if !support::valgrind_available() {
         println!("   (instructions per send: valgrind not installed, skipped)");
         return;
     }
@@ -444,7 +435,10 @@ async fn instructions(upstream: SocketAddr) {
             drop(channel);
             totals.push(process.stop_for_totals(&out));
         }
-        per_send.push((totals[1] - totals[0]) as f64 / (long - short) as f64);
+        let more = totals[1]
+            .checked_sub(totals[0])
+            .expect("the long run costs more than the short one");
+        per_send.push(more as f64 / (long - short) as f64);
     }
     let [gw, minimal, answer, minimal_mi] = [per_send[0], per_send[1], per_send[2], per_send[3]];
     println!(

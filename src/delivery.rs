@@ -143,7 +143,7 @@ impl Deliverer {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            series: metrics.series(&account.account_id),
+            series: metrics.series(&account.account_id, policy.pace.is_some()),
             metrics,
             graph,
             account: ArcSwap::from_pointee(account),
@@ -160,7 +160,9 @@ impl Deliverer {
     }
 
     /// Uses `account`'s settings (a new token, say) from the next Graph call.
+    /// The account id stays: its metric series are looked up once.
     pub fn replace_account(&self, account: Account) {
+        debug_assert_eq!(account.account_id, self.account.load().account_id);
         self.account.store(Arc::new(account));
     }
 

@@ -73,8 +73,8 @@ pub struct AccountSeries {
     action_sent: Counter,
     graph_ok: Counter,
     graph_duration: Histogram,
-    interactive_wait: Histogram,
-    bulk_wait: Histogram,
+    /// Interactive, bulk; paced accounts only.
+    queue_waits: Option<[Histogram; 2]>,
 }
 
 impl AccountSeries {
@@ -101,11 +101,9 @@ impl AccountSeries {
     }
 
     pub fn queue_waited(&self, priority: Priority, seconds: f64) {
-        match priority {
-            Priority::Interactive => &self.interactive_wait,
-            Priority::Bulk => &self.bulk_wait,
+        if let Some(waits) = &self.queue_waits {
+            waits[priority as usize].observe(seconds);
         }
-        .observe(seconds);
     }
 }
 
@@ -262,8 +260,9 @@ impl Metrics {
         }
     }
 
-    /// `account`'s busiest series, looked up once.
-    pub fn series(&self, account: &str) -> AccountSeries {
+    /// `account`'s busiest series, looked up once (its queue waits only
+    /// when it is `paced`: otherwise it has none to report).
+    pub fn series(&self, account: &str, paced: bool) -> AccountSeries {
         let sent = |kind: &str| {
             self.sends
                 .get_or_create(&SendLabels {
@@ -297,8 +296,7 @@ impl Metrics {
                     account: account.to_owned(),
                 })
                 .clone(),
-            interactive_wait: waited(Priority::Interactive),
-            bulk_wait: waited(Priority::Bulk),
+            queue_waits: paced.then(|| [waited(Priority::Interactive), waited(Priority::Bulk)]),
         }
     }
 

@@ -206,8 +206,11 @@ const MARGIN_DIVISOR: u32 = 20;
 const SLOW_AT: f64 = 0.90;
 const RESUME_BELOW: f64 = 0.75;
 
-/// The pace's clock: tokio's, so the budgets and the waits keep one time,
-/// which tests can run hours of in a moment (tokio's paused clock).
+/// The pace's clock: tokio's, so the limiters and the waits for them keep
+/// one time, which tests can run hours of in a moment (tokio's paused
+/// clock). A send's deadline stays a `std::time::Instant` elsewhere and is
+/// converted here; the two clocks part only when tokio's is paused, so
+/// paused-clock tests give the pacer no deadlines.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioClock;
 
@@ -480,6 +483,14 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    /// Waits for an interactive turn with no deadline.
+    async fn take_turn(pacer: &Pacer, tier: Tier, recipient: &str) {
+        pacer
+            .turn(tier, Priority::Interactive, recipient, &Budget::default())
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn rates_parse_and_space_sends_so_no_window_overflows() {
         assert_eq!(Rate::parse("300/s").unwrap(), Rate::per_second(300));
@@ -506,15 +517,7 @@ mod tests {
         });
         let started = Instant::now();
         for _ in 0..23 {
-            pacer
-                .turn(
-                    Tier::Standard,
-                    Priority::Interactive,
-                    "1",
-                    &Budget::default(),
-                )
-                .await
-                .unwrap();
+            take_turn(&pacer, Tier::Standard, "1").await;
         }
         // 3 at once, then 20 spaced by 1 s / 18.
         assert!(
@@ -538,28 +541,12 @@ mod tests {
         });
         let started = Instant::now();
         for _ in 0..3 {
-            pacer
-                .turn(
-                    Tier::Standard,
-                    Priority::Interactive,
-                    "1",
-                    &Budget::default(),
-                )
-                .await
-                .unwrap();
+            take_turn(&pacer, Tier::Standard, "1").await;
         }
         assert!(started.elapsed() >= Duration::from_millis(400));
         // Another person is not held up by the first.
         let other = Instant::now();
-        pacer
-            .turn(
-                Tier::Standard,
-                Priority::Interactive,
-                "2",
-                &Budget::default(),
-            )
-            .await
-            .unwrap();
+        take_turn(&pacer, Tier::Standard, "2").await;
         assert!(other.elapsed() < Duration::from_millis(100));
         // A deadline before the person's next turn is refused at once.
         let hurried = Budget::from(std::time::Instant::now() + Duration::from_millis(50));
@@ -580,15 +567,7 @@ mod tests {
         let start = Instant::now();
         let mut granted = Vec::new();
         for _ in 0..1500 {
-            pacer
-                .turn(
-                    Tier::PrivateReply,
-                    Priority::Interactive,
-                    "1",
-                    &Budget::default(),
-                )
-                .await
-                .unwrap();
+            take_turn(&pacer, Tier::PrivateReply, "1").await;
             granted.push(start.elapsed());
         }
         let hour = Duration::from_secs(3600);
@@ -611,15 +590,7 @@ mod tests {
         assert!((700..=750).contains(&in_first_hour), "{in_first_hour}");
         // Meanwhile the text budget is untouched.
         let before = Instant::now();
-        pacer
-            .turn(
-                Tier::Standard,
-                Priority::Interactive,
-                "1",
-                &Budget::default(),
-            )
-            .await
-            .unwrap();
+        take_turn(&pacer, Tier::Standard, "1").await;
         assert_eq!(before.elapsed(), Duration::ZERO);
     }
 

@@ -46,6 +46,24 @@ pub fn cpu_of(pid: u32) -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// Whether valgrind is here, to count instructions with callgrind.
+pub fn valgrind_available() -> bool {
+    std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The instruction total callgrind wrote to `out` when its program ended.
+pub fn callgrind_total(out: &std::path::Path) -> u64 {
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("totals: "))
+        .and_then(|t| t.trim().parse().ok())
+        .expect("callgrind wrote its totals")
+}
+
 /// A Graph stand-in on this process's runtime that answers every request
 /// with `reply`.
 pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
