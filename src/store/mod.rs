@@ -2,8 +2,12 @@
 //! each conversation's window, and idempotency keys. Behind a small trait so
 //! a store shared by several replicas can follow the embedded one.
 
+#[cfg(test)]
+mod contract;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;

@@ -1,0 +1,99 @@
+//! The shared database's tables, and bringing them up to date at start.
+
+use deadpool_postgres::Client;
+
+use crate::store::StoreError;
+
+/// Every schema change, in order; each runs once, in its own transaction.
+/// Append only: a replica of an older build must keep working on the
+/// tables a newer one has migrated.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+CREATE TABLE events (
+    seq BIGINT PRIMARY KEY,
+    dedup_key TEXT NOT NULL UNIQUE,
+    received_ms BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX events_received ON events (received_ms);
+CREATE TABLE windows (
+    account TEXT NOT NULL,
+    \"user\" TEXT NOT NULL,
+    last_inbound_ms BIGINT,
+    standard_refused_ms BIGINT,
+    human_agent_refused_ms BIGINT,
+    PRIMARY KEY (account, \"user\")
+);
+CREATE INDEX windows_user ON windows (\"user\");
+CREATE TABLE request_ids (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    claimed_ms BIGINT NOT NULL,
+    outcome TEXT
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('head', 0), ('pruned_through', 0);
+CREATE TABLE dedup (key TEXT PRIMARY KEY, seen_ms BIGINT NOT NULL);
+CREATE INDEX dedup_seen ON dedup (seen_ms);
+CREATE TABLE tokens (
+    account TEXT PRIMARY KEY,
+    configured_sha256 TEXT NOT NULL,
+    sealed_token TEXT NOT NULL,
+    expires_ms BIGINT,
+    refreshed_ms BIGINT NOT NULL
+);
+",
+)];
+
+/// The advisory lock migrations run under (any fixed number; this one
+/// spells "msgw").
+const MIGRATION_LOCK: i64 = 0x6d73_6777;
+
+/// Applies the migrations this database has not had yet. Replicas starting
+/// together queue on the advisory lock, and each finds the work done by the
+/// first.
+pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = apply(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    result?;
+    unlocked?;
+    Ok(())
+}
+
+async fn apply(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied a store migration");
+    }
+    Ok(())
+}
