@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// Where events, windows and request ids are kept (created if missing).
     #[arg(long, env = "MESSENGER_GATEWAY_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
+    /// A PostgreSQL store shared by replicas (`postgres://…`; also read
+    /// from DATABASE_URL); without it, SQLite in --data-dir.
+    #[arg(long, env = "MESSENGER_GATEWAY_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Whether a person the gateway never heard from is sent to (lenient) or
     /// refused without calling Graph (strict).
     #[arg(long, env = "MESSENGER_GATEWAY_WINDOW_POLICY", value_enum, default_value_t = WindowPolicy::Lenient)]
@@ -287,10 +291,23 @@ impl ServeArgs {
                 listen: self.sandbox_listen,
             },
         };
+        let store = match self.store.or_else(|| env("DATABASE_URL")) {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(url)
+            }
+            // Never echoed: a URL may carry a password.
+            Some(_) => {
+                return Err(ConfigError {
+                    problems: vec!["--store (MESSENGER_GATEWAY_STORE or DATABASE_URL) must be a postgres:// URL; leave it unset for SQLite in --data-dir".into()],
+                });
+            }
+        };
         Ok(Settings {
             listen: self.listen,
             webhook_listen: self.webhook_listen,
             upstream,
+            store,
             webhook_secrets,
             webhook_apps,
             data_dir: self.data_dir,

@@ -26,7 +26,7 @@ use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxPolicy};
 use crate::sandbox::{self, RunningSandbox};
 use crate::server::{self, Gateway, Listener, ServeError, ServeOptions, WebhookListener};
-use crate::store::SqliteStore;
+use crate::store::{PgStore, SqliteStore, Store};
 use crate::tls::{ReloadableTls, TlsFiles};
 use crate::webhook::{self, WebhookSecrets};
 
@@ -58,6 +58,9 @@ pub struct Settings {
     /// More Meta apps, each with webhooks at `/webhook/{name}`.
     pub webhook_apps: Vec<WebhookApp>,
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL: the store replicas share; `None`: SQLite in
+    /// `data_dir`.
+    pub store: Option<String>,
     pub delivery: DeliveryPolicy,
     pub outbox: OutboxPolicy,
     pub serve: ServeOptions,
@@ -98,6 +101,7 @@ impl Settings {
             webhook_secrets: None,
             webhook_apps: Vec::new(),
             data_dir,
+            store: None,
             delivery: DeliveryPolicy::default(),
             outbox: OutboxPolicy::default(),
             serve: ServeOptions::default(),
@@ -133,8 +137,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot open the store in {dir}: {detail}")]
-    Store { dir: String, detail: String },
+    #[error("cannot open the store ({place}): {detail}")]
+    Store { place: String, detail: String },
 }
 
 /// A built gateway: its ports are bound, its store is open, nothing is
@@ -261,15 +265,28 @@ impl Application {
         let grpc_addr = grpc.local_addr().unwrap_or(listen);
 
         let store_failed = |detail: String| StartError::Store {
-            dir: settings.data_dir.display().to_string(),
+            place: match &settings.store {
+                // Never the URL itself: it may carry a password.
+                Some(_) => "PostgreSQL, --store".to_owned(),
+                None => settings.data_dir.display().to_string(),
+            },
             detail,
         };
-        let store = Arc::new(
-            SqliteStore::open(&settings.data_dir).map_err(|e| store_failed(e.to_string()))?,
-        );
         let metrics = Arc::new(Metrics::new());
-        let commits = metrics.clone();
-        store.observe_commits(move |seconds| commits.store_committed(seconds));
+        let store: Arc<dyn Store> = match &settings.store {
+            Some(url) => Arc::new(
+                PgStore::connect(url)
+                    .await
+                    .map_err(|e| store_failed(e.to_string()))?,
+            ),
+            None => {
+                let sqlite = SqliteStore::open(&settings.data_dir)
+                    .map_err(|e| store_failed(e.to_string()))?;
+                let commits = metrics.clone();
+                sqlite.observe_commits(move |seconds| commits.store_committed(seconds));
+                Arc::new(sqlite)
+            }
+        };
         let inbox = Inbox::new(store, settings.clock.clone(), settings.max_subscribers)
             .await
             .map_err(|e| store_failed(e.to_string()))?;

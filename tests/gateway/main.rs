@@ -12,6 +12,7 @@ mod idempotency;
 mod inbound;
 mod metrics;
 mod pacing;
+mod replicas;
 mod retries;
 mod sandbox;
 mod secure_defaults;

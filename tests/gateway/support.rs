@@ -408,3 +408,35 @@ pub fn with_key<T>(message: T, secret: &str) -> tonic::Request<T> {
         .insert("authorization", format!("Bearer {secret}").parse().unwrap());
     request
 }
+
+/// A fresh database on the PostgreSQL the test command started
+/// (`MESSENGER_GATEWAY_TEST_PG`), as a URL; `None` when it started none
+/// (CI always does: there, a missing one fails the test).
+pub async fn fresh_pg_database() -> Option<String> {
+    let admin = match std::env::var("MESSENGER_GATEWAY_TEST_PG") {
+        Ok(url) => url,
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must run the PostgreSQL tests: scripts/test starts a server")
+        }
+        Err(_) => {
+            eprintln!("no PostgreSQL from the test command: skipped");
+            return None;
+        }
+    };
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    tokio::spawn(connection);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "gateway_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').expect("a URL with a database").0;
+    Some(format!("{base}/{name}"))
+}

@@ -1,0 +1,75 @@
+//! Replicas on one PostgreSQL store: what one takes in, every one knows.
+
+use messenger_gateway::grpc::pb;
+use messenger_gateway::outbox::OutboxPolicy;
+use messenger_gateway::window::WindowPolicy;
+
+use crate::support::*;
+
+/// A gateway on the shared store at `url`, refusing people who never wrote
+/// (so a window it did not open itself shows).
+async fn replica(url: &str) -> TestGateway {
+    let url = url.to_owned();
+    let gw = TestGateway::builder()
+        .outbox(OutboxPolicy {
+            window: WindowPolicy::Strict,
+            ..OutboxPolicy::default()
+        })
+        .configure(move |s| s.store = Some(url))
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    gw
+}
+
+#[tokio::test]
+async fn a_message_taken_in_by_one_replica_reaches_the_others_subscribers_and_opens_its_window() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let (a, b) = (replica(&url).await, replica(&url).await);
+    let refused = b.send_text().await.unwrap_err();
+    assert_eq!(error_info(&refused).0, "OUTSIDE_MESSAGING_WINDOW");
+
+    let mut events = b.events_after(0).await;
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+        .await
+        .expect("the other replica's subscriber hears of it")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq, 1);
+
+    b.send_text()
+        .await
+        .expect("the window a opened is open on b");
+    assert_eq!(b.graph_calls().await, 1);
+}
+
+#[tokio::test]
+async fn a_request_id_settled_through_one_replica_holds_on_another() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let (a, b) = (replica(&url).await, replica(&url).await);
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    let request = || pb::SendRequest {
+        request_id: "order-42-shipped".into(),
+        ..text_to(USER, "Your order has shipped")
+    };
+    let first = a.client().await.send(request()).await.unwrap().into_inner();
+    let again = b.client().await.send(request()).await.unwrap().into_inner();
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(a.graph_calls().await, 1);
+    assert_eq!(
+        b.graph_calls().await,
+        0,
+        "b answered from the shared record"
+    );
+}
