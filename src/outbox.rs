@@ -29,6 +29,13 @@ pub struct OutboxPolicy {
 
 type Outcome = Option<Result<Sent, SendError>>;
 
+/// How long after its claim a `request_id` on a shared store may still be
+/// settling on another replica (a send within any caller's deadline): a
+/// repeat in that time waits for the outcome.
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often such a repeat looks again.
+const SETTLING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A send under a `request_id` that is under way in this process.
 struct Pending {
     fingerprint: String,
@@ -147,6 +154,35 @@ impl Outbox {
         }
     }
 
+    /// Claims `id` in the store. On a shared store, a claim another replica
+    /// made moments ago is a send under way there: this one waits (within
+    /// its own deadline) for that send's outcome, so the callers of both
+    /// get one answer from one Graph call.
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        budget: &Budget,
+    ) -> Result<Claim, StoreError> {
+        let store = self.inbox.store();
+        loop {
+            let now = self.inbox.now_ms();
+            let claim = store.claim_request(id, fingerprint, now).await?;
+            let Claim::Unsettled { claimed_ms } = claim else {
+                return Ok(claim);
+            };
+            let settling =
+                store.is_shared() && now.saturating_sub(claimed_ms) < SETTLING.as_millis() as i64;
+            let in_time = budget
+                .deadline
+                .is_none_or(|d| Instant::now() + SETTLING_POLL < d);
+            if !settling || !in_time || budget.cancelled.is_cancelled() {
+                return Ok(claim);
+            }
+            tokio::time::sleep(SETTLING_POLL).await;
+        }
+    }
+
     /// Claims `id` in the store, sends, and records the outcome there.
     async fn send_once(
         &self,
@@ -157,10 +193,7 @@ impl Outbox {
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let store = self.inbox.store();
-        match store
-            .claim_request(id, fingerprint, self.inbox.now_ms())
-            .await?
-        {
+        match self.claim(id, fingerprint, &deadline).await? {
             Claim::Claimed => {}
             Claim::Conflict => return Err(conflict()),
             Claim::Recorded(RecordedOutcome::Sent(sent)) => return Ok(sent),
@@ -169,7 +202,12 @@ impl Outbox {
                     "the first send under this request_id reached Graph with no answer; it may have been delivered, so it is not sent again".into(),
                 ));
             }
-            Claim::Unsettled => {
+            Claim::Unsettled { .. } if store.is_shared() => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id is still under way or was interrupted; it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+            Claim::Unsettled { .. } => {
                 return Err(SendError::MaybeDeliveredBefore(
                     "the first send under this request_id was interrupted (the gateway stopped); it may have been delivered, so it is not sent again".into(),
                 ));

@@ -151,7 +151,7 @@ async fn a_request_id_is_claimed_once_recorded_released_and_expires() {
         );
         assert_eq!(
             store.claim_request("r1", "f", 1001).await.unwrap(),
-            Claim::Unsettled,
+            Claim::Unsettled { claimed_ms: 1000 },
             "{}",
             b.name
         );

@@ -55,8 +55,9 @@ pub enum Claim {
     Conflict,
     /// The first send under this id ended like this.
     Recorded(RecordedOutcome),
-    /// Claimed but never settled: its process stopped mid-send.
-    Unsettled,
+    /// Claimed at `claimed_ms` and not settled yet: a send under way (on
+    /// another replica), or one whose process stopped mid-send.
+    Unsettled { claimed_ms: UnixMs },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -142,6 +143,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every refreshed token kept.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Whether other processes (replicas) share this store: then an
+    /// unsettled `request_id` may be a send under way elsewhere, not one a
+    /// stopped process left behind.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// A refreshed token as kept: sealed by the core (encrypted when a store

@@ -73,3 +73,51 @@ async fn a_request_id_settled_through_one_replica_holds_on_another() {
         "b answered from the shared record"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_id_sent_to_three_replicas_at_once_makes_one_graph_call() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let replicas = [
+        replica(&url).await,
+        replica(&url).await,
+        replica(&url).await,
+    ];
+    assert_eq!(
+        replicas[0]
+            .deliver(&messages_from_user(&[("m1", "hi", T0)]))
+            .await,
+        200
+    );
+    // Slow answers, so all three are under way together.
+    for r in &replicas {
+        r.graph.reset().await;
+        r.graph_answers(ok_reply().set_delay(std::time::Duration::from_millis(300)))
+            .await;
+    }
+    let request = pb::SendRequest {
+        request_id: "order-43-shipped".into(),
+        ..text_to(USER, "Your order has shipped")
+    };
+    let mut clients = Vec::new();
+    for r in &replicas {
+        clients.push(r.client().await);
+    }
+    let answers =
+        futures_util::future::join_all(clients.iter_mut().map(|c| c.send(request.clone()))).await;
+    let ids: Vec<String> = answers
+        .into_iter()
+        .map(|a| {
+            a.expect("every caller gets the answer")
+                .into_inner()
+                .message_id
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let mut calls = 0;
+    for r in &replicas {
+        calls += r.graph_calls().await;
+    }
+    assert_eq!(calls, 1, "one Graph call among the three replicas");
+}

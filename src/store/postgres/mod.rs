@@ -375,7 +375,9 @@ impl Store for PgStore {
             Claim::Conflict
         } else {
             match outcome {
-                None => Claim::Unsettled,
+                None => Claim::Unsettled {
+                    claimed_ms: claimed,
+                },
                 Some(outcome) => Claim::Recorded(
                     serde_json::from_str(&outcome)
                         .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?,
@@ -476,6 +478,10 @@ impl Store for PgStore {
             )
             .await?;
         Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

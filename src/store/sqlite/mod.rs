@@ -345,7 +345,11 @@ impl Store for SqliteStore {
                 Some((fp, claimed, _)) if claimed >= live_since && fp != fingerprint => {
                     return Ok(Claim::Conflict);
                 }
-                Some((_, claimed, None)) if claimed >= live_since => return Ok(Claim::Unsettled),
+                Some((_, claimed, None)) if claimed >= live_since => {
+                    return Ok(Claim::Unsettled {
+                        claimed_ms: claimed,
+                    });
+                }
                 Some((_, claimed, Some(outcome))) if claimed >= live_since => {
                     let outcome: RecordedOutcome = serde_json::from_str(&outcome)
                         .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?;
@@ -588,7 +592,7 @@ mod tests {
         );
         assert_eq!(
             store.claim_request("r1", "f", 1).await.unwrap(),
-            Claim::Unsettled
+            Claim::Unsettled { claimed_ms: 0 }
         );
         assert_eq!(
             store.claim_request("r1", "g", 1).await.unwrap(),
