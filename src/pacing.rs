@@ -135,11 +135,15 @@ impl Rate {
         Duration::from_nanos(u64::try_from(per.div_ceil(slots)).unwrap_or(u64::MAX))
     }
 
-    fn quota(self, slowdown: u32) -> Quota {
-        let interval = self.interval().max(Duration::from_nanos(1)) * slowdown;
+    /// The quota of one replica of `share` at `1 / slowdown` of the rate:
+    /// spaced `slowdown × share` times wider, and with no burst when shared
+    /// (bursts on several replicas at once could add up past the budget).
+    fn quota(self, slowdown: u32, share: u32) -> Quota {
+        let interval = self.interval().max(Duration::from_nanos(1)) * slowdown * share.max(1);
+        let burst = if share > 1 { 1 } else { self.burst() };
         Quota::with_period(interval)
             .expect("a positive period")
-            .allow_burst(NonZeroU32::new(self.burst()).expect("at least one"))
+            .allow_burst(NonZeroU32::new(burst).expect("at least one"))
     }
 }
 
@@ -258,6 +262,8 @@ pub struct Pacer {
     limits: PaceLimits,
     limiters: [ArcSwap<Limiter>; 3],
     slowed: AtomicBool,
+    /// Replicas sharing the account's budget (this one included).
+    share: std::sync::atomic::AtomicU32,
     paused_until: Mutex<Option<Instant>>,
     /// Sends waiting for a turn, by tier and priority (interactive, bulk):
     /// only the same tier's interactive sends hold a bulk one back.
@@ -287,11 +293,12 @@ fn index(tier: Tier) -> usize {
 
 impl Pacer {
     pub fn new(limits: PaceLimits) -> Self {
-        let limiter = |tier| ArcSwap::from_pointee(limiter(limits.of(tier).quota(1)));
+        let limiter = |tier| ArcSwap::from_pointee(limiter(limits.of(tier).quota(1, 1)));
         Self {
             limits,
             limiters: TIERS.map(limiter),
             slowed: AtomicBool::new(false),
+            share: std::sync::atomic::AtomicU32::new(1),
             paused_until: Mutex::new(None),
             waiting: Default::default(),
             recipients: Mutex::default(),
@@ -344,22 +351,45 @@ impl Pacer {
             return;
         };
         if self.slowed.swap(slow, Ordering::Relaxed) != slow {
-            let slowdown = if slow { 2 } else { 1 };
-            for tier in TIERS {
-                let rate = self.limits.of(tier);
-                let limiter = limiter(rate.quota(slowdown));
-                // A new limiter starts with its burst free; spent now, so
-                // the swap never lets more through than the budget.
-                for _ in 0..rate.burst() {
-                    let _ = limiter.check();
-                }
-                self.limiters[index(tier)].store(std::sync::Arc::new(limiter));
-            }
+            self.rebuild();
             tracing::info!(
                 usage = ratio,
                 slowed = slow,
                 "Graph usage changed the account's pace"
             );
+        }
+    }
+
+    /// `replicas` share the account's budget (this one included): each
+    /// takes its part.
+    pub fn set_share(&self, replicas: u32) {
+        let replicas = replicas.max(1);
+        if self.share.swap(replicas, Ordering::Relaxed) != replicas {
+            self.rebuild();
+            tracing::info!(replicas, "replicas sharing the account's pace changed");
+        }
+    }
+
+    /// The divisor of every rate now: halved by usage, split by replicas.
+    fn divisor(&self) -> u32 {
+        let slowdown = if self.is_slowed() { 2 } else { 1 };
+        slowdown * self.share.load(Ordering::Relaxed)
+    }
+
+    /// New limiters for the current slowdown and share.
+    fn rebuild(&self) {
+        let slowdown = if self.is_slowed() { 2 } else { 1 };
+        let share = self.share.load(Ordering::Relaxed);
+        for tier in TIERS {
+            let rate = self.limits.of(tier);
+            let quota = rate.quota(slowdown, share);
+            let limiter = limiter(quota);
+            // A new limiter starts with its burst free; spent now, so
+            // the swap never lets more through than the budget.
+            for _ in 0..quota.burst_size().get() {
+                let _ = limiter.check();
+            }
+            self.limiters[index(tier)].store(std::sync::Arc::new(limiter));
         }
     }
 
@@ -387,8 +417,7 @@ impl Pacer {
             }
         }
         let rate = self.limits.of(tier);
-        let slowdown = if self.is_slowed() { 2 } else { 1 };
-        let interval = rate.interval() * slowdown;
+        let interval = rate.interval() * self.divisor();
         // Who goes first: every interactive send, and for a bulk one every
         // bulk send queued before it too.
         let ahead = self.waiting_in(tier, Priority::Interactive)

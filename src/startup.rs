@@ -305,6 +305,9 @@ impl Application {
             accounts.clone(),
             metrics.clone(),
         ));
+        if inbox.store().is_shared() {
+            tokio::spawn(share_the_pace(inbox.store().clone(), accounts.clone()));
+        }
         let admin = match settings.admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -440,6 +443,35 @@ impl Application {
     /// What SIGHUP does, for tests.
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader
+    }
+}
+
+/// How often a replica on a shared store says it is alive and counts the
+/// others.
+const REPLICA_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// On a shared store: every second, says this replica is alive and splits
+/// each account's pace among the replicas alive, so that together they
+/// keep to the account's one budget. A replica that dies stops saying so,
+/// and within a few seconds the others take its share.
+async fn share_the_pace(store: Arc<dyn Store>, accounts: Arc<Registry>) {
+    let me = format!("{:016x}", rand::random::<u64>());
+    let mut tick = tokio::time::interval(REPLICA_HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        match store.replicas_alive(&me, now).await {
+            Ok(replicas) => {
+                for path in accounts.paths() {
+                    if let Some(pacer) = path.deliverer.pacer() {
+                        pacer.set_share(replicas);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count the replicas alive"),
+        }
     }
 }
 

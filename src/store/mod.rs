@@ -150,7 +150,19 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// Says replica `me` is alive at `now`, and answers how many replicas
+    /// are (seen within [`REPLICA_TTL`]; this one included). One for a
+    /// store no other process shares.
+    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
+        let _ = (me, now);
+        Ok(1)
+    }
 }
+
+/// A replica not heard from for this long is taken for gone: its share of
+/// each account's budget goes to the others.
+pub const REPLICA_TTL: Duration = Duration::from_secs(3);
 
 /// A refreshed token as kept: sealed by the core (encrypted when a store
 /// key is set), and tied to the configured token it was refreshed from, so

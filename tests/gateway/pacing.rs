@@ -18,7 +18,7 @@ use crate::support::*;
 /// Answers 613 to a send when `limit` were accepted in the second before
 /// it; records when each was accepted.
 #[derive(Clone)]
-struct MetaRateLimit {
+pub(crate) struct MetaRateLimit {
     limit: usize,
     accepted: Arc<Mutex<VecDeque<Instant>>>,
     refused: Arc<Mutex<usize>>,
@@ -29,7 +29,7 @@ struct MetaRateLimit {
 }
 
 impl MetaRateLimit {
-    fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
             accepted: Arc::default(),
@@ -57,11 +57,11 @@ impl MetaRateLimit {
         }
     }
 
-    fn refused(&self) -> usize {
+    pub(crate) fn refused(&self) -> usize {
         *self.refused.lock().unwrap()
     }
 
-    fn accepted(&self) -> Vec<Instant> {
+    pub(crate) fn accepted(&self) -> Vec<Instant> {
         self.accepted.lock().unwrap().iter().copied().collect()
     }
 }
@@ -98,7 +98,7 @@ impl Respond for MetaRateLimit {
     }
 }
 
-fn paced(limits: PaceLimits) -> DeliveryPolicy {
+pub(crate) fn paced(limits: PaceLimits) -> DeliveryPolicy {
     DeliveryPolicy {
         pace: Some(limits),
         max_queued_sends: 100_000,
@@ -116,7 +116,7 @@ async fn gateway_with(limits: PaceLimits, graph: &MetaRateLimit) -> TestGateway 
     gw
 }
 
-fn bulk(text: &str) -> pb::SendRequest {
+pub(crate) fn bulk(text: &str) -> pb::SendRequest {
     pb::SendRequest {
         priority: pb::Priority::Bulk as i32,
         ..text_to(USER, text)
@@ -124,7 +124,7 @@ fn bulk(text: &str) -> pb::SendRequest {
 }
 
 /// The most sends the fake accepted in one second, counted as it counts.
-fn busiest_second(accepted: &[Instant]) -> usize {
+pub(crate) fn busiest_second(accepted: &[Instant]) -> usize {
     let Some(first) = accepted.first() else {
         return 0;
     };

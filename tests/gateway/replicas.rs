@@ -121,3 +121,69 @@ async fn the_same_request_id_sent_to_three_replicas_at_once_makes_one_graph_call
     }
     assert_eq!(calls, 1, "one Graph call among the three replicas");
 }
+
+/// Two replicas, each taking a broadcast for the same account, against a
+/// Graph that answers 613 beyond 40 sends a second: together they keep to
+/// the one budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_split_an_accounts_budget_between_them() {
+    use crate::pacing::{MetaRateLimit, bulk, busiest_second, paced};
+    use messenger_gateway::pacing::{PaceLimits, Rate};
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer};
+
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let graph = MockServer::start().await;
+    let meta = MetaRateLimit::new(40);
+    Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .respond_with(meta.clone())
+        .mount(&graph)
+        .await;
+    let base = format!("{}/v25.0", graph.uri());
+    let limits = PaceLimits {
+        standard: Rate::per_second(40),
+        ..PaceLimits::default()
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let url = url.clone();
+        // Both send to the one Graph stand-in (each builder is given a
+        // stand-in of its own, which goes unused).
+        let replica = TestGateway::builder()
+            .graph(MockServer::start().await, &base)
+            .delivery(paced(limits))
+            .configure(move |s| s.store = Some(url))
+            .start()
+            .await;
+        replicas.push(replica);
+    }
+    // Each has said it is alive and seen the other.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    let mut senders = tokio::task::JoinSet::new();
+    for r in &replicas {
+        for _ in 0..20 {
+            let mut client = r.client().await;
+            senders.spawn(async move {
+                for _ in 0..3 {
+                    client
+                        .send(bulk("spring sale"))
+                        .await
+                        .expect("every message is delivered");
+                }
+            });
+        }
+    }
+    while senders.join_next().await.is_some() {}
+    assert_eq!(meta.refused(), 0, "Graph refused sends as over its limit");
+    let accepted = meta.accepted();
+    assert_eq!(accepted.len(), 120);
+    assert!(
+        busiest_second(&accepted) <= 40,
+        "{}",
+        busiest_second(&accepted)
+    );
+}

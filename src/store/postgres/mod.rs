@@ -484,6 +484,26 @@ impl Store for PgStore {
         true
     }
 
+    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET seen_ms = GREATEST(replicas.seen_ms, $2)",
+                &[&me, &now],
+            )
+            .await?;
+        let since = now - super::REPLICA_TTL.as_millis() as i64;
+        client
+            .execute("DELETE FROM replicas WHERE seen_ms < $1", &[&since])
+            .await?;
+        let alive: i64 = client
+            .query_one("SELECT count(*) FROM replicas", &[])
+            .await?
+            .get(0);
+        Ok(alive.max(1) as u32)
+    }
+
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client

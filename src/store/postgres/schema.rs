@@ -7,9 +7,10 @@ use crate::store::StoreError;
 /// Every schema change, in order; each runs once, in its own transaction.
 /// Append only: a replica of an older build must keep working on the
 /// tables a newer one has migrated.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
 CREATE TABLE events (
     seq BIGINT PRIMARY KEY,
     dedup_key TEXT NOT NULL UNIQUE,
@@ -44,7 +45,14 @@ CREATE TABLE tokens (
     refreshed_ms BIGINT NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        "
+CREATE TABLE replicas (id TEXT PRIMARY KEY, seen_ms BIGINT NOT NULL);
+",
+    ),
+];
 
 /// The advisory lock migrations run under (any fixed number; this one
 /// spells "msgw").
