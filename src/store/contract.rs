@@ -280,3 +280,29 @@ async fn replicas_share_one_gapless_order_and_store_a_delivery_once() {
         assert_eq!(e.seq, expected);
     }
 }
+
+/// Pruning runs on one replica at a time: while another holds the prune
+/// lock, a prune does nothing; once it is free, the next one prunes.
+#[tokio::test]
+async fn one_replica_prunes_at_a_time() {
+    let Some(admin) = test_pg() else {
+        return;
+    };
+    let url = fresh_database(&admin).await;
+    let store = PgStore::connect(&url).await.unwrap();
+    store.ingest(vec![message("m1", 10)], 100).await.unwrap();
+    let (other, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&postgres::PRUNE_LOCK])
+        .await
+        .unwrap();
+    assert_eq!(store.prune(300, 150).await.unwrap().events, 0);
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&postgres::PRUNE_LOCK])
+        .await
+        .unwrap();
+    assert_eq!(store.prune(300, 150).await.unwrap().events, 1);
+}

@@ -32,6 +32,10 @@ const EVENTS_CHANNEL: &str = "messenger_gateway_events";
 /// store instead.
 const FEED_CAPACITY: usize = 16 * 1024;
 
+/// The advisory lock a replica prunes under (any fixed number, distinct
+/// from the migrations' lock).
+pub(super) const PRUNE_LOCK: i64 = 0x6d73_6778;
+
 /// Events the publisher reads per query while catching up.
 const PUBLISH_PAGE: usize = 1024;
 
@@ -418,6 +422,14 @@ impl Store for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut pruned = Pruned::default();
+        // One replica prunes at a time; the others find the work taken.
+        let ours: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            .await?
+            .get(0);
+        if !ours {
+            return Ok(pruned);
+        }
         let last: Option<i64> = tx
             .query_one(
                 "SELECT MAX(seq) FROM events WHERE received_ms < $1",
