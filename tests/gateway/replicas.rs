@@ -187,3 +187,96 @@ async fn replicas_split_an_accounts_budget_between_them() {
         busiest_second(&accepted)
     );
 }
+
+/// A TCP relay to PostgreSQL that can be cut: while cut, it drops every
+/// connection it carries and refuses new ones, as an unreachable database.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    carried: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (is_cut, all) = (cut.clone(), carried.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let carry = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                all.lock().unwrap().push(carry);
+            }
+        });
+        Self { addr, cut, carried }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for carry in self.carried.lock().unwrap().drain(..) {
+            carry.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_returns_all_is_fed() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    // postgres://user@127.0.0.1:PORT/db, through the relay.
+    let (head, database) = url.rsplit_once('/').unwrap();
+    let (user, target) = head.rsplit_once('@').unwrap();
+    let relay = Relay::start(target.parse().unwrap()).await;
+    let through = format!("{user}@{}/{database}", relay.addr);
+    let (a, b) = (replica(&through).await, replica(&through).await);
+    let mut events = b.events_after(0).await;
+
+    relay.cut();
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        503,
+        "Meta is told to deliver again"
+    );
+    let refused = a
+        .client()
+        .await
+        .send(pb::SendRequest {
+            request_id: "during-the-outage".into(),
+            ..text_to(USER, "hello")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&refused).0, "STORE_UNAVAILABLE");
+    assert!(retry_delay(&refused).is_some());
+    assert_eq!(a.graph_calls().await, 0, "nothing sent without its claim");
+
+    relay.restore();
+    let redelivered = messages_from_user(&[("m1", "hi", T0)]);
+    let started = std::time::Instant::now();
+    while a.deliver(&redelivered).await != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no recovery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.message())
+        .await
+        .expect("the other replica's subscriber is fed once the store is back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq, 1);
+}

@@ -93,29 +93,19 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Listens on the events channel and, on each announcement (or a local
-    /// commit), feeds what is new, in seq order.
+    /// Listens on the events channel, and on each announcement (or a local
+    /// commit) feeds what is new, in seq order. A lost connection is made
+    /// again, and what was committed meanwhile is fed on return.
     async fn start_publisher(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
-        let (listener, mut connection) = config.connect(NoTls).await?;
         let publish = self.publish.clone();
         tokio::spawn(async move {
-            let mut messages = std::pin::pin!(futures_util::stream::poll_fn(move |cx| {
-                connection.poll_message(cx)
-            }));
-            while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => publish.notify_one(),
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "the store's event listener stopped");
-                        break;
-                    }
+            loop {
+                if let Err(e) = listen(&config, &publish).await {
+                    tracing::warn!(error = %e, "the store's event listener lost its connection; connecting again");
                 }
+                tokio::time::sleep(RECONNECT_AFTER).await;
             }
         });
-        listener
-            .batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))
-            .await?;
         let (pool, feed, fed, publish) = (
             self.pool.clone(),
             self.feed.clone(),
@@ -123,17 +113,56 @@ impl PgStore {
             self.publish.clone(),
         );
         tokio::spawn(async move {
-            // Kept alive with the publisher: dropping it ends the LISTEN.
-            let _listener = listener;
             loop {
                 publish.notified().await;
                 if let Err(e) = feed_new(&pool, &feed, &fed).await {
                     tracing::warn!(error = %e, "could not read new events to feed subscribers");
+                    // Tried again once the store answers.
+                    tokio::time::sleep(RECONNECT_AFTER).await;
+                    publish.notify_one();
                 }
             }
         });
         Ok(())
     }
+}
+
+/// How long the publisher waits before trying the store again.
+const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One LISTEN connection, until it fails: wakes the publisher on every
+/// announcement, and once at the start for what came meanwhile.
+async fn listen(config: &tokio_postgres::Config, publish: &Notify) -> Result<(), StoreError> {
+    let (listener, mut connection) = config.connect(NoTls).await?;
+    let mut messages = std::pin::pin!(futures_util::stream::poll_fn(move |cx| {
+        connection.poll_message(cx)
+    }));
+    let statement = format!("LISTEN {EVENTS_CHANNEL}");
+    let subscribe = listener.batch_execute(&statement);
+    // The connection must be driven for the LISTEN to complete.
+    let mut subscribe = std::pin::pin!(subscribe);
+    loop {
+        tokio::select! {
+            done = &mut subscribe => {
+                done?;
+                break;
+            }
+            message = futures_util::StreamExt::next(&mut messages) => match message {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        }
+    }
+    publish.notify_one();
+    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+        match message {
+            Ok(AsyncMessage::Notification(_)) => publish.notify_one(),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Feeds every event above `fed` to local subscribers, in order.
