@@ -8,7 +8,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -263,7 +263,7 @@ pub struct Pacer {
     limiters: [ArcSwap<Limiter>; 3],
     slowed: AtomicBool,
     /// Replicas sharing the account's budget (this one included).
-    share: std::sync::atomic::AtomicU32,
+    share: AtomicU32,
     paused_until: Mutex<Option<Instant>>,
     /// Sends waiting for a turn, by tier and priority (interactive, bulk):
     /// only the same tier's interactive sends hold a bulk one back.
@@ -298,7 +298,7 @@ impl Pacer {
             limits,
             limiters: TIERS.map(limiter),
             slowed: AtomicBool::new(false),
-            share: std::sync::atomic::AtomicU32::new(1),
+            share: AtomicU32::new(1),
             paused_until: Mutex::new(None),
             waiting: Default::default(),
             recipients: Mutex::default(),
@@ -370,15 +370,19 @@ impl Pacer {
         }
     }
 
+    /// 2 while usage holds the account at half its rate, else 1.
+    fn slowdown(&self) -> u32 {
+        if self.is_slowed() { 2 } else { 1 }
+    }
+
     /// The divisor of every rate now: halved by usage, split by replicas.
     fn divisor(&self) -> u32 {
-        let slowdown = if self.is_slowed() { 2 } else { 1 };
-        slowdown * self.share.load(Ordering::Relaxed)
+        self.slowdown() * self.share.load(Ordering::Relaxed)
     }
 
     /// New limiters for the current slowdown and share.
     fn rebuild(&self) {
-        let slowdown = if self.is_slowed() { 2 } else { 1 };
+        let slowdown = self.slowdown();
         let share = self.share.load(Ordering::Relaxed);
         for tier in TIERS {
             let rate = self.limits.of(tier);

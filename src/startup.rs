@@ -459,9 +459,8 @@ async fn share_the_pace(store: Arc<dyn Store>, accounts: Arc<Registry>) {
     let mut tick = tokio::time::interval(REPLICA_HEARTBEAT);
     loop {
         tick.tick().await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        // Wall time, not the settings' clock: other processes read it.
+        let now = SystemClock.now_ms();
         match store.replicas_alive(&me, now).await {
             Ok(replicas) => {
                 for path in accounts.paths() {

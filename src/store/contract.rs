@@ -59,7 +59,8 @@ async fn backends() -> Vec<Backend> {
     all
 }
 
-fn message(mid: &str, ts: i64) -> InboundEvent {
+/// A message from user U to account A, as Meta delivers it.
+pub(super) fn message(mid: &str, ts: i64) -> InboundEvent {
     let body = format!(
         r#"{{"object":"instagram","entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":{ts},"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
     );

@@ -160,6 +160,21 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// When an event opened its window: a clock ahead of ours cannot stretch
+/// a window. (Both backends.)
+fn opened_at(event: &InboundEvent, received_ms: UnixMs) -> UnixMs {
+    event.timestamp_ms.min(received_ms)
+}
+
+/// The windows column a refusal of this kind is remembered in.
+fn refusal_column(human_agent: bool) -> &'static str {
+    if human_agent {
+        "human_agent_refused_ms"
+    } else {
+        "standard_refused_ms"
+    }
+}
+
 /// A replica not heard from for this long is taken for gone: its share of
 /// each account's budget goes to the others.
 pub const REPLICA_TTL: Duration = Duration::from_secs(3);

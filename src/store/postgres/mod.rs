@@ -20,7 +20,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent, TokenRecord,
+    StoredEvent, TokenRecord, opened_at,
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
@@ -218,11 +218,6 @@ async fn events_after(
         .collect()
 }
 
-/// A clock ahead of ours cannot stretch a window.
-fn opened_at(event: &InboundEvent, received_ms: UnixMs) -> UnixMs {
-    event.timestamp_ms.min(received_ms)
-}
-
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest(
@@ -348,11 +343,7 @@ impl Store for PgStore {
         at: UnixMs,
         human_agent: bool,
     ) -> Result<(), StoreError> {
-        let column = if human_agent {
-            "human_agent_refused_ms"
-        } else {
-            "standard_refused_ms"
-        };
+        let column = super::refusal_column(human_agent);
         let client = self.pool.get().await?;
         client
             .execute(

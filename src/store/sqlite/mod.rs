@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent, TokenRecord,
+    StoredEvent, TokenRecord, opened_at,
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
@@ -293,11 +293,7 @@ impl Store for SqliteStore {
         human_agent: bool,
     ) -> Result<(), StoreError> {
         let (account, user) = (account.to_owned(), user.to_owned());
-        let column = if human_agent {
-            "human_agent_refused_ms"
-        } else {
-            "standard_refused_ms"
-        };
+        let column = super::refusal_column(human_agent);
         let windows = self.windows.clone();
         self.write_then(
             move |conn| {
@@ -488,16 +484,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// A clock ahead of ours cannot stretch a window.
-fn opened_at(event: &InboundEvent, received_ms: UnixMs) -> UnixMs {
-    event.timestamp_ms.min(received_ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::parse_delivery;
     use crate::message::Sent;
+    use crate::store::contract::message;
 
     impl SqliteStore {
         /// One account's facts, as the tests ask for them.
@@ -509,13 +500,6 @@ mod tests {
             let rows = self.windows(user).await?;
             Ok(rows.into_iter().find(|(a, _)| a == account).map(|(_, f)| f))
         }
-    }
-
-    fn message(mid: &str, ts: i64) -> InboundEvent {
-        let body = format!(
-            r#"{{"object":"instagram","entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":{ts},"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
-        );
-        parse_delivery(body.as_bytes()).unwrap().remove(0)
     }
 
     #[tokio::test]
