@@ -203,6 +203,7 @@ impl Inbox {
         tokio::spawn(async move {
             let _slot = slot;
             let mut closing = inbox.closing.subscribe();
+            let mut reachable = inbox.store.reachable();
             let feed = Feed {
                 store: &inbox.store,
                 filter,
@@ -215,6 +216,9 @@ impl Inbox {
                 // At shutdown the stream ends with UNAVAILABLE, which clients
                 // treat as "reconnect", rather than OK, which reads as "done".
                 _ = closing.wait_for(|c| *c) => Some(SubscribeError::ShuttingDown),
+                // Events taken in by other replicas meanwhile would not
+                // reach this stream: it ends, and the client resumes.
+                Ok(_) = reachable.wait_for(|r| !*r) => Some(SubscribeError::Store(StoreError::Unreachable)),
             };
             if let Some(e) = ended {
                 let _ = end.send(e);
@@ -224,6 +228,11 @@ impl Inbox {
             events: rx,
             ended: Some(ended),
         })
+    }
+
+    /// Whether the store answers now.
+    pub fn store_reachable(&self) -> bool {
+        *self.store.reachable().borrow()
     }
 
     /// Ends every subscription, so shutdown need not wait for them.

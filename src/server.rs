@@ -190,7 +190,7 @@ fn serve_admin(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<(
             "/readyz",
             get(
                 |axum::extract::State(a): axum::extract::State<Arc<Admin>>| async move {
-                    if a.ready.load(Ordering::SeqCst) {
+                    if a.ready.load(Ordering::SeqCst) && a.inbox.store_reachable() {
                         (StatusCode::OK, "ready").into_response()
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
@@ -225,7 +225,8 @@ pub async fn serve(
         admin,
     } = gateway;
     // Ready once the store is open (it is, to get here) and the gRPC port
-    // serves; not ready again once draining starts.
+    // serves; not ready while the store cannot be reached, nor once
+    // draining starts.
     let ready = Arc::new(AtomicBool::new(false));
     let _admin = admin.map(|listener| {
         serve_admin(

@@ -328,6 +328,7 @@ impl Application {
             // is the one in use.
             keeper.restore().await;
             tokio::spawn(keeper.clone().run());
+            tokio::spawn(keeper.clone().follow_store());
         }
         let outbox = Outbox::new(accounts.clone(), inbox.clone(), settings.outbox);
         let certificates = grpc_tls.iter().chain(&webhook_tls).cloned().collect();

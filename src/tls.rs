@@ -75,7 +75,7 @@ fn failed(file: &Path, what: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(file)
         .map_err(|e| failed(file, e))?
         .collect::<Result<Vec<_>, _>>()

@@ -167,15 +167,26 @@ impl TokenKeeper {
     /// Puts the refreshed tokens kept in the store back in use, where they
     /// were refreshed from the token configured now. Run before serving.
     pub async fn restore(&self) {
+        self.adopt_stored(None).await;
+    }
+
+    /// Puts in use each refreshed token kept in the store (of `only`, or
+    /// of every account) that was refreshed from the token configured now
+    /// and is newer than the one in use: at start, and when another
+    /// replica has refreshed one.
+    async fn adopt_stored(&self, only: Option<&str>) {
         let records = match self.store.tokens().await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the refreshed tokens: the configured ones are used");
+                tracing::error!(error = %e, "cannot read the refreshed tokens: the ones in use stay");
                 return;
             }
         };
         let mut tracked = self.tracked.lock().await;
         for record in records {
+            if only.is_some_and(|a| a != record.account) {
+                continue;
+            }
             let Some(path) = self.accounts.by_id(&record.account) else {
                 continue;
             };
@@ -183,6 +194,13 @@ impl TokenKeeper {
             if record.configured_sha256 != configured_sha256 {
                 continue;
             }
+            let known = tracked
+                .get(&path.id)
+                .filter(|t| t.configured_sha256 == configured_sha256);
+            if known.is_some_and(|t| t.refreshed_ms >= Some(record.refreshed_ms)) {
+                continue;
+            }
+            let next_due = known.map_or_else(Instant::now, |t| t.next_due);
             let Some(token) = self.sealer.open(&record.account, &record.sealed_token) else {
                 tracing::warn!(account = %record.account, "the refreshed token kept for this account cannot be opened (was MESSENGER_GATEWAY_STORE_KEY changed?): the configured one is used");
                 continue;
@@ -200,10 +218,19 @@ impl TokenKeeper {
                     configured_sha256,
                     refreshed_ms: Some(record.refreshed_ms),
                     expires_ms: record.expires_ms,
-                    next_due: Instant::now(),
+                    next_due,
                     failures: 0,
                 },
             );
+        }
+    }
+
+    /// Puts tokens other replicas refresh in use here too, as they are
+    /// kept; runs for as long as the gateway does.
+    pub async fn follow_store(self: Arc<Self>) {
+        let mut updates = self.store.token_updates();
+        while updates.changed().await.is_ok() {
+            self.adopt_stored(None).await;
         }
     }
 
@@ -353,15 +380,61 @@ impl TokenKeeper {
             }
         }
         if !graph::is_refreshable(&account) || !self.refresh_due(&t, now) {
-            path.update_status(|s| {
-                if s.state == TokenState::Expiring {
-                    s.state = TokenState::Valid;
-                }
-            });
-            t.failures = 0;
-            t.next_due = Instant::now() + self.policy.check_every;
-            return t;
+            return self.not_due(path, t);
         }
+        if !self.store.is_shared() {
+            return self.refresh(path, t, now).await;
+        }
+        // Replicas share the token: one refreshes it at a time, under a
+        // lease that outlasts the calls a refresh makes.
+        let until = now.saturating_add(ms(self.policy.call_timeout).saturating_mul(3));
+        match self.store.lease_refresh(&path.id, now, until).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(account = %path.id, "another replica is refreshing the account's token");
+                t.next_due = Instant::now() + self.policy.first_retry.min(self.policy.check_every);
+                return t;
+            }
+            Err(e) => {
+                tracing::warn!(account = %path.id, error = %e, "could not take the token-refresh lease; trying again later");
+                self.retry_later(&mut t);
+                return t;
+            }
+        }
+        // Another replica may have refreshed it just before.
+        self.adopt_stored(Some(&path.id)).await;
+        if let Some(newer) = self.tracked.lock().await.get(&path.id).filter(|n| {
+            n.configured_sha256 == t.configured_sha256 && n.refreshed_ms > t.refreshed_ms
+        }) {
+            t.refreshed_ms = newer.refreshed_ms;
+            t.expires_ms = newer.expires_ms;
+        }
+        let t = if self.refresh_due(&t, now) {
+            self.refresh(path, t, now).await
+        } else {
+            self.not_due(path, t)
+        };
+        if let Err(e) = self.store.release_refresh(&path.id).await {
+            tracing::warn!(account = %path.id, error = %e, "could not give the token-refresh lease back; it lapses by itself");
+        }
+        t
+    }
+
+    /// The token works and needs no refresh yet.
+    fn not_due(&self, path: &AccountPath, mut t: Tracked) -> Tracked {
+        path.update_status(|s| {
+            if s.state == TokenState::Expiring {
+                s.state = TokenState::Valid;
+            }
+        });
+        t.failures = 0;
+        t.next_due = Instant::now() + self.policy.check_every;
+        t
+    }
+
+    /// Refreshes the token now, and keeps the new one.
+    async fn refresh(&self, path: &AccountPath, mut t: Tracked, now: UnixMs) -> Tracked {
+        let account = path.deliverer.account();
         match self.graph.refresh(&account, self.policy.call_timeout).await {
             Ok(refreshed) => {
                 let lifetime = refreshed

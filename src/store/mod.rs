@@ -13,7 +13,7 @@ pub use sqlite::SqliteStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,8 @@ pub enum StoreError {
     Backend(String),
     #[error("the store is closed")]
     Closed,
+    #[error("the store cannot be reached")]
+    Unreachable,
     #[error("a stored row could not be read: {0}")]
     Corrupt(String),
 }
@@ -157,6 +159,36 @@ pub trait Store: Send + Sync + 'static {
     async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
         let _ = (me, now);
         Ok(1)
+    }
+
+    /// Whether the store answers, now and as it changes. An embedded store
+    /// always does.
+    fn reachable(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
+    /// Changes whenever another process may have kept a refreshed token.
+    /// Never, for a store no other process shares.
+    fn token_updates(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
+
+    /// Takes the right to refresh `account`'s token until `until`, unless
+    /// another replica holds it: one replica at a time refreshes a token.
+    async fn lease_refresh(
+        &self,
+        account: &str,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError> {
+        let _ = (account, now, until);
+        Ok(true)
+    }
+
+    /// Gives the right to refresh `account`'s token back.
+    async fn release_refresh(&self, account: &str) -> Result<(), StoreError> {
+        let _ = account;
+        Ok(())
     }
 }
 

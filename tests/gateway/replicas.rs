@@ -1,5 +1,7 @@
 //! Replicas on one PostgreSQL store: what one takes in, every one knows.
 
+use std::time::Duration;
+
 use messenger_gateway::grpc::pb;
 use messenger_gateway::outbox::OutboxPolicy;
 use messenger_gateway::window::WindowPolicy;
@@ -36,7 +38,7 @@ async fn a_message_taken_in_by_one_replica_reaches_the_others_subscribers_and_op
         a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
         200
     );
-    let event = tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
         .await
         .expect("the other replica's subscriber hears of it")
         .unwrap()
@@ -93,7 +95,7 @@ async fn the_same_request_id_sent_to_three_replicas_at_once_makes_one_graph_call
     // Slow answers, so all three are under way together.
     for r in &replicas {
         r.graph.reset().await;
-        r.graph_answers(ok_reply().set_delay(std::time::Duration::from_millis(300)))
+        r.graph_answers(ok_reply().set_delay(Duration::from_millis(300)))
             .await;
     }
     let request = pb::SendRequest {
@@ -161,7 +163,7 @@ async fn replicas_split_an_accounts_budget_between_them() {
         replicas.push(replica);
     }
     // Each has said it is alive and seen the other.
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let mut senders = tokio::task::JoinSet::new();
     for r in &replicas {
@@ -231,6 +233,39 @@ impl Relay {
     }
 }
 
+async fn window_state(gw: &TestGateway) -> i32 {
+    gw.client()
+        .await
+        .get_window(pb::GetWindowRequest {
+            recipient_id: USER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_opened_through_one_replica_is_known_to_another_at_once() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let (a, b) = (replica(&url).await, replica(&url).await);
+    assert_eq!(window_state(&b).await, pb::WindowState::Unknown as i32);
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    // The aim is 100 ms (announced at commit); the limit here allows a
+    // loaded test machine. The bench measures the figure.
+    let took = eventually(Duration::from_secs(2), "b knows the window", || async {
+        window_state(&b).await == pb::WindowState::Open as i32
+    })
+    .await;
+    eprintln!("the window reached the other replica in {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_returns_all_is_fed() {
     let Some(url) = fresh_pg_database().await else {
@@ -243,8 +278,33 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
     let through = format!("{user}@{}/{database}", relay.addr);
     let (a, b) = (replica(&through).await, replica(&through).await);
     let mut events = b.events_after(0).await;
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m0", "hi", T0)])).await,
+        200
+    );
+    eventually(Duration::from_secs(5), "b knows the window", || async {
+        window_state(&b).await == pb::WindowState::Open as i32
+    })
+    .await;
+    assert_eq!(events.message().await.unwrap().unwrap().seq, 1);
+    eventually(Duration::from_secs(5), "b is ready", || async {
+        b.admin_status("/readyz").await == 200
+    })
+    .await;
 
     relay.cut();
+    eventually(
+        Duration::from_secs(5),
+        "b reports itself not ready",
+        || async { b.admin_status("/readyz").await == 503 },
+    )
+    .await;
+    assert_eq!(b.admin_status("/livez").await, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("the subscription ends")
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
     assert_eq!(
         a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
         503,
@@ -262,21 +322,28 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
     assert_eq!(error_info(&refused).0, "STORE_UNAVAILABLE");
     assert!(retry_delay(&refused).is_some());
     assert_eq!(a.graph_calls().await, 0, "nothing sent without its claim");
+    b.send_text()
+        .await
+        .expect("a send without a request_id goes on, on the window b knew");
+    assert_eq!(b.graph_calls().await, 1);
 
     relay.restore();
+    eventually(Duration::from_secs(10), "b is ready again", || async {
+        b.admin_status("/readyz").await == 200
+    })
+    .await;
     let redelivered = messages_from_user(&[("m1", "hi", T0)]);
-    let started = std::time::Instant::now();
-    while a.deliver(&redelivered).await != 200 {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "no recovery"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.message())
+    eventually(
+        Duration::from_secs(10),
+        "a takes webhooks again",
+        || async { a.deliver(&redelivered).await == 200 },
+    )
+    .await;
+    let mut events = b.events_after(1).await;
+    let event = tokio::time::timeout(Duration::from_secs(10), events.message())
         .await
         .expect("the other replica's subscriber is fed once the store is back")
         .unwrap()
         .unwrap();
-    assert_eq!(event.seq, 1);
+    assert_eq!(event.seq, 2);
 }

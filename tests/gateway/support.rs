@@ -292,6 +292,15 @@ impl TestGateway {
             .collect()
     }
 
+    /// The status of a GET on the admin port.
+    pub async fn admin_status(&self, path: &str) -> u16 {
+        reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn graph_calls(&self) -> usize {
         self.graph
             .received_requests()
@@ -308,6 +317,21 @@ impl TestGateway {
             .mount(&self.graph)
             .await;
     }
+}
+
+/// Waits until `done` holds, polling every 10 ms; panics naming `what`
+/// after `limit`. Returns how long it took.
+pub async fn eventually<F: Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> F,
+) -> Duration {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
 }
 
 pub fn ok_reply() -> ResponseTemplate {

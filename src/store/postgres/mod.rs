@@ -8,15 +8,16 @@
 //! replica's publisher reads what is new in seq order and feeds its local
 //! subscribers, whichever replica took the events in.
 
+mod connect;
+mod listen;
 mod schema;
+mod windows;
 
-use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio::sync::{Notify, broadcast};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
@@ -24,9 +25,13 @@ use super::{
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
+use windows::{Mirror, WindowRow};
 
-/// The channel every commit of events is announced on.
+/// The channels commits are announced on: events, changed window rows
+/// (the row as it now is), and refreshed tokens.
 const EVENTS_CHANNEL: &str = "messenger_gateway_events";
+const WINDOWS_CHANNEL: &str = "messenger_gateway_windows";
+const TOKENS_CHANNEL: &str = "messenger_gateway_tokens";
 
 /// Events a live subscriber may fall behind by before it reads from the
 /// store instead.
@@ -39,13 +44,49 @@ pub(super) const PRUNE_LOCK: i64 = 0x6d73_6778;
 /// Events the publisher reads per query while catching up.
 const PUBLISH_PAGE: usize = 1024;
 
+/// Columns of a windows row, as [`window_row`] reads them.
+const WINDOW_COLUMNS: &str =
+    "account, \"user\", version, last_inbound_ms, standard_refused_ms, human_agent_refused_ms";
+
 pub struct PgStore {
+    shared: Arc<Shared>,
+    /// This replica, as it holds token-refresh leases.
+    me: String,
+}
+
+/// What the store's own tasks (publisher, listener) share with it.
+struct Shared {
     pool: Pool,
     feed: broadcast::Sender<Arc<StoredEvent>>,
     /// The highest seq fed to local subscribers.
-    fed: Arc<AtomicU64>,
-    /// Wakes the publisher at once after this replica's own commits.
-    publish: Arc<Notify>,
+    fed: AtomicU64,
+    /// Wakes the publisher: after this replica's own commits, and on
+    /// every announcement of others'.
+    publish: Notify,
+    windows: RwLock<Mirror>,
+    reachable: watch::Sender<bool>,
+    /// Counts announcements of refreshed tokens.
+    tokens: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn put_windows(&self, rows: Vec<WindowRow>) {
+        let mut mirror = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        for row in rows {
+            mirror.put(row);
+        }
+    }
+}
+
+fn window_row(row: &tokio_postgres::Row) -> WindowRow {
+    WindowRow {
+        account: row.get(0),
+        user: row.get(1),
+        version: row.get(2),
+        last_inbound_ms: row.get(3),
+        standard_refused_ms: row.get(4),
+        human_agent_refused_ms: row.get(5),
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -60,136 +101,92 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// How long a connection may take to open: a database that is away must
+/// fail a call, not hold it.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl PgStore {
     /// Connects to `url` (`postgres://…`), brings the schema up to date
     /// (under an advisory lock, so replicas starting together never race),
-    /// and starts feeding subscribers.
+    /// and starts following other replicas' commits.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("the store URL: {e}")))?;
+        let mut target = connect::target(url)?;
+        if target.config.get_connect_timeout().is_none() {
+            target.config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(16)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        {
+        let (head, windows) = {
             let mut client = pool.get().await?;
             schema::migrate(&mut client).await?;
-        }
-        let head = head(&pool).await?;
-        let store = Self {
+            let head = client
+                .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
+                .await?
+                .get::<_, i64>(0) as u64;
+            let rows = client
+                .query(&format!("SELECT {WINDOW_COLUMNS} FROM windows"), &[])
+                .await?;
+            (head, Mirror::from_rows(rows.iter().map(window_row)))
+        };
+        let shared = Arc::new(Shared {
             pool,
             feed: broadcast::Sender::new(FEED_CAPACITY),
-            fed: Arc::new(AtomicU64::new(head)),
-            publish: Arc::new(Notify::new()),
-        };
-        store.start_publisher(config).await?;
-        Ok(store)
-    }
-
-    /// Listens on the events channel, and on each announcement (or a local
-    /// commit) feeds what is new, in seq order. A lost connection is made
-    /// again, and what was committed meanwhile is fed on return.
-    async fn start_publisher(&self, config: tokio_postgres::Config) -> Result<(), StoreError> {
-        let publish = self.publish.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = listen(&config, &publish).await {
-                    tracing::warn!(error = %e, "the store's event listener lost its connection; connecting again");
-                }
-                tokio::time::sleep(RECONNECT_AFTER).await;
-            }
+            fed: AtomicU64::new(head),
+            publish: Notify::new(),
+            windows: RwLock::new(windows),
+            reachable: watch::Sender::new(true),
+            tokens: watch::Sender::new(0),
         });
-        let (pool, feed, fed, publish) = (
-            self.pool.clone(),
-            self.feed.clone(),
-            self.fed.clone(),
-            self.publish.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                publish.notified().await;
-                if let Err(e) = feed_new(&pool, &feed, &fed).await {
-                    tracing::warn!(error = %e, "could not read new events to feed subscribers");
-                    // Tried again once the store answers.
-                    tokio::time::sleep(RECONNECT_AFTER).await;
-                    publish.notify_one();
-                }
-            }
-        });
-        Ok(())
+        tokio::spawn(listen::run(shared.clone(), target));
+        tokio::spawn(publish(shared.clone()));
+        let mut me = [0u8; 8];
+        rand::fill(&mut me);
+        Ok(Self {
+            shared,
+            me: hex::encode(me),
+        })
     }
 }
 
-/// How long the publisher waits before trying the store again.
-const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// One LISTEN connection, until it fails: wakes the publisher on every
-/// announcement, and once at the start for what came meanwhile.
-async fn listen(config: &tokio_postgres::Config, publish: &Notify) -> Result<(), StoreError> {
-    let (listener, mut connection) = config.connect(NoTls).await?;
-    let mut messages = std::pin::pin!(futures_util::stream::poll_fn(move |cx| {
-        connection.poll_message(cx)
-    }));
-    let statement = format!("LISTEN {EVENTS_CHANNEL}");
-    let subscribe = listener.batch_execute(&statement);
-    // The connection must be driven for the LISTEN to complete.
-    let mut subscribe = std::pin::pin!(subscribe);
+/// On each wake, feeds local subscribers every event not fed yet, in seq
+/// order, whichever replica took it in.
+async fn publish(shared: Arc<Shared>) {
     loop {
-        tokio::select! {
-            done = &mut subscribe => {
-                done?;
-                break;
-            }
-            message = futures_util::StreamExt::next(&mut messages) => match message {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
-            },
+        shared.publish.notified().await;
+        if let Err(e) = feed_new(&shared).await {
+            tracing::warn!(error = %e, "could not read new events to feed subscribers");
+            // Tried again once the store answers.
+            tokio::time::sleep(listen::RECONNECT_AFTER).await;
+            shared.publish.notify_one();
         }
     }
-    publish.notify_one();
-    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
-        match message {
-            Ok(AsyncMessage::Notification(_)) => publish.notify_one(),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Feeds every event above `fed` to local subscribers, in order.
-async fn feed_new(
-    pool: &Pool,
-    feed: &broadcast::Sender<Arc<StoredEvent>>,
-    fed: &AtomicU64,
-) -> Result<(), StoreError> {
+async fn feed_new(shared: &Shared) -> Result<(), StoreError> {
     loop {
-        let after = fed.load(Ordering::SeqCst);
-        let events = events_after(pool, after, PUBLISH_PAGE).await?;
+        let after = shared.fed.load(Ordering::SeqCst);
+        let events = events_after(&shared.pool, after, PUBLISH_PAGE).await?;
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
         for e in events {
-            let _ = feed.send(Arc::new(e));
+            let _ = shared.feed.send(Arc::new(e));
         }
-        fed.store(last, Ordering::SeqCst);
+        shared.fed.store(last, Ordering::SeqCst);
     }
-}
-
-async fn head(pool: &Pool) -> Result<u64, StoreError> {
-    let client = pool.get().await?;
-    let row = client
-        .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
-        .await?;
-    Ok(row.get::<_, i64>(0) as u64)
 }
 
 async fn events_after(
@@ -218,6 +215,26 @@ async fn events_after(
         .collect()
 }
 
+/// Announces, at commit, that events were stored and how each changed
+/// window row now stands: one round trip, whatever the count.
+async fn announce(
+    tx: &deadpool_postgres::Transaction<'_>,
+    windows: &[WindowRow],
+) -> Result<(), StoreError> {
+    let mut channels = vec![EVENTS_CHANNEL];
+    let mut payloads = vec![String::new()];
+    for row in windows {
+        channels.push(WINDOWS_CHANNEL);
+        payloads.push(serde_json::to_string(row).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    }
+    tx.execute(
+        "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
+        &[&channels, &payloads],
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest(
@@ -225,13 +242,14 @@ impl Store for PgStore {
         events: Vec<InboundEvent>,
         received_ms: UnixMs,
     ) -> Result<Ingested, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.shared.pool.get().await?;
         let tx = client.transaction().await?;
         let mut done = Ingested {
             new_events: 0,
             duplicates: 0,
             head: 0,
         };
+        let mut windows = Vec::new();
         for event in &events {
             let body =
                 serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -263,23 +281,29 @@ impl Store for PgStore {
             .await?;
             done.new_events += 1;
             if event.opens_window() {
-                tx.execute(
-                    "INSERT INTO windows (account, \"user\", last_inbound_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (account, \"user\") DO UPDATE SET last_inbound_ms =
-                       GREATEST(COALESCE(windows.last_inbound_ms, 0), excluded.last_inbound_ms),
-                       standard_refused_ms = NULL, human_agent_refused_ms = NULL",
-                    &[
-                        &event.account_id,
-                        &event.user_id(),
-                        &opened_at(event, received_ms),
-                    ],
-                )
-                .await?;
+                let row = tx
+                    .query_one(
+                        &format!(
+                            "INSERT INTO windows (account, \"user\", last_inbound_ms, version)
+                             VALUES ($1, $2, $3, nextval('window_versions'))
+                             ON CONFLICT (account, \"user\") DO UPDATE SET last_inbound_ms =
+                               GREATEST(COALESCE(windows.last_inbound_ms, 0), excluded.last_inbound_ms),
+                               standard_refused_ms = NULL, human_agent_refused_ms = NULL,
+                               version = nextval('window_versions')
+                             RETURNING {WINDOW_COLUMNS}"
+                        ),
+                        &[
+                            &event.account_id,
+                            &event.user_id(),
+                            &opened_at(event, received_ms),
+                        ],
+                    )
+                    .await?;
+                windows.push(window_row(&row));
             }
         }
         if done.new_events > 0 {
-            tx.execute("SELECT pg_notify($1, '')", &[&EVENTS_CHANNEL])
-                .await?;
+            announce(&tx, &windows).await?;
         }
         done.head = tx
             .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
@@ -287,21 +311,22 @@ impl Store for PgStore {
             .get::<_, i64>(0) as u64;
         tx.commit().await?;
         if done.new_events > 0 {
-            self.publish.notify_one();
+            self.shared.put_windows(windows);
+            self.shared.publish.notify_one();
         }
         Ok(done)
     }
 
     fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
-        self.feed.subscribe()
+        self.shared.feed.subscribe()
     }
 
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        events_after(&self.pool, after, limit).await
+        events_after(&self.shared.pool, after, limit).await
     }
 
     async fn bounds(&self) -> Result<(u64, u64), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.shared.pool.get().await?;
         let row = client
             .query_one(
                 "SELECT (SELECT value FROM meta WHERE key = 'head'),
@@ -313,27 +338,14 @@ impl Store for PgStore {
     }
 
     async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
-        let client = self.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT account, last_inbound_ms, standard_refused_ms, human_agent_refused_ms
-                 FROM windows WHERE \"user\" = $1 ORDER BY account",
-                &[&user],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                (
-                    row.get(0),
-                    WindowFacts {
-                        last_inbound_ms: row.get(1),
-                        standard_refused_ms: row.get(2),
-                        human_agent_refused_ms: row.get(3),
-                    },
-                )
-            })
-            .collect())
+        // From this replica's mirror: sends go on while the database is
+        // away, on what was last known.
+        let mirror = self
+            .shared
+            .windows
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(mirror.get(user))
     }
 
     async fn window_refused(
@@ -344,16 +356,31 @@ impl Store for PgStore {
         human_agent: bool,
     ) -> Result<(), StoreError> {
         let column = super::refusal_column(human_agent);
-        let client = self.pool.get().await?;
-        client
-            .execute(
+        let mut client = self.shared.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
                 &format!(
-                    "INSERT INTO windows (account, \"user\", {column}) VALUES ($1, $2, $3)
-                     ON CONFLICT (account, \"user\") DO UPDATE SET {column} = excluded.{column}"
+                    "INSERT INTO windows (account, \"user\", {column}, version)
+                     VALUES ($1, $2, $3, nextval('window_versions'))
+                     ON CONFLICT (account, \"user\") DO UPDATE SET {column} = excluded.{column},
+                       version = nextval('window_versions')
+                     RETURNING {WINDOW_COLUMNS}"
                 ),
                 &[&account, &user, &at],
             )
             .await?;
+        let row = window_row(&row);
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &WINDOWS_CHANNEL,
+                &serde_json::to_string(&row).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        self.shared.put_windows(vec![row]);
         Ok(())
     }
 
@@ -363,7 +390,7 @@ impl Store for PgStore {
         fingerprint: &str,
         now: UnixMs,
     ) -> Result<Claim, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.shared.pool.get().await?;
         let tx = client.transaction().await?;
         let inserted = tx
             .execute(
@@ -417,7 +444,7 @@ impl Store for PgStore {
         id: &str,
         outcome: Option<RecordedOutcome>,
     ) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.shared.pool.get().await?;
         match outcome {
             Some(outcome) => {
                 let json = serde_json::to_string(&outcome)
@@ -439,9 +466,15 @@ impl Store for PgStore {
     }
 
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.shared.pool.get().await?;
         let tx = client.transaction().await?;
         let mut pruned = Pruned::default();
+        // Every replica forgets, in its mirror, the rows the table loses.
+        self.shared
+            .windows
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .prune(now - HUMAN_AGENT_MS);
         // One replica prunes at a time; the others find the work taken.
         let ours: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
@@ -493,23 +526,67 @@ impl Store for PgStore {
     }
 
     async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
+        let mut client = self.shared.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account) DO UPDATE SET configured_sha256 = $2, sealed_token = $3,
+                 expires_ms = $4, refreshed_ms = $5",
+            &[
+                &record.account,
+                &record.configured_sha256,
+                &record.sealed_token,
+                &record.expires_ms,
+                &record.refreshed_ms,
+            ],
+        )
+        .await?;
+        // Every replica puts the new token in use.
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&TOKENS_CHANNEL, &record.account],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn token_updates(&self) -> watch::Receiver<u64> {
+        self.shared.tokens.subscribe()
+    }
+
+    async fn lease_refresh(
+        &self,
+        account: &str,
+        now: UnixMs,
+        until: UnixMs,
+    ) -> Result<bool, StoreError> {
+        let client = self.shared.pool.get().await?;
+        let taken = client
+            .execute(
+                "INSERT INTO refresh_leases (account, holder, until_ms) VALUES ($1, $2, $4)
+                 ON CONFLICT (account) DO UPDATE SET holder = $2, until_ms = $4
+                 WHERE refresh_leases.until_ms < $3 OR refresh_leases.holder = $2",
+                &[&account, &self.me, &now, &until],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn release_refresh(&self, account: &str) -> Result<(), StoreError> {
+        let client = self.shared.pool.get().await?;
         client
             .execute(
-                "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (account) DO UPDATE SET configured_sha256 = $2, sealed_token = $3,
-                     expires_ms = $4, refreshed_ms = $5",
-                &[
-                    &record.account,
-                    &record.configured_sha256,
-                    &record.sealed_token,
-                    &record.expires_ms,
-                    &record.refreshed_ms,
-                ],
+                "DELETE FROM refresh_leases WHERE account = $1 AND holder = $2",
+                &[&account, &self.me],
             )
             .await?;
         Ok(())
+    }
+
+    fn reachable(&self) -> watch::Receiver<bool> {
+        self.shared.reachable.subscribe()
     }
 
     fn is_shared(&self) -> bool {
@@ -517,7 +594,7 @@ impl Store for PgStore {
     }
 
     async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.shared.pool.get().await?;
         client
             .execute(
                 "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
@@ -537,7 +614,7 @@ impl Store for PgStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let client = self.pool.get().await?;
+        let client = self.shared.pool.get().await?;
         let rows = client
             .query(
                 "SELECT account, configured_sha256, sealed_token, expires_ms, refreshed_ms FROM tokens",

@@ -52,6 +52,18 @@ CREATE TABLE tokens (
 CREATE TABLE replicas (id TEXT PRIMARY KEY, seen_ms BIGINT NOT NULL);
 ",
     ),
+    (
+        3,
+        "
+CREATE SEQUENCE window_versions;
+ALTER TABLE windows ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE refresh_leases (
+    account TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+",
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; this one
