@@ -507,3 +507,64 @@ async fn a_token_near_expiry_that_cannot_be_refreshed_shows_expiring_even_while_
     gw.send_text().await.unwrap();
     assert_eq!(accounts(&gw).await[0].token_state, expiring);
 }
+
+/// Three replicas on one PostgreSQL store, each with its own fake Graph
+/// (so each one's calls can be counted), and the same store key.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_refresh_a_token_once_and_every_one_uses_the_refreshed_token() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let starting = (0..3).map(|_| {
+        let url = url.clone();
+        async move {
+            let graph = MockServer::start().await;
+            let base = format!("{}/v25.0", graph.uri());
+            // Slow, so all three find the token due at once.
+            let slow = refreshed("IGAA-shared-1").set_delay(Duration::from_millis(300));
+            mount_token_endpoints(&graph, ACCOUNT, TOKEN, slow).await;
+            mount_token_endpoints(&graph, ACCOUNT, "IGAA-shared-1", refreshed("IGAA-shared-2"))
+                .await;
+            mount_token_endpoints(&graph, ACCOUNT, "IGAA-shared-2", refreshed("unused")).await;
+            sends_accepted_with(&graph, ACCOUNT, "IGAA-shared-1").await;
+            sends_accepted_with(&graph, ACCOUNT, "IGAA-shared-2").await;
+            let builder = TestGateway::builder()
+                .graph(graph, &base)
+                .configure(move |s| s.store = Some(url));
+            tokens_on(builder, Some("one key for all replicas")).start().await
+        }
+    });
+    let replicas = futures_util::future::join_all(starting).await;
+    let mut refreshes = 0;
+    for r in &replicas {
+        settled(r, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+        r.send_text().await.expect("sent with the refreshed token");
+        refreshes += refresh_calls(&r.graph.received_requests().await.unwrap());
+    }
+    assert_eq!(refreshes, 1, "one replica refreshed the token");
+
+    // Later, one replica refreshes again: the others, not due themselves,
+    // take the new token as it is kept.
+    replicas[0].clock.set(T0 + 51 * DAY_MS);
+    replicas[0].keeper.as_ref().unwrap().check_all().await;
+    let last_bearer = |requests: Vec<wiremock::Request>| {
+        requests
+            .iter()
+            .rev()
+            .find(|r| r.url.path().ends_with("/messages"))
+            .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+    };
+    for r in &replicas[1..] {
+        eventually(Duration::from_secs(5), "the new token is in use", || async {
+            r.send_text().await.unwrap();
+            last_bearer(r.graph.received_requests().await.unwrap()).as_deref()
+                == Some("Bearer IGAA-shared-2")
+        })
+        .await;
+    }
+    let mut refreshes = 0;
+    for r in &replicas {
+        refreshes += refresh_calls(&r.graph.received_requests().await.unwrap());
+    }
+    assert_eq!(refreshes, 2, "the others did not refresh it again");
+}
