@@ -4,6 +4,7 @@
 mod accounts;
 mod auth;
 mod binary;
+mod cluster;
 mod concurrency;
 mod durability;
 mod errors;
@@ -12,6 +13,7 @@ mod idempotency;
 mod inbound;
 mod metrics;
 mod pacing;
+mod processes;
 mod replicas;
 mod retries;
 mod sandbox;

@@ -347,3 +347,94 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
         .unwrap();
     assert_eq!(event.seq, 2);
 }
+
+/// A CA, and a certificate it signed for 127.0.0.1, as PEM: (CA, cert, key).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_asked_for_with_sslmode_require_is_reached_over_tls_and_its_certificate_checked() {
+    let (ca, cert, key) = certificates();
+    let (other_ca, _, _) = certificates();
+    // The server takes TLS connections only.
+    let Some(cluster) = crate::cluster::Cluster::start(
+        &[
+            ("server.crt", cert.as_bytes()),
+            ("server.key", key.as_bytes()),
+            (
+                "hba.conf",
+                b"local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            ),
+        ],
+        &[
+            "ssl = on".into(),
+            "ssl_cert_file = '{dir}/server.crt'".into(),
+            "ssl_key_file = '{dir}/server.key'".into(),
+            "hba_file = '{dir}/hba.conf'".into(),
+        ],
+    ) else {
+        return;
+    };
+    let files = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (files.path().join("ca.pem"), files.path().join("other.pem"));
+    std::fs::write(&ours, &ca).unwrap();
+    std::fs::write(&theirs, &other_ca).unwrap();
+    let url = cluster.url();
+    let with = |query: &str| format!("{url}?{query}");
+
+    let plain = messenger_gateway::store::PgStore::connect(&url)
+        .await
+        .err()
+        .expect("the server refuses connections without TLS");
+    assert!(plain.to_string().contains("no encryption"), "{plain}");
+    let unknown = messenger_gateway::store::PgStore::connect(&with(&format!(
+        "sslmode=require&sslrootcert={}",
+        theirs.display()
+    )))
+    .await
+    .err()
+    .expect("a server certificate from another CA is refused");
+    assert!(unknown.to_string().contains("certificate"), "{unknown}");
+    let system_roots = messenger_gateway::store::PgStore::connect(&with("sslmode=require"))
+        .await
+        .err()
+        .expect("a private CA is not trusted unless named");
+    assert!(
+        system_roots.to_string().contains("certificate"),
+        "{system_roots}"
+    );
+
+    let a = replica(&with(&format!(
+        "sslmode=require&sslrootcert={}",
+        ours.display()
+    )))
+    .await;
+    let b = replica(&with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        ours.display()
+    )))
+    .await;
+    let mut events = b.events_after(0).await;
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("fed over the encrypted connection")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.seq, 1);
+}

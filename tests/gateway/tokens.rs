@@ -531,7 +531,9 @@ async fn replicas_refresh_a_token_once_and_every_one_uses_the_refreshed_token() 
             let builder = TestGateway::builder()
                 .graph(graph, &base)
                 .configure(move |s| s.store = Some(url));
-            tokens_on(builder, Some("one key for all replicas")).start().await
+            tokens_on(builder, Some("one key for all replicas"))
+                .start()
+                .await
         }
     });
     let replicas = futures_util::future::join_all(starting).await;
@@ -555,11 +557,15 @@ async fn replicas_refresh_a_token_once_and_every_one_uses_the_refreshed_token() 
             .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
     };
     for r in &replicas[1..] {
-        eventually(Duration::from_secs(5), "the new token is in use", || async {
-            r.send_text().await.unwrap();
-            last_bearer(r.graph.received_requests().await.unwrap()).as_deref()
-                == Some("Bearer IGAA-shared-2")
-        })
+        eventually(
+            Duration::from_secs(5),
+            "the new token is in use",
+            || async {
+                r.send_text().await.unwrap();
+                last_bearer(r.graph.received_requests().await.unwrap()).as_deref()
+                    == Some("Bearer IGAA-shared-2")
+            },
+        )
         .await;
     }
     let mut refreshes = 0;

@@ -44,7 +44,9 @@ async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), 
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = stream.next().await {
-            if tx.send(message).is_err() {
+            // An error ends the connection (it would repeat forever).
+            let failed = message.is_err();
+            if tx.send(message).is_err() || failed {
                 break;
             }
         }

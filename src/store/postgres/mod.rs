@@ -91,14 +91,32 @@ fn window_row(row: &tokio_postgres::Row) -> WindowRow {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(with_causes(&e))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend(with_causes(&e))
     }
+}
+
+/// An error and what caused it: the client's own words ("db error") name
+/// no cause; the server's (say, which pg_hba.conf rule refused us) do.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    // Bounded: some errors name themselves as their own cause.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// How long a connection may take to open: a database that is away must
