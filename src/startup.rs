@@ -274,11 +274,14 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match &settings.store {
-            Some(url) => Arc::new(
-                PgStore::connect(url)
+            Some(url) => {
+                let postgres = PgStore::connect(url)
                     .await
-                    .map_err(|e| store_failed(e.to_string()))?,
-            ),
+                    .map_err(|e| store_failed(e.to_string()))?;
+                let commits = metrics.clone();
+                postgres.observe_commits(move |seconds| commits.store_committed(seconds));
+                Arc::new(postgres)
+            }
             None => {
                 let sqlite = SqliteStore::open(&settings.data_dir)
                     .map_err(|e| store_failed(e.to_string()))?;

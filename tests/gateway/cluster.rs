@@ -1,7 +1,9 @@
 //! A PostgreSQL server of a test's own, for what must not touch the one
-//! the test command shares: stopping it mid-load, or turning TLS on. Made
-//! with the binaries the test command found (`MESSENGER_GATEWAY_TEST_PG_BIN`),
-//! in a temporary directory, as an unprivileged user when run as root.
+//! the test command shares: stopping it mid-load, or turning TLS on (and
+//! for the replicas bench, which includes this file). Made with the
+//! binaries the test command found (`MESSENGER_GATEWAY_TEST_PG_BIN`) or
+//! Debian's, in a temporary directory, as an unprivileged user when run as
+//! root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,15 +22,12 @@ impl Cluster {
     /// `None` without PostgreSQL binaries
     /// (CI always has them: there, their absence fails the test).
     pub fn start(files: &[(&str, &[u8])], conf: &[String]) -> Option<Self> {
-        let bin = match std::env::var("MESSENGER_GATEWAY_TEST_PG_BIN") {
-            Ok(bin) => PathBuf::from(bin),
-            Err(_) if std::env::var_os("CI").is_some() => {
+        let Some(bin) = binaries() else {
+            if std::env::var_os("CI").is_some() {
                 panic!("CI must run the PostgreSQL tests: scripts/test finds the server")
             }
-            Err(_) => {
-                eprintln!("no PostgreSQL from the test command: skipped");
-                return None;
-            }
+            eprintln!("no PostgreSQL binaries (apt-get install postgresql): skipped");
+            return None;
         };
         let dir = tempfile::tempdir().unwrap();
         let owner = running_as_root().then(|| {
@@ -163,6 +162,20 @@ impl Drop for Cluster {
             None => Command::new(&program).args(args).output(),
         };
     }
+}
+
+/// The binaries the test command found, or Debian's.
+fn binaries() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("MESSENGER_GATEWAY_TEST_PG_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 fn running_as_root() -> bool {

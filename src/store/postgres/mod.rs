@@ -12,6 +12,7 @@ mod connect;
 mod listen;
 mod schema;
 mod windows;
+mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,7 +22,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent, TokenRecord, opened_at,
+    StoredEvent, TokenRecord,
 };
 use crate::events::{InboundEvent, UnixMs};
 use crate::window::{HUMAN_AGENT_MS, WindowFacts};
@@ -50,6 +51,8 @@ const WINDOW_COLUMNS: &str =
 
 pub struct PgStore {
     shared: Arc<Shared>,
+    /// Ingests, to the writer task.
+    writes: tokio::sync::mpsc::Sender<writer::Job>,
     /// This replica, as it holds token-refresh leases.
     me: String,
 }
@@ -67,6 +70,8 @@ struct Shared {
     reachable: watch::Sender<bool>,
     /// Counts announcements of refreshed tokens.
     tokens: watch::Sender<u64>,
+    /// Told how long each ingest commit took.
+    commits: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
 }
 
 impl Shared {
@@ -166,15 +171,24 @@ impl PgStore {
             windows: RwLock::new(windows),
             reachable: watch::Sender::new(true),
             tokens: watch::Sender::new(0),
+            commits: std::sync::OnceLock::new(),
         });
+        let (writes, jobs) = tokio::sync::mpsc::channel(writer::QUEUE);
+        tokio::spawn(writer::write_loop(shared.clone(), jobs));
         tokio::spawn(listen::run(shared.clone(), target));
         tokio::spawn(publish(shared.clone()));
         let mut me = [0u8; 8];
         rand::fill(&mut me);
         Ok(Self {
             shared,
+            writes,
             me: hex::encode(me),
         })
+    }
+
+    /// Has `observe` told how long each ingest commit takes.
+    pub fn observe_commits(&self, observe: impl Fn(f64) + Send + Sync + 'static) {
+        let _ = self.shared.commits.set(Box::new(observe));
     }
 }
 
@@ -260,79 +274,16 @@ impl Store for PgStore {
         events: Vec<InboundEvent>,
         received_ms: UnixMs,
     ) -> Result<Ingested, StoreError> {
-        let mut client = self.shared.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut done = Ingested {
-            new_events: 0,
-            duplicates: 0,
-            head: 0,
-        };
-        let mut windows = Vec::new();
-        for event in &events {
-            let body =
-                serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let key = event.dedup_key();
-            // The same delivery taken in by two replicas at once: one
-            // insert wins, the other waits for it and finds a duplicate.
-            let fresh = tx
-                .execute(
-                    "INSERT INTO dedup (key, seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&key, &received_ms],
-                )
-                .await?;
-            if fresh == 0 {
-                done.duplicates += 1;
-                continue;
-            }
-            // The counter row's lock orders commits by seq (see above).
-            let seq: i64 = tx
-                .query_one(
-                    "UPDATE meta SET value = value + 1 WHERE key = 'head' RETURNING value",
-                    &[],
-                )
-                .await?
-                .get(0);
-            tx.execute(
-                "INSERT INTO events (seq, dedup_key, received_ms, body) VALUES ($1, $2, $3, $4)",
-                &[&seq, &key, &received_ms, &body],
-            )
-            .await?;
-            done.new_events += 1;
-            if event.opens_window() {
-                let row = tx
-                    .query_one(
-                        &format!(
-                            "INSERT INTO windows (account, \"user\", last_inbound_ms, version)
-                             VALUES ($1, $2, $3, nextval('window_versions'))
-                             ON CONFLICT (account, \"user\") DO UPDATE SET last_inbound_ms =
-                               GREATEST(COALESCE(windows.last_inbound_ms, 0), excluded.last_inbound_ms),
-                               standard_refused_ms = NULL, human_agent_refused_ms = NULL,
-                               version = nextval('window_versions')
-                             RETURNING {WINDOW_COLUMNS}"
-                        ),
-                        &[
-                            &event.account_id,
-                            &event.user_id(),
-                            &opened_at(event, received_ms),
-                        ],
-                    )
-                    .await?;
-                windows.push(window_row(&row));
-            }
-        }
-        if done.new_events > 0 {
-            announce(&tx, &windows).await?;
-        }
-        done.head = tx
-            .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
-            .await?
-            .get::<_, i64>(0) as u64;
-        tx.commit().await?;
-        if done.new_events > 0 {
-            self.shared.put_windows(windows);
-            self.shared.publish.notify_one();
-        }
-        Ok(done)
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(writer::Job {
+                events,
+                received_ms,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
