@@ -64,6 +64,45 @@ CREATE TABLE refresh_leases (
 );
 ",
     ),
+    (
+        4,
+        // A batch of events in one round trip: each is deduplicated, given
+        // the next seq (the counter row stays locked to commit), stored,
+        // and (when `opened` is set) opens its window. One row per event:
+        // its seq (NULL: a duplicate) and the window row as it now is.
+        "
+CREATE FUNCTION ingest_events(keys TEXT[], bodies TEXT[], received BIGINT[],
+                              accounts TEXT[], users TEXT[], opened BIGINT[])
+RETURNS TABLE (o_seq BIGINT, o_account TEXT, o_user TEXT, o_version BIGINT,
+               o_inbound BIGINT, o_standard BIGINT, o_human_agent BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR k IN 1 .. COALESCE(array_length(keys, 1), 0) LOOP
+        o_seq := NULL; o_account := NULL; o_user := NULL; o_version := NULL;
+        o_inbound := NULL; o_standard := NULL; o_human_agent := NULL;
+        INSERT INTO dedup (key, seen_ms) VALUES (keys[k], received[k]) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            UPDATE meta SET value = value + 1 WHERE key = 'head' RETURNING value INTO o_seq;
+            INSERT INTO events (seq, dedup_key, received_ms, body)
+                VALUES (o_seq, keys[k], received[k], bodies[k]);
+            IF opened[k] IS NOT NULL THEN
+                INSERT INTO windows AS w (account, \"user\", last_inbound_ms, version)
+                    VALUES (accounts[k], users[k], opened[k], nextval('window_versions'))
+                ON CONFLICT (account, \"user\") DO UPDATE SET
+                    last_inbound_ms = GREATEST(COALESCE(w.last_inbound_ms, 0), excluded.last_inbound_ms),
+                    standard_refused_ms = NULL, human_agent_refused_ms = NULL,
+                    version = nextval('window_versions')
+                RETURNING w.account, w.\"user\", w.version, w.last_inbound_ms,
+                          w.standard_refused_ms, w.human_agent_refused_ms
+                INTO o_account, o_user, o_version, o_inbound, o_standard, o_human_agent;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+",
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; this one

@@ -1,16 +1,16 @@
 //! Group commit: every ingest of this replica goes through one writer
-//! task, which folds whatever has queued up into a single transaction.
-//! Ingests are serialized by the counter row anyway (see the module
-//! above); one transaction for many deliveries pays one commit (one
-//! fsync, one counter lock) for all of them.
+//! task, which folds whatever has queued up into a single transaction and
+//! hands all its events to the database in one call (`ingest_events`, in
+//! the schema). Ingests are serialized by the counter row anyway (see the
+//! module above); one transaction for many deliveries pays one commit
+//! (one fsync, one counter lock) and a few round trips for all of them.
 
 use std::sync::Arc;
 
-use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, oneshot};
 
 use super::windows::WindowRow;
-use super::{Shared, WINDOW_COLUMNS, announce, window_row};
+use super::{Shared, announce};
 use crate::events::{InboundEvent, UnixMs};
 use crate::store::{Ingested, StoreError, opened_at};
 
@@ -72,34 +72,89 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job
 /// the head after the commit.
 type Committed = (Vec<Result<(usize, usize), StoreError>>, Vec<WindowRow>, u64);
 
+/// The batch's events as the columns `ingest_events` takes.
+#[derive(Default)]
+struct Columns {
+    keys: Vec<String>,
+    bodies: Vec<String>,
+    received: Vec<i64>,
+    accounts: Vec<String>,
+    users: Vec<String>,
+    opened: Vec<Option<i64>>,
+}
+
 async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError> {
+    // Each delivery's events, in order; one that cannot be written fails
+    // alone, before the database sees the batch.
+    let mut columns = Columns::default();
+    let mut spans = Vec::with_capacity(batch.len());
+    for job in batch {
+        match encode(&job.events) {
+            Ok(bodies) => {
+                spans.push(Ok(job.events.len()));
+                for (event, body) in job.events.iter().zip(bodies) {
+                    columns.keys.push(event.dedup_key());
+                    columns.bodies.push(body);
+                    columns.received.push(job.received_ms);
+                    columns.accounts.push(event.account_id.clone());
+                    columns.users.push(event.user_id().to_owned());
+                    columns.opened.push(
+                        event
+                            .opens_window()
+                            .then(|| opened_at(event, job.received_ms)),
+                    );
+                }
+            }
+            Err(e) => spans.push(Err(e)),
+        }
+    }
     let mut client = shared.pool.get().await?;
     let tx = client.transaction().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let rows = tx
+        .query(
+            "SELECT o_seq, o_account, o_user, o_version, o_inbound, o_standard, o_human_agent
+             FROM ingest_events($1, $2, $3, $4, $5, $6)",
+            &[
+                &columns.keys,
+                &columns.bodies,
+                &columns.received,
+                &columns.accounts,
+                &columns.users,
+                &columns.opened,
+            ],
+        )
+        .await?;
     let mut windows = Vec::new();
-    // Alone, a delivery's failure is the transaction's; in company, it is
-    // rolled back alone (a savepoint each) and the others still commit.
-    let alone = batch.len() == 1;
-    for job in batch {
-        if !alone {
-            tx.batch_execute("SAVEPOINT job").await?;
+    let mut any_new = false;
+    let mut rows = rows.iter();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for span in spans {
+        let Ok(n) = span else {
+            outcomes.push(span.map(|_| (0, 0)));
+            continue;
+        };
+        let (mut new_events, mut duplicates) = (0, 0);
+        for row in rows.by_ref().take(n) {
+            if row.get::<_, Option<i64>>(0).is_none() {
+                duplicates += 1;
+                continue;
+            }
+            new_events += 1;
+            if let Some(account) = row.get::<_, Option<String>>(1) {
+                windows.push(WindowRow {
+                    account,
+                    user: row.get(2),
+                    version: row.get(3),
+                    last_inbound_ms: row.get(4),
+                    standard_refused_ms: row.get(5),
+                    human_agent_refused_ms: row.get(6),
+                });
+            }
         }
-        let mut changed = Vec::new();
-        let outcome = ingest_one(&tx, &job.events, job.received_ms, &mut changed).await;
-        match &outcome {
-            Ok(_) => windows.extend(changed),
-            Err(_) if alone => return Err(outcome.unwrap_err()),
-            Err(_) => tx.batch_execute("ROLLBACK TO job").await?,
-        }
-        if !alone {
-            tx.batch_execute("RELEASE job").await?;
-        }
-        outcomes.push(outcome);
+        any_new |= new_events > 0;
+        outcomes.push(Ok((new_events, duplicates)));
     }
-    if outcomes
-        .iter()
-        .any(|o| o.as_ref().is_ok_and(|(new, _)| *new > 0))
-    {
+    if any_new {
         announce(&tx, &windows).await?;
     }
     let head = tx
@@ -110,65 +165,9 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
     Ok((outcomes, windows, head))
 }
 
-/// One delivery's events, in the batch's transaction.
-async fn ingest_one(
-    tx: &Transaction<'_>,
-    events: &[InboundEvent],
-    received_ms: UnixMs,
-    windows: &mut Vec<WindowRow>,
-) -> Result<(usize, usize), StoreError> {
-    let (mut new_events, mut duplicates) = (0, 0);
-    for event in events {
-        let body = serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let key = event.dedup_key();
-        // The same delivery taken in by two replicas at once: one insert
-        // wins, the other waits for it and finds a duplicate.
-        let fresh = tx
-            .execute(
-                "INSERT INTO dedup (key, seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&key, &received_ms],
-            )
-            .await?;
-        if fresh == 0 {
-            duplicates += 1;
-            continue;
-        }
-        // The counter row's lock orders commits by seq (see the module
-        // above).
-        let seq: i64 = tx
-            .query_one(
-                "UPDATE meta SET value = value + 1 WHERE key = 'head' RETURNING value",
-                &[],
-            )
-            .await?
-            .get(0);
-        tx.execute(
-            "INSERT INTO events (seq, dedup_key, received_ms, body) VALUES ($1, $2, $3, $4)",
-            &[&seq, &key, &received_ms, &body],
-        )
-        .await?;
-        new_events += 1;
-        if event.opens_window() {
-            let row = tx
-                .query_one(
-                    &format!(
-                        "INSERT INTO windows (account, \"user\", last_inbound_ms, version)
-                         VALUES ($1, $2, $3, nextval('window_versions'))
-                         ON CONFLICT (account, \"user\") DO UPDATE SET last_inbound_ms =
-                           GREATEST(COALESCE(windows.last_inbound_ms, 0), excluded.last_inbound_ms),
-                           standard_refused_ms = NULL, human_agent_refused_ms = NULL,
-                           version = nextval('window_versions')
-                         RETURNING {WINDOW_COLUMNS}"
-                    ),
-                    &[
-                        &event.account_id,
-                        &event.user_id(),
-                        &opened_at(event, received_ms),
-                    ],
-                )
-                .await?;
-            windows.push(window_row(&row));
-        }
-    }
-    Ok((new_events, duplicates))
+fn encode(events: &[InboundEvent]) -> Result<Vec<String>, StoreError> {
+    events
+        .iter()
+        .map(|e| serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect()
 }
