@@ -247,26 +247,6 @@ async fn events_after(
         .collect()
 }
 
-/// Announces, at commit, that events were stored and how each changed
-/// window row now stands: one round trip, whatever the count.
-async fn announce(
-    tx: &deadpool_postgres::Transaction<'_>,
-    windows: &[WindowRow],
-) -> Result<(), StoreError> {
-    let mut channels = vec![EVENTS_CHANNEL];
-    let mut payloads = vec![String::new()];
-    for row in windows {
-        channels.push(WINDOWS_CHANNEL);
-        payloads.push(serde_json::to_string(row).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-    }
-    tx.execute(
-        "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS n(c, p)",
-        &[&channels, &payloads],
-    )
-    .await?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest(

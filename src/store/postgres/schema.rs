@@ -68,14 +68,17 @@ CREATE TABLE refresh_leases (
         4,
         // A batch of events in one round trip: each is deduplicated, given
         // the next seq (the counter row stays locked to commit), stored,
-        // and (when `opened` is set) opens its window. One row per event:
-        // its seq (NULL: a duplicate) and the window row as it now is.
+        // and (when `opened` is set) opens its window; the window rows and
+        // the new events are announced at commit. One row per event: its seq (NULL: a duplicate)
+        // and the window row as it now is.
         "
 CREATE FUNCTION ingest_events(keys TEXT[], bodies TEXT[], received BIGINT[],
                               accounts TEXT[], users TEXT[], opened BIGINT[])
 RETURNS TABLE (o_seq BIGINT, o_account TEXT, o_user TEXT, o_version BIGINT,
                o_inbound BIGINT, o_standard BIGINT, o_human_agent BIGINT)
 LANGUAGE plpgsql AS $$
+DECLARE
+    stored BOOLEAN := FALSE;
 BEGIN
     FOR k IN 1 .. COALESCE(array_length(keys, 1), 0) LOOP
         o_seq := NULL; o_account := NULL; o_user := NULL; o_version := NULL;
@@ -95,10 +98,17 @@ BEGIN
                 RETURNING w.account, w.\"user\", w.version, w.last_inbound_ms,
                           w.standard_refused_ms, w.human_agent_refused_ms
                 INTO o_account, o_user, o_version, o_inbound, o_standard, o_human_agent;
+                PERFORM pg_notify('messenger_gateway_windows', json_build_object(
+                    'a', o_account, 'u', o_user, 'v', o_version, 'i', o_inbound,
+                    's', o_standard, 'h', o_human_agent)::text);
             END IF;
+            stored := TRUE;
         END IF;
         RETURN NEXT;
     END LOOP;
+    IF stored THEN
+        PERFORM pg_notify('messenger_gateway_events', '');
+    END IF;
 END
 $$;
 ",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::Shared;
 use super::windows::WindowRow;
-use super::{Shared, announce};
 use crate::events::{InboundEvent, UnixMs};
 use crate::store::{Ingested, StoreError, opened_at};
 
@@ -125,7 +125,7 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
         )
         .await?;
     let mut windows = Vec::new();
-    let mut any_new = false;
+    let mut highest: Option<i64> = None;
     let mut rows = rows.iter();
     let mut outcomes = Vec::with_capacity(batch.len());
     for span in spans {
@@ -135,10 +135,11 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
         };
         let (mut new_events, mut duplicates) = (0, 0);
         for row in rows.by_ref().take(n) {
-            if row.get::<_, Option<i64>>(0).is_none() {
+            let Some(seq) = row.get::<_, Option<i64>>(0) else {
                 duplicates += 1;
                 continue;
-            }
+            };
+            highest = highest.max(Some(seq));
             new_events += 1;
             if let Some(account) = row.get::<_, Option<String>>(1) {
                 windows.push(WindowRow {
@@ -151,16 +152,17 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
                 });
             }
         }
-        any_new |= new_events > 0;
         outcomes.push(Ok((new_events, duplicates)));
     }
-    if any_new {
-        announce(&tx, &windows).await?;
-    }
-    let head = tx
-        .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
-        .await?
-        .get::<_, i64>(0) as u64;
+    // Our counter lock is held to commit: the highest seq we took is the
+    // head.
+    let head = match highest {
+        Some(seq) => seq as u64,
+        None => tx
+            .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
+            .await?
+            .get::<_, i64>(0) as u64,
+    };
     tx.commit().await?;
     Ok((outcomes, windows, head))
 }
