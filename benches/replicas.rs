@@ -131,9 +131,32 @@ async fn subscriber(grpc: &str) -> Arc<AtomicUsize> {
     seen
 }
 
+/// The machine's busy and total CPU ticks so far (`/proc/stat`).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().sum();
+    (total - idle, total)
+}
+
 /// Single-event deliveries per second for `window`, posters alternating
-/// over `urls`, counted once `seen` has them all.
-async fn intake(urls: &[String], posters: usize, window: Duration, seen: &AtomicUsize) -> f64 {
+/// over `urls`, counted once `seen` has them all; and how busy the
+/// machine's CPUs were meanwhile (0–1).
+async fn intake(
+    urls: &[String],
+    posters: usize,
+    window: Duration,
+    seen: &AtomicUsize,
+) -> (f64, f64) {
+    let ticks = machine_ticks();
     // Fresh mids across phases: a repeated one is a duplicate, not stored.
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let http = reqwest::Client::new();
@@ -168,7 +191,9 @@ async fn intake(urls: &[String], posters: usize, window: Duration, seen: &Atomic
     while seen.load(Ordering::SeqCst) < before + taken {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    taken as f64 / started.elapsed().as_secs_f64()
+    let now = machine_ticks();
+    let busy = (now.0 - ticks.0) as f64 / (now.1 - ticks.1).max(1) as f64;
+    (taken as f64 / started.elapsed().as_secs_f64(), busy)
 }
 
 /// Median latency in ms of `n` sends one at a time, with a fresh
@@ -273,31 +298,33 @@ fn main() {
 
         let sqlite = start_gateway(None, upstream);
         let seen = subscriber(&sqlite.grpc).await;
-        let sqlite_rate = intake(std::slice::from_ref(&sqlite.webhook_url), posters, window, &seen).await;
+        let (sqlite_rate, sqlite_busy) = intake(std::slice::from_ref(&sqlite.webhook_url), posters, window, &seen).await;
         let (sqlite_plain, sqlite_with_id) = added_by_request_id(&sqlite.grpc, sends).await;
         drop(sqlite);
 
         let a = start_gateway(Some(&url), upstream);
         let seen = subscriber(&a.grpc).await;
-        let pg_rate = intake(std::slice::from_ref(&a.webhook_url), posters, window, &seen).await;
+        let (pg_rate, pg_busy) = intake(std::slice::from_ref(&a.webhook_url), posters, window, &seen).await;
         let (pg_plain, pg_with_id) = added_by_request_id(&a.grpc, sends).await;
 
         let b = start_gateway(Some(&url), upstream);
         let both = [a.webhook_url.clone(), b.webhook_url.clone()];
-        let two_rate = intake(&both, posters, window, &seen).await;
+        let (two_rate, two_busy) = intake(&both, posters, window, &seen).await;
         let (reach_median, reach_max) = window_reach(&a, &b, 100).await;
 
         let (sqlite_added, pg_added) = (sqlite_with_id - sqlite_plain, pg_with_id - pg_plain);
         println!("## replicas benchmark ({posters} posters, {seconds} s per phase, 1 subscriber attached; PostgreSQL with fsync on, on this machine)\n");
         println!("| measure | result | ratio |");
         println!("|---|---|---|");
-        println!("| single-event deliveries, durable, all seen: one gateway on SQLite (baseline) | {sqlite_rate:.0}/s | 1.00× |");
+        println!("| single-event deliveries, durable, all seen: one gateway on SQLite (baseline) | {sqlite_rate:.0}/s (CPUs {:.0}% busy) | 1.00× |", sqlite_busy * 100.0);
         println!(
-            "| the same, one replica on PostgreSQL | {pg_rate:.0}/s | {:.2}× SQLite |",
+            "| the same, one replica on PostgreSQL | {pg_rate:.0}/s (CPUs {:.0}% busy) | {:.2}× SQLite |",
+            pg_busy * 100.0,
             pg_rate / sqlite_rate
         );
         println!(
-            "| the same, two replicas on PostgreSQL (posters alternate) | {two_rate:.0}/s | {:.2}× one replica |",
+            "| the same, two replicas on PostgreSQL (posters alternate) | {two_rate:.0}/s (CPUs {:.0}% busy) | {:.2}× one replica |",
+            two_busy * 100.0,
             two_rate / pg_rate
         );
         println!(
