@@ -299,12 +299,18 @@ impl TokenKeeper {
             .await;
         let mut tracked = self.tracked.lock().await;
         for (id, t) in results {
-            // Unless a reload changed the account meanwhile.
-            if tracked
-                .get(&id)
-                .is_some_and(|old| old.configured_sha256 == t.configured_sha256)
-            {
-                tracked.insert(id, t);
+            // Unless a reload changed the account meanwhile; and a token
+            // adopted meanwhile from another replica stays in the record.
+            let Some(old) = tracked.get_mut(&id) else {
+                continue;
+            };
+            if old.configured_sha256 != t.configured_sha256 {
+                continue;
+            }
+            if old.refreshed_ms > t.refreshed_ms {
+                old.next_due = t.next_due;
+            } else {
+                *old = t;
             }
         }
     }

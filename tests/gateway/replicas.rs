@@ -190,12 +190,33 @@ async fn replicas_split_an_accounts_budget_between_them() {
     );
 }
 
-/// A TCP relay to PostgreSQL that can be cut: while cut, it drops every
-/// connection it carries and refuses new ones, as an unreachable database.
+/// A TCP relay to PostgreSQL that can be cut (every connection dropped,
+/// new ones refused) or stalled (connections stay open, but no byte
+/// crosses until it is restored: a silent network drop).
 struct Relay {
     addr: std::net::SocketAddr,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: tokio::sync::watch::Sender<bool>,
     carried: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Copies `from` to `to`, holding what it read while the relay is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Relay {
@@ -203,22 +224,34 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled = tokio::sync::watch::Sender::new(false);
         let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (is_cut, all) = (cut.clone(), carried.clone());
+        let (is_cut, all, stall) = (cut.clone(), carried.clone(), stalled.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
                     continue;
                 }
+                let stall = stall.clone();
                 let carry = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(
+                            pump(in_read, out_write, stall.subscribe()),
+                            pump(out_read, in_write, stall.subscribe())
+                        );
                     }
                 });
                 all.lock().unwrap().push(carry);
             }
         });
-        Self { addr, cut, carried }
+        Self {
+            addr,
+            cut,
+            stalled,
+            carried,
+        }
     }
 
     fn cut(&self) {
@@ -228,8 +261,67 @@ impl Relay {
         }
     }
 
+    fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
     fn restore(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.stalled.send_replace(false);
+    }
+}
+
+/// Replicas reaching `url` through a new relay.
+async fn through_relay(url: &str) -> (Relay, String) {
+    // postgres://user@127.0.0.1:PORT/db
+    let (head, database) = url.rsplit_once('/').unwrap();
+    let (user, target) = head.rsplit_once('@').unwrap();
+    let relay = Relay::start(target.parse().unwrap()).await;
+    let through = format!("{user}@{}/{database}", relay.addr);
+    (relay, through)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_silently_stops_answering_is_noticed_and_its_return_too() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let (relay, through) = through_relay(&url).await;
+    let a = replica(&through).await;
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m0", "hi", T0)])).await,
+        200
+    );
+    relay.stall();
+    eventually(
+        Duration::from_secs(8),
+        "not ready while nothing answers",
+        || async { a.admin_status("/readyz").await == 503 },
+    )
+    .await;
+    assert_eq!(
+        a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        503,
+        "nothing acknowledged that was not committed"
+    );
+    relay.restore();
+    let redelivered = messages_from_user(&[("m1", "hi", T0)]);
+    eventually(Duration::from_secs(30), "webhooks taken again", || async {
+        a.deliver(&redelivered).await == 200
+    })
+    .await;
+    eventually(Duration::from_secs(10), "ready again", || async {
+        a.admin_status("/readyz").await == 200
+    })
+    .await;
+    let mut events = a.events_after(0).await;
+    for seq in 1..=2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.seq, seq);
     }
 }
 
@@ -271,11 +363,7 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
     let Some(url) = fresh_pg_database().await else {
         return;
     };
-    // postgres://user@127.0.0.1:PORT/db, through the relay.
-    let (head, database) = url.rsplit_once('/').unwrap();
-    let (user, target) = head.rsplit_once('@').unwrap();
-    let relay = Relay::start(target.parse().unwrap()).await;
-    let through = format!("{user}@{}/{database}", relay.addr);
+    let (relay, through) = through_relay(&url).await;
     let (a, b) = (replica(&through).await, replica(&through).await);
     let mut events = b.events_after(0).await;
     assert_eq!(

@@ -29,7 +29,6 @@ pub(super) fn target(url: &str) -> Result<Target, StoreError> {
     let bad = |what: String| StoreError::Backend(format!("the store URL: {what}"));
     let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
     let mut root_file = None;
-    let mut verify = false;
     let kept: Vec<(String, String)> = parsed
         .query_pairs()
         .filter_map(|(key, value)| match (&*key, &*value) {
@@ -37,8 +36,7 @@ pub(super) fn target(url: &str) -> Result<Target, StoreError> {
                 root_file = Some(PathBuf::from(file));
                 None
             }
-            ("sslmode", "verify-ca" | "verify-full" | "require") => {
-                verify = true;
+            ("sslmode", "verify-ca" | "verify-full") => {
                 Some((key.into_owned(), "require".to_owned()))
             }
             ("sslmode", "prefer") => Some((key.into_owned(), "disable".to_owned())),
@@ -52,9 +50,19 @@ pub(super) fn target(url: &str) -> Result<Target, StoreError> {
     }
     let mut config =
         tokio_postgres::Config::from_str(parsed.as_str()).map_err(|e| bad(e.to_string()))?;
-    if !verify {
+    // Decided on what the parser kept (the last of repeated keys).
+    if config.get_ssl_mode() != SslMode::Require {
         config.ssl_mode(SslMode::Disable);
     }
+    // A database behind a silent network drop sends no error, only
+    // nothing: unanswered bytes fail a connection within seconds, not the
+    // kernel's quarter of an hour.
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(5))
+        .keepalives_interval(std::time::Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(std::time::Duration::from_secs(10));
     let tls = MakeRustlsConnect::new(client_config(root_file)?);
     Ok(Target { config, tls })
 }

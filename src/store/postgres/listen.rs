@@ -20,7 +20,8 @@ pub(super) const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// long it waits for an answer: a database behind a silent network drop
 /// sends no error, only nothing.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Listens, and listens again after every loss, for as long as the
 /// process runs.
@@ -37,7 +38,7 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, target: super::connect::
 
 /// One listening connection, until it fails.
 async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), StoreError> {
-    let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
+    let (client, mut connection) = in_time(target.config.connect(target.tls.clone())).await?;
     let (tx, mut messages) = mpsc::unbounded_channel();
     // The connection must be driven for the client's queries to finish;
     // it ends when the client is dropped.
@@ -51,21 +52,23 @@ async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), 
             }
         }
     });
-    client
-        .batch_execute(&format!(
-            "LISTEN {EVENTS_CHANNEL}; LISTEN {WINDOWS_CHANNEL}; LISTEN {TOKENS_CHANNEL}"
-        ))
-        .await?;
+    in_time(client.batch_execute(&format!(
+        "LISTEN {EVENTS_CHANNEL}; LISTEN {WINDOWS_CHANNEL}; LISTEN {TOKENS_CHANNEL}"
+    )))
+    .await?;
     // Whatever changed while no one listened: read after LISTEN, so
     // nothing falls between (announcements of rows the reload already
     // has are older versions, and change nothing).
-    let rows = client
-        .query(
+    // The whole table: given longer than a probe.
+    let rows = within(
+        RELOAD_TIMEOUT,
+        client.query(
             "SELECT account, \"user\", version, last_inbound_ms, standard_refused_ms,
-                    human_agent_refused_ms FROM windows",
+                human_agent_refused_ms FROM windows",
             &[],
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let mirror = Mirror::from_rows(rows.iter().map(super::window_row));
     *shared.windows.write().unwrap_or_else(|p| p.into_inner()) = mirror;
     shared.publish.notify_one();
@@ -90,10 +93,28 @@ async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), 
                 None => return Err(StoreError::Backend("the connection closed".into())),
             },
             _ = probe.tick() => {
-                tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1"))
-                    .await
-                    .map_err(|_| StoreError::Backend("the database did not answer".into()))??;
+                in_time(client.simple_query("SELECT 1")).await?;
             }
         }
+    }
+}
+
+/// `call`'s result, unless the database takes longer than
+/// [`ANSWER_TIMEOUT`] to give it.
+async fn in_time<T>(
+    call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    within(ANSWER_TIMEOUT, call).await
+}
+
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StoreError::Backend(
+            "the database did not answer in time".into(),
+        )),
     }
 }

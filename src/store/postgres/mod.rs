@@ -60,6 +60,8 @@ pub struct PgStore {
 /// What the store's own tasks (publisher, listener) share with it.
 struct Shared {
     pool: Pool,
+    /// The writer's own connection: readers never keep it waiting.
+    writer_pool: Pool,
     feed: broadcast::Sender<Arc<StoredEvent>>,
     /// The highest seq fed to local subscribers.
     fed: AtomicU64,
@@ -137,20 +139,8 @@ impl PgStore {
         if target.config.get_connect_timeout().is_none() {
             target.config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let manager = Manager::from_config(
-            target.config.clone(),
-            target.tls.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let pool = pool_of(&target, 16)?;
+        let writer_pool = pool_of(&target, 1)?;
         let (head, windows) = {
             let mut client = pool.get().await?;
             schema::migrate(&mut client).await?;
@@ -165,6 +155,7 @@ impl PgStore {
         };
         let shared = Arc::new(Shared {
             pool,
+            writer_pool,
             feed: broadcast::Sender::new(FEED_CAPACITY),
             fed: AtomicU64::new(head),
             publish: Notify::new(),
@@ -190,6 +181,24 @@ impl PgStore {
     pub fn observe_commits(&self, observe: impl Fn(f64) + Send + Sync + 'static) {
         let _ = self.shared.commits.set(Box::new(observe));
     }
+}
+
+/// A pool of up to `size` connections to the target; none is opened yet.
+fn pool_of(target: &connect::Target, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        target.config.clone(),
+        target.tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 /// On each wake, feeds local subscribers every event not fed yet, in seq
@@ -340,26 +349,41 @@ impl Store for PgStore {
         now: UnixMs,
     ) -> Result<Claim, StoreError> {
         let mut client = self.shared.pool.get().await?;
-        let tx = client.transaction().await?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome)
-                 VALUES ($1, $2, $3, NULL) ON CONFLICT (id) DO NOTHING",
-                &[&id, &fingerprint, &now],
-            )
-            .await?;
-        if inserted == 1 {
-            tx.commit().await?;
-            return Ok(Claim::Claimed);
-        }
-        // Held by another claim: read it under a lock, so two replicas
-        // reclaiming an expired id cannot both win.
-        let row = tx
-            .query_one(
-                "SELECT fingerprint, claimed_ms, outcome FROM request_ids WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?;
+        // Twice at most: a claim released by another replica between our
+        // insert and our read is gone, and the next insert takes it.
+        let mut attempts = 0;
+        let (tx, row) = loop {
+            attempts += 1;
+            let tx = client.transaction().await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome)
+                     VALUES ($1, $2, $3, NULL) ON CONFLICT (id) DO NOTHING",
+                    &[&id, &fingerprint, &now],
+                )
+                .await?;
+            if inserted == 1 {
+                tx.commit().await?;
+                return Ok(Claim::Claimed);
+            }
+            // Held by another claim: read it under a lock, so two replicas
+            // reclaiming an expired id cannot both win.
+            let row = tx
+                .query_opt(
+                    "SELECT fingerprint, claimed_ms, outcome FROM request_ids WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await?;
+            match row {
+                Some(row) => break (tx, row),
+                None if attempts < 3 => continue,
+                None => {
+                    return Err(StoreError::Backend(
+                        "a request id kept changing hands".into(),
+                    ));
+                }
+            }
+        };
         let (fp, claimed, outcome): (String, i64, Option<String>) =
             (row.get(0), row.get(1), row.get(2));
         let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
@@ -481,7 +505,9 @@ impl Store for PgStore {
             "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (account) DO UPDATE SET configured_sha256 = $2, sealed_token = $3,
-                 expires_ms = $4, refreshed_ms = $5",
+                 expires_ms = $4, refreshed_ms = $5
+             -- A refresh whose lease lapsed never puts an older token back.
+             WHERE tokens.configured_sha256 <> $2 OR tokens.refreshed_ms <= $5",
             &[
                 &record.account,
                 &record.configured_sha256,
@@ -512,12 +538,16 @@ impl Store for PgStore {
         until: UnixMs,
     ) -> Result<bool, StoreError> {
         let client = self.shared.pool.get().await?;
+        // The database's clock decides, so replicas' clocks need not agree.
         let taken = client
             .execute(
-                "INSERT INTO refresh_leases (account, holder, until_ms) VALUES ($1, $2, $4)
-                 ON CONFLICT (account) DO UPDATE SET holder = $2, until_ms = $4
-                 WHERE refresh_leases.until_ms < $3 OR refresh_leases.holder = $2",
-                &[&account, &self.me, &now, &until],
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
+                 INSERT INTO refresh_leases (account, holder, until_ms)
+                 SELECT $1, $2, ms + $3 FROM now
+                 ON CONFLICT (account) DO UPDATE SET holder = $2, until_ms = excluded.until_ms
+                 WHERE refresh_leases.until_ms < (SELECT ms FROM now)
+                    OR refresh_leases.holder = $2",
+                &[&account, &self.me, &(until - now).max(0)],
             )
             .await?;
         Ok(taken == 1)

@@ -80,6 +80,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     stored BOOLEAN := FALSE;
 BEGIN
+    -- The counter first: batches take turns whole, so two replicas given
+    -- overlapping deliveries never hold each other's dedup keys.
+    PERFORM 1 FROM meta WHERE key = 'head' FOR UPDATE;
     FOR k IN 1 .. COALESCE(array_length(keys, 1), 0) LOOP
         o_seq := NULL; o_account := NULL; o_user := NULL; o_version := NULL;
         o_inbound := NULL; o_standard := NULL; o_human_agent := NULL;

@@ -17,8 +17,14 @@ use crate::store::{Ingested, StoreError, opened_at};
 /// The most deliveries folded into one transaction.
 const MAX_BATCH: usize = 256;
 
-/// Deliveries that may wait for the writer.
-pub(super) const QUEUE: usize = 4096;
+/// Deliveries that may wait for the writer (each up to a webhook body's
+/// size).
+pub(super) const QUEUE: usize = 1024;
+
+/// The most one batch may take to commit: past it the batch is answered
+/// as failed (503: Meta delivers again; dedup keys make a late commit
+/// harmless) and the writer moves on.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) struct Job {
     pub events: Vec<InboundEvent>,
@@ -36,35 +42,67 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job
             }
         }
         let started = std::time::Instant::now();
-        match commit(&shared, &batch).await {
-            Ok((outcomes, windows, head)) => {
+        match commit_in_time(&shared, &batch).await {
+            Ok(committed) => {
                 if let Some(observe) = shared.commits.get() {
                     observe(started.elapsed().as_secs_f64());
                 }
-                let any_new = outcomes
-                    .iter()
-                    .any(|o| o.as_ref().is_ok_and(|(new, _)| *new > 0));
-                if any_new {
-                    shared.put_windows(windows);
-                    shared.publish.notify_one();
-                }
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = job
-                        .done
-                        .send(outcome.map(|(new_events, duplicates)| Ingested {
-                            new_events,
-                            duplicates,
-                            head,
-                        }));
+                answer(&shared, batch, committed);
+            }
+            // Alone, a delivery that fails (or a batch's failure, say a
+            // deadlock victim or a lost connection) takes no other with it.
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    let result = commit_in_time(&shared, std::slice::from_ref(&job)).await;
+                    match result {
+                        Ok(committed) => answer(&shared, vec![job], committed),
+                        Err(e) => {
+                            let _ = job.done.send(Err(e));
+                        }
+                    }
                 }
             }
             Err(e) => {
-                let message = e.to_string();
                 for job in batch {
-                    let _ = job.done.send(Err(StoreError::Backend(message.clone())));
+                    let _ = job.done.send(Err(StoreError::Backend(e.to_string())));
                 }
             }
         }
+    }
+}
+
+async fn commit_in_time(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError> {
+    match tokio::time::timeout(COMMIT_TIMEOUT, commit(shared, batch)).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Its connection is stuck (a silent network drop, say): the
+            // next batch opens a new one rather than queueing behind it.
+            shared.writer_pool.retain(|_, _| false);
+            Err(StoreError::Backend(
+                "the database did not commit in time".into(),
+            ))
+        }
+    }
+}
+
+/// Tells each job how its delivery went, and this replica's mirror and
+/// subscribers what the batch stored.
+fn answer(shared: &Shared, batch: Vec<Job>, (outcomes, windows, head): Committed) {
+    let any_new = outcomes
+        .iter()
+        .any(|o| o.as_ref().is_ok_and(|(new, _)| *new > 0));
+    if any_new {
+        shared.put_windows(windows);
+        shared.publish.notify_one();
+    }
+    for (job, outcome) in batch.into_iter().zip(outcomes) {
+        let _ = job
+            .done
+            .send(outcome.map(|(new_events, duplicates)| Ingested {
+                new_events,
+                duplicates,
+                head,
+            }));
     }
 }
 
@@ -108,7 +146,7 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
             Err(e) => spans.push(Err(e)),
         }
     }
-    let mut client = shared.pool.get().await?;
+    let mut client = shared.writer_pool.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(
