@@ -296,6 +296,14 @@ impl Feed<'_> {
             };
             match event {
                 Ok(e) if e.seq <= cursor => {}
+                // A gap in the live feed (events a replica's publisher
+                // never saw, say, pruned first): the store says what they
+                // were, or that they are gone.
+                Ok(e) if e.seq > cursor + 1 => {
+                    if let Err(e) = self.catch_up(&mut cursor).await? {
+                        return Some(e);
+                    }
+                }
                 Ok(e) => {
                     cursor = e.seq;
                     self.send(e).await?;
@@ -327,6 +335,15 @@ impl Feed<'_> {
                 Ok(page) => page,
                 Err(e) => return Some(Err(e.into())),
             };
+            // Pruned between the check above and this read.
+            if *cursor > 0
+                && let Some(first) = page.first()
+                && first.seq > *cursor + 1
+            {
+                return Some(Err(SubscribeError::Pruned {
+                    pruned_through: first.seq - 1,
+                }));
+            }
             let full = page.len() == PAGE;
             for event in page {
                 *cursor = event.seq;
@@ -398,6 +415,130 @@ mod tests {
             .await
             .unwrap();
         (inbox, dir)
+    }
+
+    /// SQLite, with a live feed the test writes itself.
+    struct HandFed {
+        inner: SqliteStore,
+        live: broadcast::Sender<Arc<StoredEvent>>,
+        /// Says nothing was pruned, as a read taken just before a prune.
+        stale_bounds: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for HandFed {
+        async fn ingest(&self, e: Vec<InboundEvent>, at: UnixMs) -> Result<Ingested, StoreError> {
+            self.inner.ingest(e, at).await
+        }
+        fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+            self.live.subscribe()
+        }
+        async fn events_after(&self, after: u64, n: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.events_after(after, n).await
+        }
+        async fn bounds(&self) -> Result<(u64, u64), StoreError> {
+            let (head, pruned) = self.inner.bounds().await?;
+            Ok((head, if self.stale_bounds { 0 } else { pruned }))
+        }
+        async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
+            self.inner.windows(user).await
+        }
+        async fn window_refused(
+            &self,
+            a: &str,
+            u: &str,
+            at: UnixMs,
+            h: bool,
+        ) -> Result<(), StoreError> {
+            self.inner.window_refused(a, u, at, h).await
+        }
+        async fn claim_request(
+            &self,
+            id: &str,
+            f: &str,
+            now: UnixMs,
+        ) -> Result<crate::store::Claim, StoreError> {
+            self.inner.claim_request(id, f, now).await
+        }
+        async fn settle_request(
+            &self,
+            id: &str,
+            o: Option<crate::store::RecordedOutcome>,
+        ) -> Result<(), StoreError> {
+            self.inner.settle_request(id, o).await
+        }
+        async fn prune(
+            &self,
+            now: UnixMs,
+            before: UnixMs,
+        ) -> Result<crate::store::Pruned, StoreError> {
+            self.inner.prune(now, before).await
+        }
+        async fn save_token(&self, r: crate::store::TokenRecord) -> Result<(), StoreError> {
+            self.inner.save_token(r).await
+        }
+        async fn tokens(&self) -> Result<Vec<crate::store::TokenRecord>, StoreError> {
+            self.inner.tokens().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_live_feed_is_filled_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HandFed {
+            inner: SqliteStore::open(dir.path()).unwrap(),
+            live: broadcast::Sender::new(16),
+            stale_bounds: false,
+        });
+        let inbox = Inbox::new(store.clone(), Arc::new(ManualClock::at(1_000)), 10)
+            .await
+            .unwrap();
+        let mut sub = inbox.subscribe(0, everything(), never()).await.unwrap();
+        for mid in ["m1", "m2", "m3"] {
+            inbox.ingest(message(mid)).await.unwrap();
+        }
+        // The live feed skips seq 2.
+        for e in store.inner.events_after(0, 10).await.unwrap() {
+            if e.seq != 2 {
+                store.live.send(Arc::new(e)).unwrap();
+            }
+        }
+        for seq in 1..=3 {
+            let e = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.seq, seq);
+        }
+    }
+
+    #[tokio::test]
+    async fn events_pruned_between_the_check_and_the_read_are_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at(1_000);
+        let store = Arc::new(HandFed {
+            inner: SqliteStore::open(dir.path()).unwrap(),
+            live: broadcast::Sender::new(16),
+            stale_bounds: true,
+        });
+        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
+            .await
+            .unwrap();
+        inbox.ingest(message("m1")).await.unwrap();
+        inbox.ingest(message("m2")).await.unwrap();
+        clock.set(2_000);
+        inbox.ingest(message("m3")).await.unwrap();
+        store.inner.prune(2_000, 1_500).await.unwrap();
+        let mut sub = inbox.subscribe(1, everything(), never()).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ended, Err(SubscribeError::Pruned { pruned_through: 2 })),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]

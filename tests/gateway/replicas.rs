@@ -325,26 +325,16 @@ async fn a_database_that_silently_stops_answering_is_noticed_and_its_return_too(
     }
 }
 
-async fn window_state(gw: &TestGateway) -> i32 {
-    gw.client()
-        .await
-        .get_window(pb::GetWindowRequest {
-            recipient_id: USER.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_window_opened_through_one_replica_is_known_to_another_at_once() {
     let Some(url) = fresh_pg_database().await else {
         return;
     };
     let (a, b) = (replica(&url).await, replica(&url).await);
-    assert_eq!(window_state(&b).await, pb::WindowState::Unknown as i32);
+    assert_eq!(
+        b.window_with(USER).await.state,
+        pb::WindowState::Unknown as i32
+    );
     assert_eq!(
         a.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
         200
@@ -352,7 +342,7 @@ async fn a_window_opened_through_one_replica_is_known_to_another_at_once() {
     // The aim is 100 ms (announced at commit); the limit here allows a
     // loaded test machine. The bench measures the figure.
     let took = eventually(Duration::from_secs(2), "b knows the window", || async {
-        window_state(&b).await == pb::WindowState::Open as i32
+        b.window_with(USER).await.state == pb::WindowState::Open as i32
     })
     .await;
     eprintln!("the window reached the other replica in {took:?}");
@@ -371,7 +361,7 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
         200
     );
     eventually(Duration::from_secs(5), "b knows the window", || async {
-        window_state(&b).await == pb::WindowState::Open as i32
+        b.window_with(USER).await.state == pb::WindowState::Open as i32
     })
     .await;
     assert_eq!(events.message().await.unwrap().unwrap().seq, 1);

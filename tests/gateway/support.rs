@@ -292,6 +292,19 @@ impl TestGateway {
             .collect()
     }
 
+    /// What `GetWindow` says of `user` (the default account).
+    pub async fn window_with(&self, user: &str) -> pb::GetWindowResponse {
+        self.client()
+            .await
+            .get_window(pb::GetWindowRequest {
+                recipient_id: user.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// The status of a GET on the admin port.
     pub async fn admin_status(&self, path: &str) -> u16 {
         reqwest::get(format!("http://{}{path}", self.admin))

@@ -23,18 +23,6 @@ async fn after_user_wrote(gw: &TestGateway) {
     );
 }
 
-async fn get_window(gw: &TestGateway) -> pb::GetWindowResponse {
-    gw.client()
-        .await
-        .get_window(pb::GetWindowRequest {
-            recipient_id: USER.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn tagged(text: &str) -> pb::SendRequest {
     pb::SendRequest {
         tag: pb::MessageTag::HumanAgent as i32,
@@ -48,7 +36,10 @@ async fn a_reply_is_sent_until_exactly_24_hours_then_refused_without_a_graph_cal
     after_user_wrote(&gw).await;
     gw.clock.set(T0 + STANDARD_MS - 1);
     assert!(gw.send_text().await.is_ok());
-    assert_eq!(get_window(&gw).await.state, pb::WindowState::Open as i32);
+    assert_eq!(
+        gw.window_with(USER).await.state,
+        pb::WindowState::Open as i32
+    );
 
     gw.clock.set(T0 + STANDARD_MS);
     let refused = gw.send_text().await.unwrap_err();
@@ -63,7 +54,7 @@ async fn a_reply_is_sent_until_exactly_24_hours_then_refused_without_a_graph_cal
         "the refused send never reached Graph"
     );
     assert_eq!(
-        get_window(&gw).await.state,
+        gw.window_with(USER).await.state,
         pb::WindowState::HumanAgentOnly as i32
     );
 }
@@ -81,7 +72,7 @@ async fn the_human_agent_tag_reaches_until_exactly_7_days() {
     assert_eq!(reason, "OUTSIDE_MESSAGING_WINDOW");
     assert_eq!(metadata["windowClosedAt"], rfc3339(T0 + HUMAN_AGENT_MS));
     assert_eq!(gw.graph_calls().await, 1);
-    let window = get_window(&gw).await;
+    let window = gw.window_with(USER).await;
     assert_eq!(window.state, pb::WindowState::Closed as i32);
     assert_eq!(window.last_inbound_at.unwrap().seconds, T0 / 1000);
     assert_eq!(
@@ -118,7 +109,7 @@ async fn strangers_are_sent_through_unless_the_policy_is_strict() {
     lenient.graph_answers(ok_reply()).await;
     assert!(lenient.send_text().await.is_ok());
     assert_eq!(
-        get_window(&lenient).await.state,
+        lenient.window_with(USER).await.state,
         pb::WindowState::Unknown as i32
     );
 
@@ -161,7 +152,10 @@ async fn a_window_refusal_from_graph_is_remembered_until_the_user_writes_again()
         1,
         "known closed: Graph not called again"
     );
-    assert_eq!(get_window(&gw).await.state, pb::WindowState::Closed as i32);
+    assert_eq!(
+        gw.window_with(USER).await.state,
+        pb::WindowState::Closed as i32
+    );
 
     // The user writes: the window opens again.
     gw.graph.reset().await;
@@ -188,7 +182,10 @@ async fn echoes_and_reads_never_open_a_window() {
     ]}]}))
     .unwrap();
     assert_eq!(gw.deliver(&body).await, 200);
-    assert_eq!(get_window(&gw).await.state, pb::WindowState::Unknown as i32);
+    assert_eq!(
+        gw.window_with(USER).await.state,
+        pb::WindowState::Unknown as i32
+    );
     assert!(gw.send_text().await.is_err());
 }
 
