@@ -50,9 +50,15 @@ pub(super) async fn write_loop(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job
                 answer(&shared, batch, committed);
             }
             // Alone, a delivery that fails (or a batch's failure, say a
-            // deadlock victim or a lost connection) takes no other with it.
-            Err(_) if batch.len() > 1 => {
+            // deadlock victim) takes no other with it. Not while the
+            // database is away (each would wait in vain), nor for a
+            // delivery whose sender has already been told 503.
+            Err(e) if batch.len() > 1 => {
                 for job in batch {
+                    if job.done.is_closed() || !*shared.reachable.borrow() {
+                        let _ = job.done.send(Err(StoreError::Backend(e.to_string())));
+                        continue;
+                    }
                     let result = commit_in_time(&shared, std::slice::from_ref(&job)).await;
                     match result {
                         Ok(committed) => answer(&shared, vec![job], committed),
