@@ -303,6 +303,12 @@ impl Feed<'_> {
                     if let Err(e) = self.catch_up(&mut cursor).await? {
                         return Some(e);
                     }
+                    // Everything up to it was pruned meanwhile.
+                    if cursor < e.seq {
+                        return Some(SubscribeError::Pruned {
+                            pruned_through: e.seq - 1,
+                        });
+                    }
                 }
                 Ok(e) => {
                     cursor = e.seq;
@@ -531,6 +537,35 @@ mod tests {
         inbox.ingest(message("m3")).await.unwrap();
         store.inner.prune(2_000, 1_500).await.unwrap();
         let mut sub = inbox.subscribe(1, everything(), never()).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ended, Err(SubscribeError::Pruned { pruned_through: 2 })),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_live_event_past_a_gap_the_store_no_longer_holds_ends_the_stream_as_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HandFed {
+            inner: SqliteStore::open(dir.path()).unwrap(),
+            live: broadcast::Sender::new(16),
+            stale_bounds: true,
+        });
+        let inbox = Inbox::new(store.clone(), Arc::new(ManualClock::at(1_000)), 10)
+            .await
+            .unwrap();
+        inbox.ingest(message("m1")).await.unwrap();
+        let mut sub = inbox.subscribe(1, everything(), never()).await.unwrap();
+        inbox.ingest(message("m2")).await.unwrap();
+        inbox.ingest(message("m3")).await.unwrap();
+        let third = store.inner.events_after(2, 1).await.unwrap().remove(0);
+        // Everything is pruned before this replica's feed hears of m3.
+        store.inner.prune(5_000, 5_000).await.unwrap();
+        store.live.send(Arc::new(third)).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), sub.recv())
             .await
             .unwrap()

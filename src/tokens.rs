@@ -134,6 +134,8 @@ pub struct TokenKeeper {
     policy: TokenPolicy,
     sealer: Sealer,
     tracked: tokio::sync::Mutex<HashMap<String, Tracked>>,
+    /// One round at a time: two would tend (and refresh) an account twice.
+    round: tokio::sync::Mutex<()>,
 }
 
 fn sha256_hex(token: &AccessToken) -> String {
@@ -161,6 +163,7 @@ impl TokenKeeper {
             policy,
             sealer,
             tracked: tokio::sync::Mutex::new(HashMap::new()),
+            round: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -259,6 +262,7 @@ impl TokenKeeper {
     }
 
     async fn tend_accounts(&self, all: bool) {
+        let _round = self.round.lock().await;
         let now = Instant::now();
         let paths = self.accounts.paths();
         let due: Vec<(Arc<AccountPath>, Tracked)> = {
@@ -484,6 +488,11 @@ impl TokenKeeper {
                     return t;
                 }
                 current.deliverer.replace_account(in_use);
+                // A newer one kept by another replica (our lease lapsed
+                // while we refreshed) wins over ours.
+                if self.store.is_shared() {
+                    self.adopt_stored(Some(&path.id)).await;
+                }
                 tracing::info!(account = %path.id, expires_in_days = lifetime.as_secs() / 86_400, "refreshed the account's token");
                 current.update_status(|s| {
                     s.state = TokenState::Valid;

@@ -27,29 +27,28 @@ pub(super) struct Target {
 /// Reads `url`. Errors never repeat the URL: it may hold a password.
 pub(super) fn target(url: &str) -> Result<Target, StoreError> {
     let bad = |what: String| StoreError::Backend(format!("the store URL: {what}"));
-    let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    // Our keys are taken out or rewritten; the others pass as written,
+    // encoding and all.
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut root_file = None;
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter_map(|(key, value)| match (&*key, &*value) {
-            ("sslrootcert", file) => {
-                root_file = Some(PathBuf::from(file));
-                None
-            }
-            ("sslmode", "verify-ca" | "verify-full") => {
-                Some((key.into_owned(), "require".to_owned()))
-            }
-            ("sslmode", "prefer") => Some((key.into_owned(), "disable".to_owned())),
-            _ => Some((key.into_owned(), value.into_owned())),
-        })
-        .collect();
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .unwrap_or_default();
+        match (&*key, &*value) {
+            ("sslrootcert", file) => root_file = Some(PathBuf::from(file)),
+            ("sslmode", "verify-ca" | "verify-full") => kept.push("sslmode=require".to_owned()),
+            ("sslmode", "prefer") => kept.push("sslmode=disable".to_owned()),
+            _ => kept.push(pair.to_owned()),
+        }
     }
-    let mut config =
-        tokio_postgres::Config::from_str(parsed.as_str()).map_err(|e| bad(e.to_string()))?;
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| bad(e.to_string()))?;
     // Decided on what the parser kept (the last of repeated keys).
     if config.get_ssl_mode() != SslMode::Require {
         config.ssl_mode(SslMode::Disable);
@@ -63,6 +62,15 @@ pub(super) fn target(url: &str) -> Result<Target, StoreError> {
         .keepalives_interval(std::time::Duration::from_secs(2))
         .keepalives_retries(3)
         .tcp_user_timeout(std::time::Duration::from_secs(10));
+    // And the server's side: a replica cut off mid-transaction must not
+    // hold the event counter's lock for the kernel's two hours.
+    let server_side = "-c idle_in_transaction_session_timeout=15s -c tcp_keepalives_idle=5 \
+                       -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {server_side}"),
+        None => server_side.to_owned(),
+    };
+    config.options(&options);
     let tls = MakeRustlsConnect::new(client_config(root_file)?);
     Ok(Target { config, tls })
 }
@@ -110,6 +118,23 @@ mod tests {
         let t = target("postgres://u:pw@h:5/db?sslmode=verify-ca&application_name=gw").unwrap();
         assert_eq!(t.config.get_application_name(), Some("gw"));
         assert_eq!(t.config.get_password(), Some(&b"pw"[..]));
+    }
+
+    #[test]
+    fn the_server_is_asked_to_end_a_session_that_stops_mid_transaction() {
+        let options = |url: &str| {
+            target(url)
+                .unwrap()
+                .config
+                .get_options()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(options("postgres://u@h/db").contains("idle_in_transaction_session_timeout=15s"));
+        // Options the URL gives are kept.
+        let given = options("postgres://u@h/db?options=-c%20search_path%3Dgw");
+        assert!(given.starts_with("-c search_path=gw "), "{given}");
+        assert!(given.contains("tcp_user_timeout=10000"), "{given}");
     }
 
     #[test]

@@ -38,7 +38,11 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, target: super::connect::
 
 /// One listening connection, until it fails.
 async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), StoreError> {
-    let (client, mut connection) = in_time(target.config.connect(target.tls.clone())).await?;
+    let (client, mut connection) = within(
+        super::CONNECT_TIMEOUT,
+        target.config.connect(target.tls.clone()),
+    )
+    .await?;
     let (tx, mut messages) = mpsc::unbounded_channel();
     // The connection must be driven for the client's queries to finish;
     // it ends when the client is dropped.

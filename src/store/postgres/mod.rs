@@ -128,7 +128,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// How long a connection may take to open: a database that is away must
 /// fail a call, not hold it.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl PgStore {
     /// Connects to `url` (`postgres://…`), brings the schema up to date
@@ -349,7 +349,7 @@ impl Store for PgStore {
         now: UnixMs,
     ) -> Result<Claim, StoreError> {
         let mut client = self.shared.pool.get().await?;
-        // Twice at most: a claim released by another replica between our
+        // Three tries at most: a claim released by another replica between our
         // insert and our read is gone, and the next insert takes it.
         let mut attempts = 0;
         let (tx, row) = loop {
