@@ -488,17 +488,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_gap_in_the_live_feed_is_filled_from_the_store() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An inbox on a hand-fed store in `dir`, on `clock`.
+    async fn hand_fed(
+        dir: &tempfile::TempDir,
+        clock: &ManualClock,
+        stale_bounds: bool,
+    ) -> (Arc<Inbox>, Arc<HandFed>) {
         let store = Arc::new(HandFed {
             inner: SqliteStore::open(dir.path()).unwrap(),
             live: broadcast::Sender::new(16),
-            stale_bounds: false,
+            stale_bounds,
         });
-        let inbox = Inbox::new(store.clone(), Arc::new(ManualClock::at(1_000)), 10)
+        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
             .await
             .unwrap();
+        (inbox, store)
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_live_feed_is_filled_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, store) = hand_fed(&dir, &ManualClock::at(1_000), false).await;
         let mut sub = inbox.subscribe(0, everything(), never()).await.unwrap();
         for mid in ["m1", "m2", "m3"] {
             inbox.ingest(message(mid)).await.unwrap();
@@ -523,14 +533,7 @@ mod tests {
     async fn events_pruned_between_the_check_and_the_read_are_not_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_000);
-        let store = Arc::new(HandFed {
-            inner: SqliteStore::open(dir.path()).unwrap(),
-            live: broadcast::Sender::new(16),
-            stale_bounds: true,
-        });
-        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
-            .await
-            .unwrap();
+        let (inbox, store) = hand_fed(&dir, &clock, true).await;
         inbox.ingest(message("m1")).await.unwrap();
         inbox.ingest(message("m2")).await.unwrap();
         clock.set(2_000);
@@ -550,14 +553,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_event_past_a_gap_the_store_no_longer_holds_ends_the_stream_as_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(HandFed {
-            inner: SqliteStore::open(dir.path()).unwrap(),
-            live: broadcast::Sender::new(16),
-            stale_bounds: true,
-        });
-        let inbox = Inbox::new(store.clone(), Arc::new(ManualClock::at(1_000)), 10)
-            .await
-            .unwrap();
+        let (inbox, store) = hand_fed(&dir, &ManualClock::at(1_000), true).await;
         inbox.ingest(message("m1")).await.unwrap();
         let mut sub = inbox.subscribe(1, everything(), never()).await.unwrap();
         inbox.ingest(message("m2")).await.unwrap();

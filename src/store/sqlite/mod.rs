@@ -487,7 +487,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Sent;
     use crate::store::contract::message;
 
     impl SqliteStore {
@@ -564,50 +563,6 @@ mod tests {
             .unwrap();
         let facts = store.window("A", "U").await.unwrap().unwrap();
         assert_eq!(facts.last_inbound_ms, Some(1_000));
-    }
-
-    #[tokio::test]
-    async fn request_ids_are_claimed_once_and_remember_their_outcome() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.claim_request("r1", "f", 0).await.unwrap(),
-            Claim::Claimed
-        );
-        assert_eq!(
-            store.claim_request("r1", "f", 1).await.unwrap(),
-            Claim::Unsettled { claimed_ms: 0 }
-        );
-        assert_eq!(
-            store.claim_request("r1", "g", 1).await.unwrap(),
-            Claim::Conflict
-        );
-        let sent = Sent {
-            message_id: Some("mid".into()),
-            recipient_id: "U".into(),
-            graph_calls: 1,
-            queued_ms: 0,
-        };
-        store
-            .settle_request("r1", Some(RecordedOutcome::Sent(sent.clone())))
-            .await
-            .unwrap();
-        assert_eq!(
-            store.claim_request("r1", "f", 2).await.unwrap(),
-            Claim::Recorded(RecordedOutcome::Sent(sent))
-        );
-        // A day later the id is free again.
-        let later = REQUEST_ID_TTL.as_millis() as i64 + 1;
-        assert_eq!(
-            store.claim_request("r1", "g", later).await.unwrap(),
-            Claim::Claimed
-        );
-        // Released (nothing was delivered): free at once.
-        store.settle_request("r1", None).await.unwrap();
-        assert_eq!(
-            store.claim_request("r1", "h", later).await.unwrap(),
-            Claim::Claimed
-        );
     }
 
     #[tokio::test]
