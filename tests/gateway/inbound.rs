@@ -106,16 +106,7 @@ async fn deliveries_with_forged_or_missing_signatures_are_refused_and_not_record
     let got = next_events(&mut events, 1).await;
     assert_eq!((got[0].seq, texts(&got)), (1, vec!["genuine".to_owned()]));
     assert_quiet(&mut events).await;
-    let window = gw
-        .client()
-        .await
-        .get_window(pb::GetWindowRequest {
-            recipient_id: USER.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let window = gw.window_with(USER).await;
     assert_eq!(window.state, pb::WindowState::Open as i32);
 }
 

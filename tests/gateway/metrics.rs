@@ -26,15 +26,10 @@ async fn metrics_move_with_the_traffic_and_probes_follow_the_lifecycle() {
     gw.graph_answers(ok_reply()).await;
     assert_eq!(get(&gw, "/livez").await.0, 200);
     // Ready once the gRPC port serves, a moment after the start.
-    let mut ready = false;
-    for _ in 0..100 {
-        if get(&gw, "/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "never ready");
+    eventually(Duration::from_secs(2), "ready", || async {
+        get(&gw, "/readyz").await.0 == 200
+    })
+    .await;
 
     gw.send_text().await.unwrap();
     gw.send_text().await.unwrap();

@@ -227,6 +227,20 @@ async fn subscribe_until(replicas: Vec<String>, count: usize) -> Vec<String> {
     mids
 }
 
+/// What the subscriber task gathered (it checks each event came once, in
+/// order), waiting at most `limit` for it to have them all.
+async fn gathered(
+    subscriber: tokio::task::JoinHandle<Vec<String>>,
+    limit: Duration,
+) -> HashSet<String> {
+    tokio::time::timeout(limit, subscriber)
+        .await
+        .expect("every acknowledged event reaches the subscriber")
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 fn expected_mids(count: usize) -> HashSet<String> {
     (0..count).map(|i| format!("m{i}")).collect()
 }
@@ -276,12 +290,9 @@ async fn three_replica_processes_behave_as_one_gateway() {
     const COUNT: usize = 400;
     let subscriber = tokio::spawn(subscribe_until(vec![c.grpc.clone()], COUNT));
     post_messages(vec![a.webhook.clone(), b.webhook.clone()], 8, COUNT, None).await;
-    let mids = tokio::time::timeout(Duration::from_secs(60), subscriber)
-        .await
-        .expect("c's subscriber hears every event")
-        .unwrap();
+    // c's subscriber hears every event.
     assert_eq!(
-        mids.iter().cloned().collect::<HashSet<_>>(),
+        gathered(subscriber, Duration::from_secs(60)).await,
         expected_mids(COUNT)
     );
 
@@ -423,13 +434,9 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged_and_sends_nothing_
     kill_now.await.unwrap();
     replicas[1].kill_9();
     posting.await.unwrap();
-    let mids = tokio::time::timeout(Duration::from_secs(90), subscriber)
-        .await
-        .expect("every acknowledged event reaches the subscriber")
-        .unwrap();
     // m0 was posted twice (before and in the load): one event.
     assert_eq!(
-        mids.into_iter().collect::<HashSet<_>>(),
+        gathered(subscriber, Duration::from_secs(90)).await,
         expected_mids(COUNT + 1)
     );
 
@@ -495,12 +502,8 @@ async fn postgres_stopped_and_started_mid_load_loses_nothing_and_needs_no_restar
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| cluster.start_again());
     posting.await.unwrap();
-    let mids = tokio::time::timeout(Duration::from_secs(90), subscriber)
-        .await
-        .expect("every acknowledged event reaches the subscriber")
-        .unwrap();
     assert_eq!(
-        mids.into_iter().collect::<HashSet<_>>(),
+        gathered(subscriber, Duration::from_secs(90)).await,
         expected_mids(COUNT)
     );
     for r in &replicas {

@@ -6,6 +6,7 @@ use messenger_gateway::grpc::pb;
 use messenger_gateway::outbox::OutboxPolicy;
 use messenger_gateway::window::WindowPolicy;
 
+use crate::inbound::next_events;
 use crate::support::*;
 
 /// A gateway on the shared store at `url`, refusing people who never wrote
@@ -315,14 +316,12 @@ async fn a_database_that_silently_stops_answering_is_noticed_and_its_return_too(
     })
     .await;
     let mut events = a.events_after(0).await;
-    for seq in 1..=2 {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(event.seq, seq);
-    }
+    let seqs: Vec<u64> = next_events(&mut events, 2)
+        .await
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -417,13 +416,9 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
         || async { a.deliver(&redelivered).await == 200 },
     )
     .await;
+    // The other replica's subscriber is fed once the store is back.
     let mut events = b.events_after(1).await;
-    let event = tokio::time::timeout(Duration::from_secs(10), events.message())
-        .await
-        .expect("the other replica's subscriber is fed once the store is back")
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.seq, 2);
+    assert_eq!(next_events(&mut events, 1).await[0].seq, 2);
 }
 
 /// A CA, and a certificate it signed for 127.0.0.1, as PEM: (CA, cert, key).
