@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
-use super::windows::{Mirror, WindowRow};
+use super::windows::WindowRow;
 use super::{EVENTS_CHANNEL, Shared, TOKENS_CHANNEL, WINDOWS_CHANNEL};
 use crate::store::StoreError;
 
@@ -64,16 +64,7 @@ async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), 
     // nothing falls between (announcements of rows the reload already
     // has are older versions, and change nothing).
     // The whole table: given longer than a probe.
-    let rows = within(
-        RELOAD_TIMEOUT,
-        client.query(
-            "SELECT account, \"user\", version, last_inbound_ms, standard_refused_ms,
-                human_agent_refused_ms FROM windows",
-            &[],
-        ),
-    )
-    .await?;
-    let mirror = Mirror::from_rows(rows.iter().map(super::window_row));
+    let mirror = within(RELOAD_TIMEOUT, super::load_windows(&client)).await?;
     *shared.windows.write().unwrap_or_else(|p| p.into_inner()) = mirror;
     shared.publish.notify_one();
     shared.tokens.send_modify(|n| *n += 1);
@@ -86,7 +77,7 @@ async fn listen(shared: &Shared, target: &super::connect::Target) -> Result<(), 
             message = messages.recv() => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
                     WINDOWS_CHANNEL => match serde_json::from_str::<WindowRow>(n.payload()) {
-                        Ok(row) => shared.windows.write().unwrap_or_else(|p| p.into_inner()).put(row),
+                        Ok(row) => shared.put_windows(vec![row]),
                         Err(e) => tracing::warn!(error = %e, "an unreadable window announcement"),
                     },
                     TOKENS_CHANNEL => shared.tokens.send_modify(|n| *n += 1),

@@ -96,6 +96,14 @@ fn window_row(row: &tokio_postgres::Row) -> WindowRow {
     }
 }
 
+/// The whole windows table, as a mirror.
+async fn load_windows(client: &tokio_postgres::Client) -> Result<Mirror, tokio_postgres::Error> {
+    let rows = client
+        .query(&format!("SELECT {WINDOW_COLUMNS} FROM windows"), &[])
+        .await?;
+    Ok(Mirror::from_rows(rows.iter().map(window_row)))
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Backend(with_causes(&e))
@@ -148,10 +156,7 @@ impl PgStore {
                 .query_one("SELECT value FROM meta WHERE key = 'head'", &[])
                 .await?
                 .get::<_, i64>(0) as u64;
-            let rows = client
-                .query(&format!("SELECT {WINDOW_COLUMNS} FROM windows"), &[])
-                .await?;
-            (head, Mirror::from_rows(rows.iter().map(window_row)))
+            (head, load_windows(&client).await?)
         };
         let shared = Arc::new(Shared {
             pool,
