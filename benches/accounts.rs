@@ -18,12 +18,11 @@ mod support;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,6 +30,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use support::Launched;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
@@ -93,18 +93,9 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
+/// The gateway process, and what the bench asks of it.
 struct Gateway {
-    child: Child,
-    grpc: String,
-    started_in: Duration,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: Launched,
 }
 
 impl Gateway {
@@ -136,31 +127,14 @@ impl Gateway {
         }
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let spawned = Instant::now();
-        let child = cmd.spawn().expect("the gateway starts");
-        // Owned (and killed on drop) before anything can fail.
-        let mut gateway = Gateway {
-            child,
-            grpc: String::new(),
-            started_in: Duration::ZERO,
-            _data: data,
-        };
-        let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("a banner").unwrap();
-            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-                gateway.started_in = spawned.elapsed();
-                gateway.grpc = rest.split_whitespace().next().unwrap().to_owned();
-                std::thread::spawn(move || for _ in lines {});
-                return gateway;
-            }
+        Self {
+            process: Launched::start(&mut cmd, data),
         }
     }
 
     async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.grpc))
+        Endpoint::from_shared(format!("http://{}", self.process.grpc))
             .unwrap()
             .tcp_nodelay(true)
             .connect()
@@ -168,19 +142,9 @@ impl Gateway {
             .unwrap()
     }
 
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// The process's user+system CPU time, from the scheduler's clock.
     fn cpu(&self) -> Duration {
-        support::cpu_of(self.child.id())
+        support::cpu_of(self.process.child.id())
     }
 
     /// Waits until every account's token has been checked: the keeper's
@@ -297,15 +261,18 @@ async fn start_up(upstream: SocketAddr) {
         many.settle(MANY).await;
         // Idle: the start-up checks done, nothing sent.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (one_rss, many_rss) = (one.rss_kib(), many.rss_kib());
+        let (one_rss, many_rss) = (one.process.rss_kib(), many.process.rss_kib());
         println!(
             "   started in {:.0} ms vs {:.0} ms; idle {:.1} MiB vs {:.1} MiB",
-            many.started_in.as_secs_f64() * 1e3,
-            one.started_in.as_secs_f64() * 1e3,
+            many.process.started_in.as_secs_f64() * 1e3,
+            one.process.started_in.as_secs_f64() * 1e3,
             many_rss as f64 / 1024.0,
             one_rss as f64 / 1024.0,
         );
-        times.push((many.started_in.as_secs_f64(), one.started_in.as_secs_f64()));
+        times.push((
+            many.process.started_in.as_secs_f64(),
+            one.process.started_in.as_secs_f64(),
+        ));
         memory.push(many_rss as f64 - one_rss as f64);
     }
     let many_time = support::median(times.iter().map(|t| t.0).collect());

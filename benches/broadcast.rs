@@ -12,9 +12,8 @@ mod support;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use support::Launched;
 use tokio::sync::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
@@ -104,59 +104,20 @@ async fn strict_graph(seen: Arc<Seen>) -> SocketAddr {
     addr
 }
 
-struct Gateway {
-    child: Child,
-    grpc: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Gateway {
-    fn start(upstream: SocketAddr) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-            .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-            .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the gateway starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let grpc = loop {
-            let line = lines.next().expect("a banner").unwrap();
-            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            grpc,
-            _data: data,
-        }
-    }
-
-    /// Resident memory, KiB.
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
+/// The release binary, its Graph at `upstream`.
+fn start_gateway(upstream: SocketAddr) -> Launched {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
+        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    Launched::start(&mut cmd, data)
 }
 
 fn main() {
@@ -168,7 +129,7 @@ fn main() {
     runtime.block_on(async {
         let seen = Arc::new(Seen::default());
         let upstream = strict_graph(seen.clone()).await;
-        let gateway = Arc::new(Gateway::start(upstream));
+        let gateway = Arc::new(start_gateway(upstream));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.grpc))
             .unwrap()
             .connect()

@@ -21,9 +21,10 @@
 mod cluster;
 mod support;
 
-use std::io::{BufRead, BufReader};
+use support::Launched;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,23 +39,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const SECRET: &str = "bench-app-secret";
 const ACCOUNT: &str = "17841400000000001";
 
-struct Gateway {
-    child: Child,
-    grpc: String,
-    webhook_url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The release binary, pacing off, on `store` (`None`: SQLite in a fresh
 /// directory), with its Graph at `upstream`.
-fn start_gateway(store: Option<&str>, upstream: SocketAddr) -> Gateway {
+fn start_gateway(store: Option<&str>, upstream: SocketAddr) -> Launched {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
@@ -72,30 +59,11 @@ fn start_gateway(store: Option<&str>, upstream: SocketAddr) -> Gateway {
         .env_remove("MESSENGER_GATEWAY_STORE")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(url) = store {
         cmd.env("MESSENGER_GATEWAY_STORE", url);
     }
-    let child = cmd.spawn().expect("the gateway starts");
-    let mut gateway = Gateway {
-        child,
-        grpc: String::new(),
-        webhook_url: String::new(),
-        _data: data,
-    };
-    let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("a banner").unwrap();
-        if let Some(url) = line.strip_prefix("webhooks at ") {
-            gateway.webhook_url = url.trim().to_owned();
-        }
-        if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-            gateway.grpc = format!("http://{}", rest.split_whitespace().next().unwrap());
-            std::thread::spawn(move || for _ in lines {});
-            return gateway;
-        }
-    }
+    Launched::start(&mut cmd, data)
 }
 
 /// One message from `user` with a fresh mid, signed.
@@ -116,7 +84,9 @@ fn delivery(serial: &AtomicU64, user: &str) -> (Vec<u8>, String) {
 /// Counts what a subscriber on `grpc` receives.
 async fn subscriber(grpc: &str) -> Arc<AtomicUsize> {
     let seen = Arc::new(AtomicUsize::new(0));
-    let mut client = MessengerClient::connect(grpc.to_owned()).await.unwrap();
+    let mut client = MessengerClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
     let mut stream = client
         .subscribe(pb::SubscribeRequest::default())
         .await
@@ -223,7 +193,9 @@ async fn send_latency(client: &mut MessengerClient<Channel>, n: usize, with_id: 
 /// Added latency of a `request_id` (ms): the median of alternating rounds
 /// with and without, so drift on a shared machine falls on both.
 async fn added_by_request_id(grpc: &str, sends: usize) -> (f64, f64) {
-    let mut client = MessengerClient::connect(grpc.to_owned()).await.unwrap();
+    let mut client = MessengerClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
     send_latency(&mut client, 50, true).await; // warm up
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -235,9 +207,11 @@ async fn added_by_request_id(grpc: &str, sends: usize) -> (f64, f64) {
 
 /// Time from a delivery's 200 at `a` until `b` reports the window open,
 /// for a person who never wrote before; median and max over `n`, in ms.
-async fn window_reach(a: &Gateway, b: &Gateway, n: usize) -> (f64, f64) {
+async fn window_reach(a: &Launched, b: &Launched, n: usize) -> (f64, f64) {
     let http = reqwest::Client::new();
-    let mut client = MessengerClient::connect(b.grpc.clone()).await.unwrap();
+    let mut client = MessengerClient::connect(format!("http://{}", b.grpc))
+        .await
+        .unwrap();
     let serial = AtomicU64::new(1_000_000);
     let mut took = Vec::new();
     for i in 0..n {

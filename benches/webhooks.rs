@@ -15,9 +15,10 @@
 //! Knobs: `BENCH_SECONDS` (each throughput phase; default 5),
 //! `BENCH_POSTERS` (concurrent posters; default 32).
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,31 +27,20 @@ use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::webhook;
 use serde_json::json;
+use support::Launched;
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const SECRET: &str = "bench-app-secret";
 const ACCOUNT: &str = "17841400000000001";
 
-struct Gateway {
-    child: Child,
-    grpc: String,
-    webhook_url: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_gateway(data: &std::path::Path) -> Gateway {
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
+fn start_gateway() -> Launched {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
         .args(["--webhook-listen", "127.0.0.1:0"])
         .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         .arg("--data-dir")
-        .arg(data)
+        .arg(data.path())
         // Sends are not measured here; the sandbox would sign with its own
         // secret, so a Graph URL that is never called stands in.
         .env("INSTAGRAM_API_URL", "http://127.0.0.1:9/v25.0")
@@ -60,29 +50,8 @@ fn start_gateway(data: &std::path::Path) -> Gateway {
         .env("INSTAGRAM_VERIFY_TOKEN", "bench")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway starts");
-    // Owned at once, so it is killed on every path out of here.
-    let mut gateway = Gateway {
-        child,
-        grpc: String::new(),
-        webhook_url: String::new(),
-    };
-    let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("a banner").unwrap();
-        if let Some(url) = line.strip_prefix("webhooks at ") {
-            gateway.webhook_url = url.trim().to_owned();
-        }
-        if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-            gateway.grpc = rest.split_whitespace().next().unwrap().to_owned();
-            // Keep reading so the pipe never fills.
-            std::thread::spawn(move || for _ in lines {});
-            return gateway;
-        }
-    }
+        .stderr(Stdio::null());
+    Launched::start(&mut cmd, data)
 }
 
 /// A delivery of `n` messages with fresh mids, and the mids.
@@ -206,8 +175,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(32);
     let window = Duration::from_secs(seconds);
-    let data = tempfile::tempdir().unwrap();
-    let gateway = start_gateway(data.path());
+    let gateway = start_gateway();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -177,3 +177,65 @@ impl Messenger for Baseline {
         Err(Status::unimplemented("baseline"))
     }
 }
+
+/// A gateway process a bench started, once its banner named the gRPC
+/// address; killed when dropped, and its data directory removed.
+pub struct Launched {
+    pub child: std::process::Child,
+    /// `host:port`.
+    pub grpc: String,
+    /// From the banner's `webhooks at` line; empty without a webhook port.
+    pub webhook_url: String,
+    /// From the spawn to the banner's last line.
+    pub started_in: Duration,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Launched {
+    /// Spawns `cmd` (its stdout piped here) and reads its banner; what
+    /// it prints afterwards is read and dropped, so the pipe never fills.
+    pub fn start(cmd: &mut std::process::Command, data: tempfile::TempDir) -> Self {
+        use std::io::{BufRead, BufReader};
+        cmd.stdout(std::process::Stdio::piped());
+        let spawned = std::time::Instant::now();
+        let child = cmd.spawn().expect("the gateway starts");
+        // Owned (and killed on drop) before anything can fail.
+        let mut launched = Self {
+            child,
+            grpc: String::new(),
+            webhook_url: String::new(),
+            started_in: Duration::ZERO,
+            _data: data,
+        };
+        let mut lines = BufReader::new(launched.child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("a banner").unwrap();
+            if let Some(url) = line.strip_prefix("webhooks at ") {
+                launched.webhook_url = url.trim().to_owned();
+            }
+            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
+                launched.started_in = spawned.elapsed();
+                launched.grpc = rest.split_whitespace().next().unwrap().to_owned();
+                std::thread::spawn(move || for _ in lines {});
+                return launched;
+            }
+        }
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
