@@ -332,19 +332,132 @@ impl TestGateway {
     }
 }
 
-/// Waits until `done` holds, polling every 10 ms; panics naming `what`
-/// after `limit`. Returns how long it took.
-pub async fn eventually<F: Future<Output = bool>>(
+/// One look at what a test waits for: done (with what was found), or
+/// what was seen instead, for the failure message.
+pub trait Look {
+    type Found;
+    fn look(self) -> Result<Self::Found, String>;
+}
+
+impl Look for bool {
+    type Found = ();
+    fn look(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("not yet".into()) }
+    }
+}
+
+impl<T, E: std::fmt::Debug> Look for Result<T, E> {
+    type Found = T;
+    fn look(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:?}"))
+    }
+}
+
+/// Looks every 10 ms until `probe` finds what the test waits for, and
+/// answers it; after `limit`, fails naming `what` and the last thing seen.
+/// Every wait in the tests goes through here, so none can hang.
+pub async fn eventually<L: Look, F: Future<Output = L>>(
     limit: Duration,
     what: &str,
-    mut done: impl FnMut() -> F,
-) -> Duration {
+    mut probe: impl FnMut() -> F,
+) -> L::Found {
     let started = std::time::Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    loop {
+        match probe().await.look() {
+            Ok(found) => return found,
+            Err(seen) if started.elapsed() >= limit => {
+                panic!("{what}: not within {limit:?}; last saw: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
-    started.elapsed()
+}
+
+/// What a held Graph call carried.
+#[derive(Clone, Debug)]
+pub struct HeldCall {
+    pub path: String,
+    pub authorization: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct HeldState {
+    calls: std::sync::Mutex<Vec<HeldCall>>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// A Graph stand-in that holds every send until the test releases it, so
+/// a premise like "these sends are under way" is made by construction,
+/// not by a delay that a slow machine outlasts. Once released it answers
+/// every send at once.
+pub struct HeldGraph {
+    pub url: String,
+    state: Arc<HeldState>,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldGraph {
+    pub async fn start() -> Self {
+        use axum::extract::State;
+        let state = Arc::new(HeldState::default());
+        let released = tokio::sync::watch::Sender::new(false);
+        type Shared = (Arc<HeldState>, tokio::sync::watch::Receiver<bool>);
+        async fn hold(
+            State((state, mut released)): State<Shared>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::Json<Value> {
+            let authorization = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let n = {
+                let mut calls = state.calls.lock().unwrap();
+                calls.push(HeldCall {
+                    path: uri.path().to_owned(),
+                    authorization,
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                });
+                calls.len()
+            };
+            use std::sync::atomic::Ordering::SeqCst;
+            state.waiting.fetch_add(1, SeqCst);
+            let _ = released.wait_for(|r| *r).await;
+            state.waiting.fetch_sub(1, SeqCst);
+            axum::Json(json!({"recipient_id": USER, "message_id": format!("mid.held.{n}")}))
+        }
+        let app = axum::Router::new()
+            .route("/{*path}", axum::routing::post(hold))
+            .with_state((state.clone(), released.subscribe()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            state,
+            released,
+        }
+    }
+
+    /// Sends that reached Graph and are held there now.
+    pub fn waiting(&self) -> usize {
+        self.state
+            .waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers every held send, and every later one at once.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Every call received, in order of arrival.
+    pub fn calls(&self) -> Vec<HeldCall> {
+        self.state.calls.lock().unwrap().clone()
+    }
 }
 
 pub fn ok_reply() -> ResponseTemplate {
