@@ -385,10 +385,7 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
             (SUPPORT_ID, "support", SUPPORT_TOKEN, &base),
         ],
     );
-    let gw = TestGateway::builder()
-        .accounts_file(&before)
-        .start()
-        .await;
+    let gw = TestGateway::builder().accounts_file(&before).start().await;
 
     // 200 sends in flight, half as each account, while the file changes.
     // Every client connects before the first send starts.
@@ -401,12 +398,16 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
         let account = if i % 2 == 0 { "shop" } else { "support" };
         sends.spawn(async move { client.send(as_account(account, "hello")).await });
     }
-    eventually(std::time::Duration::from_secs(60), "200 sends held at Graph", || async {
-        match graph.waiting() {
-            200 => Ok(()),
-            held => Err(format!("{held} held")),
-        }
-    })
+    eventually(
+        std::time::Duration::from_secs(60),
+        "200 sends held at Graph",
+        || async {
+            match graph.waiting() {
+                200 => Ok(()),
+                held => Err(format!("{held} held")),
+            }
+        },
+    )
     .await;
     let mut admin = gw.client().await;
     let listed = admin
@@ -592,7 +593,13 @@ async fn at_shutdown_every_accounts_sends_under_way_finish() {
             client.send(as_account(account, "before SIGTERM")).await
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gw.until_graph_received(1).await;
+    eventually(
+        std::time::Duration::from_secs(30),
+        "support's send at Graph",
+        || async { support_graph.received_requests().await.unwrap().len() == 1 },
+    )
+    .await;
     gw.begin_shutdown();
     for send in sends {
         send.await.unwrap().expect("a send under way finishes");
@@ -687,17 +694,13 @@ async fn one_accounts_full_queue_does_not_refuse_anothers_sends() {
         tokio::spawn(async move { client.send(as_account(ACCOUNT, "stuck")).await });
     }
     let mut client = gw.client().await;
-    let mut full = None;
-    for _ in 0..100 {
-        match client.send(as_account(ACCOUNT, "one too many")).await {
-            Err(status) if error_info(&status).0 == "OVERLOADED" => {
-                full = Some(status);
-                break;
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
-    }
-    assert!(full.is_some(), "the shop's queue never filled");
+    gw.until_graph_received(1).await;
+    gw.until_queued(1).await;
+    let status = client
+        .send(as_account(ACCOUNT, "one too many"))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&status).0, "OVERLOADED", "{status:?}");
     // Support has its own slots and queue.
     for _ in 0..3 {
         client
@@ -728,7 +731,7 @@ async fn what_a_send_under_way_learns_of_its_token_outlives_a_reload() {
         .await;
     let mut client = gw.client().await;
     let send = tokio::spawn(async move { client.send(as_account("shop", "hi")).await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    gw.until_graph_received(1).await;
     // Renamed while the send is under way: a new path, the same account.
     std::fs::write(&gw.accounts_file, file("store")).unwrap();
     gw.reloader.reload();

@@ -116,31 +116,27 @@ fn one_slot(queue: usize) -> DeliveryPolicy {
     }
 }
 
-async fn until_graph_received(gw: &TestGateway, n: usize) {
-    let started = Instant::now();
-    while gw.graph_calls().await < n {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "Graph never got {n} calls"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_full_queue_answers_overloaded_at_once() {
-    let gw = TestGateway::builder().delivery(one_slot(1)).start().await;
-    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(800)))
+    let graph = HeldGraph::start().await;
+    let gw = TestGateway::builder()
+        .delivery(one_slot(1))
+        .held_graph(&graph)
+        .start()
         .await;
+    // One call under way (held by Graph), one queued behind it.
     let mut waiting = Vec::new();
     for text in ["under way", "queued"] {
         let mut client = gw.client().await;
         waiting.push(tokio::spawn(async move {
             client.send(text_to(USER, text)).await
         }));
-        until_graph_received(&gw, 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(Duration::from_secs(30), "one at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
+    gw.until_queued(1).await;
     let started = Instant::now();
     let status = gw.send_text().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(300));
@@ -154,28 +150,48 @@ async fn a_full_queue_answers_overloaded_at_once() {
     };
     let status = gw.client().await.send(with_id.clone()).await.unwrap_err();
     assert_eq!(error_info(&status).0, "OVERLOADED");
+    graph.release();
     for w in waiting {
         w.await.unwrap().unwrap();
     }
     gw.client().await.send(with_id).await.unwrap();
-    assert_eq!(gw.graph_calls().await, 3);
+    assert_eq!(graph.calls().len(), 3);
 }
 
 #[tokio::test]
 async fn a_queued_send_whose_caller_hangs_up_is_never_sent() {
-    let gw = TestGateway::builder().delivery(one_slot(10)).start().await;
-    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(600)))
+    let graph = HeldGraph::start().await;
+    let gw = TestGateway::builder()
+        .delivery(one_slot(10))
+        .held_graph(&graph)
+        .start()
         .await;
     let mut client = gw.client().await;
     let first = tokio::spawn(async move { client.send(text_to(USER, "first")).await });
-    until_graph_received(&gw, 1).await;
+    eventually(Duration::from_secs(30), "the first at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
     let mut client = gw.client().await;
     let abandoned = tokio::spawn(async move { client.send(text_to(USER, "abandoned")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.until_queued(1).await;
     abandoned.abort();
+    gw.until_queued(0).await;
+    graph.release();
     first.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(gw.graph_calls().await, 1, "the abandoned send went out");
+    // One slot, first come first served: had the abandoned send stayed
+    // queued, it would have gone before this one.
+    gw.client()
+        .await
+        .send(text_to(USER, "after"))
+        .await
+        .unwrap();
+    let texts: Vec<_> = graph
+        .calls()
+        .iter()
+        .map(|c| c.body["message"]["text"].clone())
+        .collect();
+    assert_eq!(texts, ["first", "after"], "the abandoned send went out");
 }
 
 #[tokio::test]
@@ -184,25 +200,29 @@ async fn a_send_without_a_deadline_gets_the_default_one() {
         default_timeout: Duration::from_millis(400),
         ..ServeOptions::default()
     };
+    let graph = HeldGraph::start().await;
     let gw = TestGateway::builder()
         .delivery(one_slot(10))
         .serve(options)
+        .held_graph(&graph)
         .start()
-        .await;
-    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(1500)))
         .await;
     let mut client = gw.client().await;
     let mut patient = tonic::Request::new(text_to(USER, "first"));
-    patient.set_timeout(Duration::from_secs(5));
+    patient.set_timeout(Duration::from_secs(60));
     let first = tokio::spawn(async move { client.send(patient).await });
-    until_graph_received(&gw, 1).await;
+    eventually(Duration::from_secs(30), "the first at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
     let started = Instant::now();
     let status = gw.send_text().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(1000));
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().starts_with("not sent"), "{status:?}");
+    graph.release();
     first.await.unwrap().unwrap();
-    assert_eq!(gw.graph_calls().await, 1);
+    assert_eq!(graph.calls().len(), 1);
 }
 
 /// A request body that arrives only after `delay`, as from a slow client.

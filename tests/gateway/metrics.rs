@@ -22,8 +22,9 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_move_with_the_traffic_and_probes_follow_the_lifecycle() {
-    let mut gw = TestGateway::start().await;
-    gw.graph_answers(ok_reply()).await;
+    let graph = HeldGraph::start().await;
+    graph.release();
+    let mut gw = TestGateway::builder().held_graph(&graph).start().await;
     assert_eq!(get(&gw, "/livez").await.0, 200);
     // Ready once the gRPC port serves, a moment after the start.
     eventually(Duration::from_secs(2), "ready", || async {
@@ -96,14 +97,19 @@ async fn metrics_move_with_the_traffic_and_probes_follow_the_lifecycle() {
 
     // Draining: not ready any more, while the process still answers.
     drop(_events);
-    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(500)))
-        .await;
+    graph.hold();
     let mut client = gw.client().await;
     let in_flight = tokio::spawn(async move { client.send(text_to(USER, "slow")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(Duration::from_secs(30), "the send at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
     gw.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(get(&gw, "/readyz").await.0, 503);
+    eventually(Duration::from_secs(10), "not ready", || async {
+        get(&gw, "/readyz").await.0 == 503
+    })
+    .await;
     assert_eq!(get(&gw, "/livez").await.0, 200);
+    graph.release();
     in_flight.await.unwrap().unwrap();
 }

@@ -343,7 +343,7 @@ async fn two_replica_processes_keep_to_the_accounts_300_per_second_between_them(
     // A person who wrote, so the broadcast is inside the window.
     post_messages(vec![replicas[0].webhook.clone()], 1, 1, None).await;
     // Each has said it is alive and seen the other.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    until_replicas_share(&url, 2).await;
 
     const EACH: usize = 1500;
     let mut senders = tokio::task::JoinSet::new();

@@ -164,7 +164,7 @@ async fn replicas_split_an_accounts_budget_between_them() {
         replicas.push(replica);
     }
     // Each has said it is alive and seen the other.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    until_replicas_share(&url, 2).await;
 
     let mut senders = tokio::task::JoinSet::new();
     for r in &replicas {

@@ -11,35 +11,42 @@ use crate::support::*;
 
 #[tokio::test]
 async fn shutdown_lets_sends_in_flight_finish_and_refuses_new_calls() {
-    let mut gw = TestGateway::start().await;
-    gw.graph_answers(ok_reply().set_delay(Duration::from_millis(600)))
-        .await;
+    let graph = HeldGraph::start().await;
+    let mut gw = TestGateway::builder().held_graph(&graph).start().await;
     let mut client = gw.client().await;
     let in_flight = {
         let mut client = client.clone();
         tokio::spawn(async move { client.send(text_to(USER, "sent before SIGTERM")).await })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually(Duration::from_secs(30), "the send at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
     gw.begin_shutdown();
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // New calls are refused, on the open connection and on new ones.
+    // New calls are refused, on new connections and on the open one.
+    let addr = gw.addr;
+    eventually(
+        Duration::from_secs(10),
+        "the listener closed",
+        || async move {
+            MessengerClient::connect(format!("http://{addr}"))
+                .await
+                .is_err()
+        },
+    )
+    .await;
     assert!(client.send(text_to(USER, "too late")).await.is_err());
-    assert!(
-        MessengerClient::connect(format!("http://{}", gw.addr))
-            .await
-            .is_err(),
-        "the listener is closed"
-    );
 
+    graph.release();
     let reply = in_flight
         .await
         .unwrap()
         .expect("the send in flight completes");
-    assert_eq!(reply.into_inner().message_id, "aWdfbWlkLTE");
+    assert_eq!(reply.into_inner().message_id, "mid.held.1");
     gw.served.take().unwrap().await.unwrap().unwrap();
     assert_eq!(
-        gw.graph_calls().await,
+        graph.calls().len(),
         1,
         "only the send made before shutdown reached Graph"
     );
@@ -51,12 +58,19 @@ async fn shutdown_gives_up_on_sends_that_outlast_the_grace_period() {
         shutdown_grace: Duration::from_millis(300),
         ..ServeOptions::default()
     };
-    let mut gw = TestGateway::builder().serve(options).start().await;
-    gw.graph_answers(ok_reply().set_delay(Duration::from_secs(10)))
+    // Graph never answers.
+    let graph = HeldGraph::start().await;
+    let mut gw = TestGateway::builder()
+        .serve(options)
+        .held_graph(&graph)
+        .start()
         .await;
     let mut client = gw.client().await;
     tokio::spawn(async move { client.send(text_to(USER, "slow")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(Duration::from_secs(30), "the send at Graph", || async {
+        graph.waiting() == 1
+    })
+    .await;
     let started = Instant::now();
     gw.begin_shutdown();
     gw.served.take().unwrap().await.unwrap().unwrap();

@@ -71,6 +71,8 @@ type Configure = Box<dyn FnOnce(&mut Settings)>;
 /// How a test gateway is built: anything not set is the test default.
 pub struct Builder {
     graph: Option<(MockServer, String)>,
+    /// Sends go here instead, when set.
+    held: Option<String>,
     delivery: DeliveryPolicy,
     serve: ServeOptions,
     outbox: OutboxPolicy,
@@ -87,6 +89,12 @@ impl Builder {
     /// Sends go to `graph`, under `base_url` (which may differ from its URI).
     pub fn graph(mut self, graph: MockServer, base_url: &str) -> Self {
         self.graph = Some((graph, base_url.to_owned()));
+        self
+    }
+
+    /// Sends go to `held`, which holds each until the test releases it.
+    pub fn held_graph(mut self, held: &HeldGraph) -> Self {
+        self.held = Some(format!("{}/v25.0", held.url));
         self
     }
 
@@ -142,7 +150,9 @@ impl Builder {
             Some(g) => g,
             None => {
                 let graph = MockServer::start().await;
-                let base = format!("{}/v25.0", graph.uri());
+                let base = self
+                    .held
+                    .unwrap_or_else(|| format!("{}/v25.0", graph.uri()));
                 (graph, base)
             }
         };
@@ -214,6 +224,7 @@ impl TestGateway {
     pub fn builder() -> Builder {
         Builder {
             graph: None,
+            held: None,
             delivery: quick_policy(),
             serve: ServeOptions::default(),
             outbox: OutboxPolicy::default(),
@@ -312,6 +323,38 @@ impl TestGateway {
             .unwrap()
             .status()
             .as_u16()
+    }
+
+    /// Waits until Graph has received at least `n` calls.
+    pub async fn until_graph_received(&self, n: usize) {
+        eventually(Duration::from_secs(30), "Graph's calls", || async {
+            match self.graph_calls().await {
+                got if got >= n => Ok(()),
+                got => Err(format!("{got} of {n}")),
+            }
+        })
+        .await
+    }
+
+    /// Waits until exactly `n` sends wait for a Graph call slot or the
+    /// pace, over every account.
+    pub async fn until_queued(&self, n: u32) {
+        let client = self.client().await;
+        eventually(Duration::from_secs(30), "sends queued", || {
+            let mut client = client.clone();
+            async move {
+                let listed = client
+                    .list_accounts(pb::ListAccountsRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                match listed.accounts.iter().map(|a| a.sends_queued).sum::<u32>() {
+                    got if got == n => Ok(()),
+                    got => Err(format!("{got} queued, waiting for {n}")),
+                }
+            }
+        })
+        .await
     }
 
     pub async fn graph_calls(&self) -> usize {
@@ -444,14 +487,17 @@ impl HeldGraph {
 
     /// Sends that reached Graph and are held there now.
     pub fn waiting(&self) -> usize {
-        self.state
-            .waiting
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Answers every held send, and every later one at once.
     pub fn release(&self) {
         self.released.send_replace(true);
+    }
+
+    /// Holds sends again from now on.
+    pub fn hold(&self) {
+        self.released.send_replace(false);
     }
 
     /// Every call received, in order of arrival.
@@ -562,6 +608,37 @@ pub fn with_key<T>(message: T, secret: &str) -> tonic::Request<T> {
 /// A fresh database on the PostgreSQL the test command started
 /// (`MESSENGER_GATEWAY_TEST_PG`), as a URL; `None` when it started none
 /// (CI always does: there, a missing one fails the test).
+/// Waits until the `n` replicas on the store at `url` have each counted
+/// all `n`: each said it was alive after the last of them first did, so
+/// each keeps to its share of an account's pace.
+pub async fn until_replicas_share(url: &str, n: usize) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let seen = || async {
+        let rows = client
+            .query("SELECT seen_ms FROM replicas", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>()
+    };
+    let all_there = eventually(Duration::from_secs(60), "replicas alive", || async {
+        match seen().await {
+            rows if rows.len() == n => Ok(rows.into_iter().max().unwrap()),
+            rows => Err(rows),
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(60), "each counted them all", || async {
+        match seen().await {
+            rows if rows.iter().all(|&t| t > all_there) => Ok(()),
+            rows => Err(rows),
+        }
+    })
+    .await;
+}
+
 pub async fn fresh_pg_database() -> Option<String> {
     let admin = match std::env::var("MESSENGER_GATEWAY_TEST_PG") {
         Ok(url) => url,

@@ -88,15 +88,14 @@ async fn settled(
     id: &str,
     done: impl Fn(&pb::AccountStatus) -> bool,
 ) -> pb::AccountStatus {
-    for _ in 0..200 {
-        if let Some(a) = accounts(gw).await.into_iter().find(|a| a.id == id)
-            && done(&a)
-        {
-            return a;
+    eventually(Duration::from_secs(30), "the account settled", || async {
+        let all = accounts(gw).await;
+        match all.iter().find(|a| a.id == id) {
+            Some(a) if done(a) => Ok(a.clone()),
+            _ => Err(all),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("account {id} never settled: {:?}", accounts(gw).await);
+    })
+    .await
 }
 
 /// The default account and `support` (id `17841400000000002`, token
@@ -274,21 +273,25 @@ async fn a_refresh_failure_on_one_account_leaves_the_other_untouched() {
             .unwrap();
     }
     // The failed refresh is tried again, with backoff.
-    for _ in 0..100 {
-        let requests = gw.graph.received_requests().await.unwrap();
-        let shop_refreshes = requests
-            .iter()
-            .filter(|r| {
-                r.url.path() == "/refresh_access_token"
-                    && r.url.query().unwrap_or("").contains(TOKEN)
-            })
-            .count();
-        if shop_refreshes >= 2 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the failed refresh was never tried again");
+    eventually(
+        Duration::from_secs(30),
+        "the failed refresh tried again",
+        || async {
+            let requests = gw.graph.received_requests().await.unwrap();
+            let shop_refreshes = requests
+                .iter()
+                .filter(|r| {
+                    r.url.path() == "/refresh_access_token"
+                        && r.url.query().unwrap_or("").contains(TOKEN)
+                })
+                .count();
+            match shop_refreshes {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} refreshes")),
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -422,12 +425,10 @@ async fn a_refresh_that_a_reload_overtakes_is_dropped() {
     .start()
     .await;
     // The refresh of the old token is under way.
-    for _ in 0..100 {
-        if refresh_calls(&gw.graph.received_requests().await.unwrap()) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), "the refresh under way", || async {
+        refresh_calls(&gw.graph.received_requests().await.unwrap()) == 1
+    })
+    .await;
     std::fs::write(&token_file, "new-token").unwrap();
     gw.reloader.reload();
     tokio::time::sleep(Duration::from_millis(900)).await;
