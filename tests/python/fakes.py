@@ -24,12 +24,18 @@ VERIFY_TOKEN = "python-verify-21"
 
 class FakeGraph:
     """Graph's send endpoint on loopback: records each request; `delay`
-    and `redirect` change how it answers."""
+    and `redirect` change how it answers, and `hold()` keeps every send
+    waiting until `release()`, so "a send is under way" is made by
+    construction rather than by a delay a slow machine outlasts."""
 
     def __init__(self):
         self.requests = []
         self.delay = 0.0
         self.redirect = False
+        self.released = threading.Event()
+        self.released.set()
+        self.waiting = 0
+        self.lock = threading.Lock()
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,6 +52,11 @@ class FakeGraph:
                     self.end_headers()
                     return
                 time.sleep(fake.delay)
+                with fake.lock:
+                    fake.waiting += 1
+                fake.released.wait(60)
+                with fake.lock:
+                    fake.waiting -= 1
                 reply = json.dumps({"recipient_id": USER, "message_id": f"mid.{len(fake.requests)}"}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -58,6 +69,12 @@ class FakeGraph:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v25.0"
 
+    def hold(self):
+        self.released.clear()
+
+    def release(self):
+        self.released.set()
+
     def env(self):
         return {
             "INSTAGRAM_API_URL": self.url,
@@ -69,6 +86,18 @@ class FakeGraph:
 
     def close(self):
         self.server.shutdown()
+
+
+def eventually(what, probe, limit=30.0):
+    """Looks every 20 ms until `probe()` is truthy and answers it; fails
+    naming `what` after `limit` seconds."""
+    deadline = time.time() + limit
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.time() < deadline, f"{what}: not within {limit} s"
+        time.sleep(0.02)
 
 
 def key_entry(key_id, secret=None, accounts=("*",), allow=("send", "send_action", "get_window", "subscribe"), client_cert=None):

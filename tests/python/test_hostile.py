@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from conftest import BINARY, ROOT, start_gateway
-from fakes import (ACCOUNT, TOKEN, USER, FakeGraph, bearer, delivery, grpcurl, key_entry,
-                   post_signed, reason_of)
+from fakes import (ACCOUNT, TOKEN, USER, FakeGraph, bearer, delivery, eventually, grpcurl,
+                   key_entry, post_signed, reason_of)
 from messenger.v1 import messenger_pb2 as pb
 from messenger.v1 import messenger_pb2_grpc as rpc
 
@@ -26,7 +26,7 @@ WATCHER = "mgw_python_watcher_0123456789abcdefghijklmnopqrstu"
 
 
 def keys_text(with_watcher=True):
-    text = (key_entry("admin", ADMIN)
+    text = (key_entry("admin", ADMIN, allow=("send", "send_action", "get_window", "subscribe", "admin"))
             + key_entry("sender", SENDER, accounts=(ACCOUNT,), allow=("send",))
             + key_entry("outsider", OUTSIDER, accounts=("17841400000000999",)))
     if with_watcher:
@@ -54,6 +54,10 @@ class Guarded:
 
     def graph_calls(self):
         return len(self.graph.requests)
+
+    def queued(self):
+        listed = self.stub.ListAccounts(pb.ListAccountsRequest(), metadata=bearer(ADMIN), timeout=5)
+        return sum(a.sends_queued for a in listed.accounts)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +109,7 @@ def test_a_key_outside_its_scope_is_refused_and_a_good_one_passes(guarded):
     assert out.returncode == 0, out.stderr
     assert guarded.graph_calls() == before + 1
     # Every line of the call names the key, never its secret.
-    time.sleep(0.3)
-    assert "sender" in guarded.running.log()
+    eventually("the call logged", lambda: "sender" in guarded.running.log())
 
 
 def test_amplification_requests_get_small_answers_and_small_log_lines(guarded):
@@ -158,18 +161,17 @@ def test_control_characters_and_impossible_resume_points_are_invalid(guarded):
 
 
 def test_cancelled_and_expired_queued_sends_never_reach_graph(guarded):
-    guarded.graph.delay = 1.5
+    guarded.graph.hold()
     try:
         before = guarded.graph_calls()
         first = guarded.stub.Send.future(pb.SendRequest(recipient_id=USER, text="under way"),
-                                         metadata=bearer(ADMIN), timeout=10)
-        deadline = time.time() + 5
-        while guarded.graph_calls() == before and time.time() < deadline:
-            time.sleep(0.02)
+                                         metadata=bearer(ADMIN), timeout=60)
+        eventually("the first at Graph", lambda: guarded.graph.waiting == 1)
         abandoned = guarded.stub.Send.future(pb.SendRequest(recipient_id=USER, text="abandoned"),
-                                             metadata=bearer(ADMIN), timeout=10)
-        time.sleep(0.2)
+                                             metadata=bearer(ADMIN), timeout=60)
+        eventually("the second queued", lambda: guarded.queued() == 1)
         abandoned.cancel()
+        eventually("the cancelled send leaves the queue", lambda: guarded.queued() == 0)
         with pytest.raises(grpc.RpcError) as caught:
             guarded.stub.Send(pb.SendRequest(recipient_id=USER, text="too late"),
                               metadata=bearer(ADMIN), timeout=0.4)
@@ -177,28 +179,33 @@ def test_cancelled_and_expired_queued_sends_never_reach_graph(guarded):
         # grpc-timeout of a nanosecond.
         with pytest.raises(grpc.RpcError):
             guarded.stub.Send(pb.SendRequest(recipient_id=USER, text="1n"), metadata=bearer(ADMIN), timeout=1e-9)
+        guarded.graph.release()
         first.result()
-        time.sleep(1.8)
+        # One slot, first come first served: anything still queued would
+        # have gone before this.
+        guarded.stub.Send(pb.SendRequest(recipient_id=USER, text="after"), metadata=bearer(ADMIN), timeout=30)
         sent = [json.loads(b)["message"]["text"] for _, b in guarded.graph.requests[before:]]
-        assert sent == ["under way"], sent
+        assert sent == ["under way", "after"], sent
     finally:
-        guarded.graph.delay = 0.0
+        guarded.graph.release()
 
 
 def test_a_full_queue_is_overloaded_with_retry_info(guarded):
-    guarded.graph.delay = 1.0
+    guarded.graph.hold()
     try:
         futures = [guarded.stub.Send.future(pb.SendRequest(recipient_id=USER, text=f"q{i}"),
-                                            metadata=bearer(ADMIN), timeout=10) for i in range(3)]
-        time.sleep(0.3)
+                                            metadata=bearer(ADMIN), timeout=60) for i in range(3)]
+        eventually("one at Graph", lambda: guarded.graph.waiting == 1)
+        eventually("two queued", lambda: guarded.queued() == 2)
         with pytest.raises(grpc.RpcError) as caught:
             guarded.stub.Send(pb.SendRequest(recipient_id=USER, text="one too many"), metadata=bearer(ADMIN), timeout=10)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert reason_of(caught.value)[0] == "OVERLOADED"
+        guarded.graph.release()
         for f in futures:
             f.result()
     finally:
-        guarded.graph.delay = 0.0
+        guarded.graph.release()
 
 
 def raw_connection(url, data=b""):
@@ -253,7 +260,7 @@ def test_a_revoked_key_loses_its_stream_at_once(guarded):
     with pytest.raises(grpc.RpcError) as caught:
         next(iter(guarded.stub.Subscribe(pb.SubscribeRequest(after=0), metadata=bearer(WATCHER), timeout=5)))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert "API keys not reloaded" in guarded.running.log()
+    eventually("the bad file logged", lambda: "API keys not reloaded" in guarded.running.log())
 
 
 def test_a_redirecting_graph_keeps_the_token(tmp_path):
