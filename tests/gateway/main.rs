@@ -11,6 +11,7 @@ mod errors;
 mod hostile;
 mod idempotency;
 mod inbound;
+mod live_stream;
 mod metrics;
 mod pacing;
 mod processes;

@@ -187,8 +187,12 @@ impl Store for SqliteStore {
                 let mut seen = conn.prepare_cached("SELECT 1 FROM dedup WHERE key = ?1")?;
                 let mut remember =
                     conn.prepare_cached("INSERT INTO dedup (key, seen_ms) VALUES (?1, ?2)")?;
+                // The seq comes back from the insert itself: read back
+                // later (last_insert_rowid), it was the windows row's id
+                // whenever the event also opened a window.
                 let mut insert = conn.prepare_cached(
-                    "INSERT INTO events (dedup_key, received_ms, body) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO events (dedup_key, received_ms, body) VALUES (?1, ?2, ?3)
+                     RETURNING seq",
                 )?;
                 let mut open = conn.prepare_cached(
                     "INSERT INTO windows (account, user, last_inbound_ms) VALUES (?1, ?2, ?3)
@@ -211,7 +215,8 @@ impl Store for SqliteStore {
                         continue;
                     }
                     remember.execute(params![key, received_ms])?;
-                    insert.execute(params![key, received_ms, body])?;
+                    let seq: i64 =
+                        insert.query_row(params![key, received_ms, body], |row| row.get(0))?;
                     done.new_events += 1;
                     if event.opens_window() {
                         open.execute(params![
@@ -221,7 +226,7 @@ impl Store for SqliteStore {
                         ])?;
                     }
                     stored.push(Arc::new(StoredEvent {
-                        seq: conn.last_insert_rowid() as u64,
+                        seq: seq as u64,
                         received_ms,
                         event,
                     }));
