@@ -17,8 +17,10 @@ use crate::window::{Window, WindowFacts};
 const PAGE: usize = 256;
 /// Event times more than this ahead of arrival are taken as arrival time.
 const MAX_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
-/// The range a protobuf Timestamp can carry (0001-01-01 to 9999-12-31).
-const TIMESTAMP_RANGE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+/// The times an event may carry: from 2010 (see `EARLIEST_MS`) to the end
+/// of what a protobuf Timestamp holds (9999-12-31).
+const TIMESTAMP_RANGE_MS: std::ops::RangeInclusive<i64> =
+    crate::events::EARLIEST_MS..=253_402_300_799_999;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -153,8 +155,11 @@ impl Inbox {
         let now = self.clock.now_ms();
         for e in &mut events {
             let ahead = e.timestamp_ms.saturating_sub(now);
+            // 0: the delivery gave no usable time at all.
             if ahead > MAX_AHEAD_MS || !TIMESTAMP_RANGE_MS.contains(&e.timestamp_ms) {
-                e.original_timestamp_ms = Some(e.timestamp_ms);
+                if e.original_timestamp_ms.is_none() && e.timestamp_ms != 0 {
+                    e.original_timestamp_ms = Some(e.timestamp_ms);
+                }
                 e.timestamp_ms = now;
             }
         }
@@ -400,10 +405,7 @@ mod tests {
     use crate::store::SqliteStore;
 
     fn message(mid: &str) -> Vec<InboundEvent> {
-        let body = format!(
-            r#"{{"entry":[{{"id":"A","time":1,"messaging":[{{"sender":{{"id":"U"}},"recipient":{{"id":"A"}},"timestamp":1,"message":{{"mid":"{mid}","text":"hi"}}}}]}}]}}"#
-        );
-        parse_delivery(body.as_bytes()).unwrap()
+        vec![crate::store::contract::message(mid, 1)]
     }
 
     fn everything() -> EventFilter {
@@ -710,12 +712,12 @@ mod tests {
             .unwrap();
         // A comment (no mid: deduplicated by content) from far in the future,
         // and one whose seconds would overflow when made milliseconds.
-        let body = br#"{"object":"instagram","entry":[{"id":"A","time":1,"changes":[
-            {"field":"comments","value":{"from":{"id":"U"},"timestamp":9000000000000000,"text":"hi"}},
-            {"field":"comments","value":{"from":{"id":"U"},"timestamp":-9223372036854775807,"text":"yo"}}]}]}"#;
-        let first = inbox.ingest(parse_delivery(body).unwrap()).await.unwrap();
+        let body = br#"{"object":"instagram","entry":[{"id":"1","time":1,"changes":[
+            {"field":"comments","value":{"from":{"id":"2"},"timestamp":9000000000000000,"text":"hi"}},
+            {"field":"comments","value":{"from":{"id":"2"},"timestamp":-9223372036854775807,"text":"yo"}}]}]}"#;
+        let first = inbox.ingest(parse_delivery(body).unwrap().events).await.unwrap();
         clock.advance_ms(60_000);
-        let again = inbox.ingest(parse_delivery(body).unwrap()).await.unwrap();
+        let again = inbox.ingest(parse_delivery(body).unwrap().events).await.unwrap();
         assert_eq!((first.new_events, again.duplicates), (2, 2));
     }
 }

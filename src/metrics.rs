@@ -47,6 +47,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub account: String,
     pub kind: String,
@@ -131,6 +136,7 @@ pub struct Metrics {
     pub pauses: Family<AccountLabels, Counter>,
     graph_usage: Family<AccountLabels, Ratio>,
     pub webhook_deliveries: Family<ResultLabels, Counter>,
+    pub webhook_items_rejected: Family<ReasonLabels, Counter>,
     pub events_stored: Family<EventLabels, Counter>,
     subscribers: Gauge,
     subscriber_lag: Gauge,
@@ -164,6 +170,7 @@ impl Metrics {
             pauses: Family::default(),
             graph_usage: Family::default(),
             webhook_deliveries: Family::default(),
+            webhook_items_rejected: Family::default(),
             events_stored: Family::default(),
             subscribers: Gauge::default(),
             subscriber_lag: Gauge::default(),
@@ -216,6 +223,11 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook deliveries, by result (stored, or why refused)",
             metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_items_rejected",
+            "Webhook items refused for their shape (an id or mid that is not one), by reason; the rest of their delivery is stored",
+            metrics.webhook_items_rejected.clone(),
         );
         registry.register(
             "events_stored",
@@ -336,6 +348,15 @@ impl Metrics {
                 account: account.to_owned(),
             })
             .set(ratio);
+    }
+
+    /// `reason` is one of the parser's few fixed labels.
+    pub fn webhook_item_rejected(&self, reason: &str) {
+        self.webhook_items_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn webhook_delivery(&self, result: &str) {

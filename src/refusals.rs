@@ -37,6 +37,23 @@ pub fn note(what: &'static str) {
     log(|| tracing::warn!("refused: {what}"));
 }
 
+/// The most of one caller- or Meta-supplied value a log line carries.
+pub const MAX_LOGGED_BYTES: usize = 256;
+
+/// `value` as a log line may carry it: at most [`MAX_LOGGED_BYTES`], with
+/// control characters escaped and the full length noted when cut, so no
+/// value can make a line long or break it in two.
+pub fn shown(value: &str) -> String {
+    let mut out: String = crate::error::truncate(value, MAX_LOGGED_BYTES)
+        .chars()
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.len() > MAX_LOGGED_BYTES {
+        out.push_str(&format!(" ({} bytes)", value.len()));
+    }
+    out
+}
+
 /// Refusals not logged since the last report.
 pub fn suppressed() -> u64 {
     SUPPRESSED.load(Ordering::Relaxed)
@@ -45,6 +62,16 @@ pub fn suppressed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_value_is_bounded_and_on_one_line() {
+        let long = "7".repeat(250_000);
+        let line = shown(&long);
+        assert!(line.len() < MAX_LOGGED_BYTES + 32, "{}", line.len());
+        assert!(line.ends_with("(250000 bytes)"), "{line}");
+        assert_eq!(shown("a\nb\u{1b}[31m\0"), "a\\nb\\u{1b}[31m\\0");
+        assert_eq!(shown("1784"), "1784");
+    }
 
     #[test]
     fn a_flood_of_refusals_writes_a_bounded_number_of_lines() {

@@ -243,7 +243,24 @@ async fn take_delivery(hook: &Hook, request: Request<Body>) -> Result<&'static s
     if !signed_by(&hook.secrets.app_secret, &signature, &body) {
         return Err(WebhookError::BadSignature);
     }
-    let mut events = parse_delivery(&body)?;
+    let delivery = parse_delivery(&body)?;
+    if delivery.object != "instagram" && hook.strangers.first_object(&delivery.object) {
+        tracing::warn!(
+            object = %refusals::shown(&delivery.object),
+            "a webhook delivery for another object: its entries are stored and streamed whole"
+        );
+    }
+    for rejected in &delivery.rejected {
+        hook.metrics.webhook_item_rejected(rejected.reason);
+        refusals::log(|| {
+            tracing::warn!(
+                account = %refusals::shown(&rejected.account_id),
+                reason = rejected.reason,
+                "a webhook item refused for its shape; the rest of the delivery is stored"
+            )
+        });
+    }
+    let mut events = delivery.events;
     // An account tied to one app takes events only from that app's path:
     // another app's secret cannot write into its conversations.
     events.retain(|event| {
@@ -278,20 +295,36 @@ async fn take_delivery(hook: &Hook, request: Request<Body>) -> Result<&'static s
     Ok("EVENT_RECEIVED")
 }
 
-/// Ids already logged as not configured; bounded, so a flood of made-up ids
-/// (which would need the app secret) costs a fixed amount of memory.
+/// Ids (and objects) already logged as not configured; bounded in count
+/// and in bytes, so a flood of made-up ids (which would need the app
+/// secret) costs a fixed amount of memory.
 #[derive(Default)]
-struct Strangers(std::sync::Mutex<std::collections::HashSet<String>>);
+struct Strangers(std::sync::Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    names: std::collections::HashSet<String>,
+    bytes: usize,
+}
 
 impl Strangers {
     const MAX_REMEMBERED: usize = 1024;
+    const MAX_BYTES: usize = 64 * 1024;
 
     fn first_sighting(&self, id: &str) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(id) || seen.len() >= Self::MAX_REMEMBERED {
+        if seen.names.contains(id)
+            || seen.names.len() >= Self::MAX_REMEMBERED
+            || seen.bytes + id.len() > Self::MAX_BYTES
+        {
             return false;
         }
-        seen.insert(id.to_owned())
+        seen.bytes += id.len();
+        seen.names.insert(id.to_owned())
+    }
+
+    fn first_object(&self, object: &str) -> bool {
+        self.first_sighting(&format!("object:{object}"))
     }
 }
 
@@ -319,7 +352,15 @@ mod tests {
             assert!(strangers.first_sighting(&i.to_string()));
         }
         assert!(!strangers.first_sighting("beyond"));
-        assert_eq!(strangers.0.lock().unwrap().len(), Strangers::MAX_REMEMBERED);
+        assert_eq!(
+            strangers.0.lock().unwrap().names.len(),
+            Strangers::MAX_REMEMBERED
+        );
+        // Bounded in bytes too: long names fill it sooner.
+        let strangers = Strangers::default();
+        let long = "1".repeat(Strangers::MAX_BYTES / 2);
+        assert!(strangers.first_sighting(&long));
+        assert!(!strangers.first_sighting(&format!("2{long}")));
     }
 
     #[test]

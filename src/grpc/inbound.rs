@@ -66,12 +66,19 @@ fn message_to_pb(m: MessageEvent) -> pb::InboundMessage {
             .map(|a| pb::InboundAttachment {
                 r#type: a.kind,
                 url: a.url,
+                title: a.title,
+                reel_video_id: a.reel_video_id,
+                ig_post_media_id: a.ig_post_media_id,
             })
             .collect(),
         quick_reply_payload: m.quick_reply_payload,
         reply_to_mid: m.reply_to_mid,
         referral_json: m.referral.map(|r| r.to_string()).unwrap_or_default(),
         deleted: m.deleted,
+        reply_to_story: m
+            .reply_to_story
+            .map(|s| pb::StoryReply { id: s.id, url: s.url }),
+        unsupported: m.unsupported,
     }
 }
 
@@ -130,6 +137,10 @@ pub fn event_to_pb(stored: StoredEvent) -> pb::InboundEvent {
         recipient_id: e.recipient_id,
         timestamp: Some(timestamp(e.timestamp_ms)),
         received_at: Some(timestamp(stored.received_ms)),
+        raw_json: e.raw.map(|r| r.to_string()).unwrap_or_default(),
+        standby: e.standby,
+        object: e.object.unwrap_or_default(),
+        original_timestamp_ms: e.original_timestamp_ms.unwrap_or_default(),
         event: Some(event),
     }
 }

@@ -3,7 +3,7 @@
 //! a store shared by several replicas can follow the embedded one.
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 mod postgres;
 mod sqlite;
 

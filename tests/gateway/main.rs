@@ -14,6 +14,7 @@ mod inbound;
 mod live_stream;
 mod metrics;
 mod pacing;
+mod payloads;
 mod processes;
 mod replicas;
 mod retries;
