@@ -185,7 +185,13 @@ impl EventKind {
 
 impl InboundEvent {
     /// An event with nothing but what every event has.
-    pub fn new(account_id: &str, sender_id: &str, recipient_id: &str, timestamp_ms: UnixMs, kind: EventKind) -> Self {
+    pub fn new(
+        account_id: &str,
+        sender_id: &str,
+        recipient_id: &str,
+        timestamp_ms: UnixMs,
+        kind: EventKind,
+    ) -> Self {
         Self {
             account_id: account_id.to_owned(),
             sender_id: sender_id.to_owned(),
@@ -244,7 +250,9 @@ impl InboundEvent {
                 // times derived from it: a redelivery matches whatever
                 // moment it arrives at.
                 let canonical = match &self.raw {
-                    Some(raw) => serde_json::to_vec(&(kind.name(), &self.object, self.standby, raw)),
+                    Some(raw) => {
+                        serde_json::to_vec(&(kind.name(), &self.object, self.standby, raw))
+                    }
                     None => match self.original_timestamp_ms {
                         Some(original) => serde_json::to_vec(&InboundEvent {
                             timestamp_ms: original,
@@ -300,7 +308,9 @@ fn parse_entry(delivery: &mut Delivery, entry: &Value) {
                 account_id: raw_string(&entry["id"]),
                 reason: "entry_id",
             };
-            delivery.rejected.extend(std::iter::repeat_n(rejected, count));
+            delivery
+                .rejected
+                .extend(std::iter::repeat_n(rejected, count));
             return;
         }
     };
@@ -695,10 +705,7 @@ mod tests {
         let m = delivery(
             json!([{"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":T,"message":{"mid":"m1","text":"hi"}}]),
         );
-        assert_eq!(
-            events(&m)[0].dedup_key(),
-            "17841400000000001:message:m1"
-        );
+        assert_eq!(events(&m)[0].dedup_key(), "17841400000000001:message:m1");
     }
 
     #[test]
@@ -716,24 +723,30 @@ mod tests {
 
     #[test]
     fn standby_items_are_events_marked_standby_that_open_the_window() {
-        let body = serde_json::to_vec(&json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":T,
+        let body = serde_json::to_vec(
+            &json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":T,
             "standby":[{"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":T,
                         "message":{"mid":"s1","text":"while the inbox app held it"}},
                        {"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":T+1,
-                        "postback":{"mid":"s2","title":"Yes"}}]}]}))
+                        "postback":{"mid":"s2","title":"Yes"}}]}]}),
+        )
         .unwrap();
         let events = events(&body);
         assert_eq!(events.len(), 2);
         assert!(events.iter().all(|e| e.standby && e.opens_window()));
-        assert!(matches!(&events[0].kind, EventKind::Message(m) if m.text == "while the inbox app held it"));
+        assert!(
+            matches!(&events[0].kind, EventKind::Message(m) if m.text == "while the inbox app held it")
+        );
     }
 
     #[test]
     fn an_item_with_several_event_keys_is_one_event_for_each() {
-        let body = delivery(json!([{"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":T,
+        let body = delivery(
+            json!([{"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":T,
             "message":{"mid":"m1","text":"hi"},
             "reaction":{"mid":"m0","action":"react","reaction":"love"},
-            "read":{"mid":"m0"}}]));
+            "read":{"mid":"m0"}}]),
+        );
         let events = events(&body);
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
         assert_eq!(kinds, ["message", "reaction", "read"]);
@@ -745,24 +758,40 @@ mod tests {
     #[test]
     fn times_in_seconds_strings_and_absurd_values_never_date_an_event_1970() {
         let at = |item_time: Value, entry_time: Value| {
-            let body = serde_json::to_vec(&json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":entry_time,
+            let body = serde_json::to_vec(
+                &json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":entry_time,
                 "messaging":[{"sender":{"id":"1"},"recipient":{"id":ACCOUNT},"timestamp":item_time,
-                              "message":{"mid":"m","text":"x"}}]}]}))
+                              "message":{"mid":"m","text":"x"}}]}]}),
+            )
             .unwrap();
             let e = events(&body).remove(0);
             (e.timestamp_ms, e.original_timestamp_ms)
         };
         assert_eq!(at(json!(T), json!(0)), (T, None));
-        assert_eq!(at(json!("1628654377650"), json!(T)), (1_628_654_377_650, None));
-        assert_eq!(at(json!(1_628_654_377), json!(T)), (1_628_654_377_000, None), "seconds");
+        assert_eq!(
+            at(json!("1628654377650"), json!(T)),
+            (1_628_654_377_650, None)
+        );
+        assert_eq!(
+            at(json!(1_628_654_377), json!(T)),
+            (1_628_654_377_000, None),
+            "seconds"
+        );
         assert_eq!(
             at(json!("2021-08-11T04:06:17+0000"), json!(T)),
             (1_628_654_777_000, None)
         );
-        assert_eq!(at(json!("2021-08-11T04:06:17Z"), json!(T)), (1_628_654_777_000, None));
+        assert_eq!(
+            at(json!("2021-08-11T04:06:17Z"), json!(T)),
+            (1_628_654_777_000, None)
+        );
         // Meta's dashboard test: absurd; the entry's time stands in.
         assert_eq!(at(json!(233_445_667), json!(T)), (T, Some(233_445_667)));
-        assert_eq!(at(json!("soon"), json!(T / 1000)), (T, None), "entry.time in seconds");
+        assert_eq!(
+            at(json!("soon"), json!(T / 1000)),
+            (T, None),
+            "entry.time in seconds"
+        );
         // Nothing sane at all: 0, which the inbox replaces by the arrival.
         assert_eq!(at(json!(-5), json!(233_445_667)), (0, Some(-5)));
         assert_eq!(at(json!(null), json!(null)), (0, None));
@@ -775,7 +804,9 @@ mod tests {
               "from":{"id":"1","username":"jane"},"media":{"id":"17887498072083520","media_product_type":"FEED"}}}]}]}"#;
         let e = events(body).remove(0);
         assert_eq!(e.timestamp_ms, T);
-        assert!(matches!(&e.kind, EventKind::Raw { field, json } if field == "comments" && json["value"]["text"] == "nice"));
+        assert!(
+            matches!(&e.kind, EventKind::Raw { field, json } if field == "comments" && json["value"]["text"] == "nice")
+        );
         assert_eq!(e.sender_id, "1");
     }
 
@@ -792,16 +823,26 @@ mod tests {
              "message":{"mid":"m3","is_unsupported":true}}
         ]));
         let events = events(&body);
-        let EventKind::Message(reel) = &events[0].kind else { panic!() };
+        let EventKind::Message(reel) = &events[0].kind else {
+            panic!()
+        };
         assert_eq!(
-            (reel.attachments[0].title.as_str(), reel.attachments[0].reel_video_id.as_str()),
+            (
+                reel.attachments[0].title.as_str(),
+                reel.attachments[0].reel_video_id.as_str()
+            ),
             ("A reel", "18035285591123456")
         );
         assert_eq!(reel.attachments[1].ig_post_media_id, "17900000000000001");
-        let EventKind::Message(story) = &events[1].kind else { panic!() };
+        let EventKind::Message(story) = &events[1].kind else {
+            panic!()
+        };
         assert_eq!(
             story.reply_to_story,
-            Some(StoryRef { id: "18000000000000002".into(), url: "https://cdn/story".into() })
+            Some(StoryRef {
+                id: "18000000000000002".into(),
+                url: "https://cdn/story".into()
+            })
         );
         assert!(matches!(&events[2].kind, EventKind::Message(m) if m.unsupported));
     }
@@ -814,7 +855,9 @@ mod tests {
         assert_eq!(parsed.object, "page");
         let e = &parsed.events[0];
         assert_eq!(e.object.as_deref(), Some("page"));
-        assert!(matches!(&e.kind, EventKind::Raw { field, json } if field == "entry" && json["messaging"][0]["message"]["text"] == "hi"));
+        assert!(
+            matches!(&e.kind, EventKind::Raw { field, json } if field == "entry" && json["messaging"][0]["message"]["text"] == "hi")
+        );
         assert!(!e.opens_window());
     }
 
@@ -839,7 +882,16 @@ mod tests {
         let reasons: Vec<&str> = parsed.rejected.iter().map(|r| r.reason).collect();
         assert_eq!(
             reasons,
-            ["entry_id", "entry_id", "entry_id", "id", "mid", "mid", "mid", "not_an_object"]
+            [
+                "entry_id",
+                "entry_id",
+                "entry_id",
+                "id",
+                "mid",
+                "mid",
+                "mid",
+                "not_an_object"
+            ]
         );
     }
 }

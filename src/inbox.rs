@@ -715,9 +715,15 @@ mod tests {
         let body = br#"{"object":"instagram","entry":[{"id":"1","time":1,"changes":[
             {"field":"comments","value":{"from":{"id":"2"},"timestamp":9000000000000000,"text":"hi"}},
             {"field":"comments","value":{"from":{"id":"2"},"timestamp":-9223372036854775807,"text":"yo"}}]}]}"#;
-        let first = inbox.ingest(parse_delivery(body).unwrap().events).await.unwrap();
+        let first = inbox
+            .ingest(parse_delivery(body).unwrap().events)
+            .await
+            .unwrap();
         clock.advance_ms(60_000);
-        let again = inbox.ingest(parse_delivery(body).unwrap().events).await.unwrap();
+        let again = inbox
+            .ingest(parse_delivery(body).unwrap().events)
+            .await
+            .unwrap();
         assert_eq!((first.new_events, again.duplicates), (2, 2));
     }
 }

@@ -75,9 +75,10 @@ fn message_to_pb(m: MessageEvent) -> pb::InboundMessage {
         reply_to_mid: m.reply_to_mid,
         referral_json: m.referral.map(|r| r.to_string()).unwrap_or_default(),
         deleted: m.deleted,
-        reply_to_story: m
-            .reply_to_story
-            .map(|s| pb::StoryReply { id: s.id, url: s.url }),
+        reply_to_story: m.reply_to_story.map(|s| pb::StoryReply {
+            id: s.id,
+            url: s.url,
+        }),
         unsupported: m.unsupported,
     }
 }

@@ -37,8 +37,7 @@ fn fixtures() -> BTreeMap<String, Vec<u8>> {
 async fn all_events(gw: &TestGateway) -> Vec<pb::InboundEvent> {
     let mut stream = subscribe(gw, 0).await;
     let mut events = Vec::new();
-    while let Ok(next) = tokio::time::timeout(Duration::from_millis(200), stream.message()).await
-    {
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
         events.push(next.unwrap().expect("the stream stays open"));
     }
     events
@@ -96,7 +95,9 @@ async fn post_and_check(name: &str, body: &[u8]) -> Vec<pb::InboundEvent> {
             events.iter().any(|e| {
                 &as_sent(e) == item
                     || (object != "instagram" && &as_sent(e) == entry)
-                    || item["message"]["mid"].as_str().is_some_and(|m| mid_of(e) == Some(m))
+                    || item["message"]["mid"]
+                        .as_str()
+                        .is_some_and(|m| mid_of(e) == Some(m))
             })
         };
         if object != "instagram" {
@@ -119,7 +120,11 @@ async fn post_and_check(name: &str, body: &[u8]) -> Vec<pb::InboundEvent> {
 
     // Meta redelivers: the same body again adds nothing.
     assert_eq!(gw.deliver(body).await, 200);
-    assert_eq!(all_events(&gw).await.len(), events.len(), "{name}: redelivery");
+    assert_eq!(
+        all_events(&gw).await.len(),
+        events.len(),
+        "{name}: redelivery"
+    );
     events
 }
 
@@ -148,7 +153,10 @@ async fn a_captured_reel_share_keeps_its_title_and_video_id() {
     let events = events_of("captured_ig_reel_share_unicode_title").await;
     let reel = &message(&events[0]).attachments[0];
     assert_eq!(reel.r#type, "ig_reel");
-    assert!(!reel.title.is_empty() && !reel.reel_video_id.is_empty(), "{reel:?}");
+    assert!(
+        !reel.title.is_empty() && !reel.reel_video_id.is_empty(),
+        "{reel:?}"
+    );
     assert!(reel.url.starts_with("https://"), "{reel:?}");
 }
 
@@ -157,7 +165,10 @@ async fn a_captured_story_reply_names_the_story() {
     let events = events_of("captured_story_reply_escaped_slashes").await;
     let story = message(&events[0]).reply_to_story.clone().unwrap();
     assert!(!story.id.is_empty(), "{story:?}");
-    assert!(story.url.starts_with("https://"), "no escaped slashes left: {story:?}");
+    assert!(
+        story.url.starts_with("https://"),
+        "no escaped slashes left: {story:?}"
+    );
 }
 
 #[tokio::test]
@@ -197,10 +208,9 @@ async fn one_item_with_three_event_keys_is_three_events_and_standby_is_marked() 
 
 #[tokio::test]
 async fn a_comment_is_dated_by_its_entry_time_in_seconds() {
-    let body: Value = serde_json::from_slice(
-        &fixtures()["captured_comment_on_reel_compact_value_before_field"],
-    )
-    .unwrap();
+    let body: Value =
+        serde_json::from_slice(&fixtures()["captured_comment_on_reel_compact_value_before_field"])
+            .unwrap();
     let events = events_of("captured_comment_on_reel_compact_value_before_field").await;
     let entry_time = body["entry"][0]["time"].as_i64().unwrap();
     assert_eq!(events[0].timestamp.unwrap().seconds, entry_time);
