@@ -398,23 +398,8 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
         let account = if i % 2 == 0 { "shop" } else { "support" };
         sends.spawn(async move { client.send(as_account(account, "hello")).await });
     }
-    eventually(
-        std::time::Duration::from_secs(60),
-        "200 sends held at Graph",
-        || async {
-            match graph.waiting() {
-                200 => Ok(()),
-                held => Err(format!("{held} held")),
-            }
-        },
-    )
-    .await;
-    let mut admin = gw.client().await;
-    let listed = admin
-        .list_accounts(pb::ListAccountsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    graph.until_waiting(200).await;
+    let listed = list_accounts(&mut gw.client().await).await;
     let busy: u32 = listed.accounts.iter().map(|a| a.sends_in_flight).sum();
     assert_eq!(busy, 200, "{listed:?}");
     let after = accounts_toml(
@@ -737,13 +722,7 @@ async fn what_a_send_under_way_learns_of_its_token_outlives_a_reload() {
     gw.reloader.reload();
     let status = send.await.unwrap().unwrap_err();
     assert_eq!(error_info(&status).0, "ACCESS_TOKEN_INVALID");
-    let listed = gw
-        .client()
-        .await
-        .list_accounts(pb::ListAccountsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_accounts(&mut gw.client().await).await;
     assert_eq!(listed.accounts[0].name, "store");
     assert_eq!(
         listed.accounts[0].token_state,

@@ -25,10 +25,7 @@ async fn a_send_waits_for_a_free_graph_call_slot_and_then_goes_through() {
         let mut client = gw.client().await;
         async move { client.send(text_to(USER, "first")).await }
     });
-    eventually(Duration::from_secs(30), "the first at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     let second = tokio::spawn({
         let mut client = gw.client().await;
         async move { client.send(text_to(USER, "second")).await }
@@ -39,11 +36,7 @@ async fn a_send_waits_for_a_free_graph_call_slot_and_then_goes_through() {
     graph.release();
     assert!(first.await.unwrap().is_ok());
     assert!(second.await.unwrap().is_ok());
-    let texts: Vec<_> = graph
-        .calls()
-        .iter()
-        .map(|c| c.body["message"]["text"].clone())
-        .collect();
+    let texts = graph.texts();
     assert_eq!(texts, ["first", "second"]);
 }
 
@@ -59,10 +52,7 @@ async fn a_send_whose_deadline_passes_while_waiting_is_unavailable_and_never_sen
         let mut client = gw.client().await;
         async move { client.send(text_to(USER, "first")).await }
     });
-    eventually(Duration::from_secs(30), "the first at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     let mut request = tonic::Request::new(text_to(USER, "too late"));
     request.set_timeout(Duration::from_millis(200));
     let status = gw.client().await.send(request).await.unwrap_err();
@@ -88,11 +78,7 @@ async fn a_send_whose_deadline_passes_while_waiting_is_unavailable_and_never_sen
         .send(text_to(USER, "after"))
         .await
         .unwrap();
-    let texts: Vec<_> = graph
-        .calls()
-        .iter()
-        .map(|c| c.body["message"]["text"].clone())
-        .collect();
+    let texts = graph.texts();
     assert_eq!(
         texts,
         ["first", "after"],

@@ -132,10 +132,7 @@ async fn a_full_queue_answers_overloaded_at_once() {
             client.send(text_to(USER, text)).await
         }));
     }
-    eventually(Duration::from_secs(30), "one at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     gw.until_queued(1).await;
     let started = Instant::now();
     let status = gw.send_text().await.unwrap_err();
@@ -168,10 +165,7 @@ async fn a_queued_send_whose_caller_hangs_up_is_never_sent() {
         .await;
     let mut client = gw.client().await;
     let first = tokio::spawn(async move { client.send(text_to(USER, "first")).await });
-    eventually(Duration::from_secs(30), "the first at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     let mut client = gw.client().await;
     let abandoned = tokio::spawn(async move { client.send(text_to(USER, "abandoned")).await });
     gw.until_queued(1).await;
@@ -186,11 +180,7 @@ async fn a_queued_send_whose_caller_hangs_up_is_never_sent() {
         .send(text_to(USER, "after"))
         .await
         .unwrap();
-    let texts: Vec<_> = graph
-        .calls()
-        .iter()
-        .map(|c| c.body["message"]["text"].clone())
-        .collect();
+    let texts = graph.texts();
     assert_eq!(texts, ["first", "after"], "the abandoned send went out");
 }
 
@@ -211,10 +201,7 @@ async fn a_send_without_a_deadline_gets_the_default_one() {
     let mut patient = tonic::Request::new(text_to(USER, "first"));
     patient.set_timeout(Duration::from_secs(60));
     let first = tokio::spawn(async move { client.send(patient).await });
-    eventually(Duration::from_secs(30), "the first at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     let started = Instant::now();
     let status = gw.send_text().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(1000));

@@ -100,10 +100,7 @@ async fn metrics_move_with_the_traffic_and_probes_follow_the_lifecycle() {
     graph.hold();
     let mut client = gw.client().await;
     let in_flight = tokio::spawn(async move { client.send(text_to(USER, "slow")).await });
-    eventually(Duration::from_secs(30), "the send at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     gw.begin_shutdown();
     eventually(Duration::from_secs(10), "not ready", || async {
         get(&gw, "/readyz").await.0 == 503

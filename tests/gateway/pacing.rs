@@ -172,13 +172,7 @@ async fn a_broadcast_goes_at_the_accounts_pace_with_no_613_and_a_reply_overtakes
     // overtakes them: judged by the order Graph saw, not by the clock, so
     // a loaded machine cannot change the verdict.
     let queued = eventually(Duration::from_secs(30), "a long bulk queue", || async {
-        let listed = gw
-            .client()
-            .await
-            .list_accounts(pb::ListAccountsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let listed = list_accounts(&mut gw.client().await).await;
         match listed.accounts[0].sends_queued {
             q if q >= 300 => Ok(q),
             q => Err(format!("{q} queued")),

@@ -18,10 +18,7 @@ async fn shutdown_lets_sends_in_flight_finish_and_refuses_new_calls() {
         let mut client = client.clone();
         tokio::spawn(async move { client.send(text_to(USER, "sent before SIGTERM")).await })
     };
-    eventually(Duration::from_secs(30), "the send at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     gw.begin_shutdown();
 
     // New calls are refused, on new connections and on the open one.
@@ -67,10 +64,7 @@ async fn shutdown_gives_up_on_sends_that_outlast_the_grace_period() {
         .await;
     let mut client = gw.client().await;
     tokio::spawn(async move { client.send(text_to(USER, "slow")).await });
-    eventually(Duration::from_secs(30), "the send at Graph", || async {
-        graph.waiting() == 1
-    })
-    .await;
+    graph.until_waiting(1).await;
     let started = Instant::now();
     gw.begin_shutdown();
     gw.served.take().unwrap().await.unwrap().unwrap();

@@ -343,11 +343,7 @@ impl TestGateway {
         eventually(Duration::from_secs(30), "sends queued", || {
             let mut client = client.clone();
             async move {
-                let listed = client
-                    .list_accounts(pb::ListAccountsRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let listed = list_accounts(&mut client).await;
                 match listed.accounts.iter().map(|a| a.sends_queued).sum::<u32>() {
                     got if got == n => Ok(()),
                     got => Err(format!("{got} queued, waiting for {n}")),
@@ -373,6 +369,15 @@ impl TestGateway {
             .mount(&self.graph)
             .await;
     }
+}
+
+/// What ListAccounts answers now.
+pub async fn list_accounts(client: &mut MessengerClient<Channel>) -> pb::ListAccountsResponse {
+    client
+        .list_accounts(pb::ListAccountsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// One look at what a test waits for: done (with what was found), or
@@ -503,6 +508,25 @@ impl HeldGraph {
     /// Every call received, in order of arrival.
     pub fn calls(&self) -> Vec<HeldCall> {
         self.state.calls.lock().unwrap().clone()
+    }
+
+    /// The text of every send received, in order of arrival.
+    pub fn texts(&self) -> Vec<Value> {
+        self.calls()
+            .iter()
+            .map(|c| c.body["message"]["text"].clone())
+            .collect()
+    }
+
+    /// Waits until exactly `n` sends are held here.
+    pub async fn until_waiting(&self, n: usize) {
+        eventually(Duration::from_secs(60), "sends held at Graph", || async {
+            match self.waiting() {
+                held if held == n => Ok(()),
+                held => Err(format!("{held} held, waiting for {n}")),
+            }
+        })
+        .await
     }
 }
 
