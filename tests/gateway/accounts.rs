@@ -10,6 +10,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer};
 
 use messenger_gateway::accounts::AccountSpec;
+use messenger_gateway::delivery::DeliveryPolicy;
 use messenger_gateway::graph::{AccessToken, Account};
 use messenger_gateway::grpc::pb;
 
@@ -385,7 +386,14 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
             (SUPPORT_ID, "support", SUPPORT_TOKEN, &base),
         ],
     );
-    let gw = TestGateway::builder().accounts_file(&before).start().await;
+    let gw = TestGateway::builder()
+        .accounts_file(&before)
+        .delivery(DeliveryPolicy {
+            upstream_timeout: HeldGraph::UPSTREAM_TIMEOUT,
+            ..quick_policy()
+        })
+        .start()
+        .await;
 
     // 200 sends in flight, half as each account, while the file changes.
     // Every client connects before the first send starts.
@@ -396,7 +404,10 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
     let mut sends = tokio::task::JoinSet::new();
     for (i, mut client) in clients.into_iter().enumerate() {
         let account = if i % 2 == 0 { "shop" } else { "support" };
-        sends.spawn(async move { client.send(as_account(account, "hello")).await });
+        // Far past the test: held as long as it takes, however slow.
+        let mut request = tonic::Request::new(as_account(account, "hello"));
+        request.set_timeout(HeldGraph::UPSTREAM_TIMEOUT);
+        sends.spawn(async move { client.send(request).await });
     }
     graph.until_waiting(200).await;
     let listed = list_accounts(&mut gw.client().await).await;

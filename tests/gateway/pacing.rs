@@ -289,7 +289,10 @@ async fn a_rate_limit_answer_pauses_the_account_and_the_refused_send_goes_after(
     let started = Instant::now();
     let mut first = gw.client().await;
     let refused_first = tokio::spawn(async move { first.send(text_to(USER, "first")).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(Duration::from_secs(30), "the account paused", || async {
+        gw.metric("messenger_gateway_pauses_total").await >= 1.0
+    })
+    .await;
     // A send made during the pause waits for it too.
     let during = gw.send_text().await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(1));
@@ -478,19 +481,18 @@ async fn with_pacing_on_a_full_queue_is_still_overloaded_at_once() {
         tokio::spawn(async move { client.send(request).await });
     }
     // Until three are under way or waiting (the first may be done).
-    let mut admin = gw.client().await;
-    for _ in 0..200 {
-        let listed = admin
-            .list_accounts(pb::ListAccountsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let a = &listed.accounts[0];
-        if a.sends_in_flight + a.sends_queued >= 3 {
-            break;
+    let admin = gw.client().await;
+    eventually(Duration::from_secs(30), "three sends held", || {
+        let mut admin = admin.clone();
+        async move {
+            let a = list_accounts(&mut admin).await.accounts.remove(0);
+            match a.sends_in_flight + a.sends_queued {
+                busy if busy >= 3 => Ok(()),
+                busy => Err(format!("{busy} under way or waiting")),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     let started = Instant::now();
     let status = gw
         .client()

@@ -33,27 +33,38 @@ fn fixtures() -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Every event the gateway holds, read until it goes quiet.
+/// Every event the gateway holds: a marker message is delivered after
+/// them, and the replay is read up to it (the marker left out).
 async fn all_events(gw: &TestGateway) -> Vec<pb::InboundEvent> {
+    static MARKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let marker = format!("mid.end-of-reading.{n}");
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[(&marker, "end", T0)]))
+            .await,
+        200
+    );
     let mut stream = subscribe(gw, 0).await;
     let mut events = Vec::new();
-    while let Ok(next) = tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
-        events.push(next.unwrap().expect("the stream stays open"));
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("the replay reaches the marker")
+            .unwrap()
+            .expect("the stream stays open");
+        if mid_of(&next).is_some_and(|m| m.starts_with("mid.end-of-reading.")) {
+            if mid_of(&next) == Some(marker.as_str()) {
+                return events;
+            }
+            continue;
+        }
+        events.push(next);
     }
-    events
 }
 
 async fn items_rejected(gw: &TestGateway) -> usize {
-    let text = reqwest::get(format!("http://{}/metrics", gw.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("messenger_gateway_webhook_items_rejected_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as usize
+    gw.metric("messenger_gateway_webhook_items_rejected_total")
+        .await as usize
 }
 
 /// What Meta sent for this event: the item beside the typed fields, or

@@ -155,74 +155,78 @@ async fn a_stalled_graph_stops_the_gateway_reading_ahead() {
     assert!(in_flight <= 64, "{in_flight}");
 }
 
-#[tokio::test]
-async fn a_caller_that_goes_mid_stream_leaves_nothing_unsent_going_out() {
-    let gw = TestGateway::builder()
+/// A broadcast of 20 on a gateway with 3 Graph call slots, its calls held
+/// at Graph: once it answers, 3 calls are held and 17 sends wait for a
+/// slot, and none has finished.
+async fn broadcast_under_way(
+    held: &HeldGraph,
+    builder: Builder,
+    key: Option<&str>,
+) -> (TestGateway, tonic::Streaming<pb::SendResult>) {
+    let gw = builder
+        .held_graph(held)
         .delivery(DeliveryPolicy {
-            pace: Some(PaceLimits {
-                standard: Rate::per_second(4),
-                ..PaceLimits::default()
-            }),
+            max_concurrent_calls: 3,
             ..quick_policy()
         })
         .start()
         .await;
-    gw.graph_answers(ok_reply()).await;
-    let mut client = gw.client().await;
-    let mut results = client
-        .send_stream(tokio_stream::iter((0..20).map(numbered)))
+    let messages = tokio_stream::iter((0..20).map(numbered));
+    let mut request = match key {
+        Some(key) => with_key(messages, key),
+        None => tonic::Request::new(messages),
+    };
+    // Far beyond the test: no send ends by its deadline.
+    request.set_timeout(Duration::from_secs(600));
+    let results = gw
+        .client()
+        .await
+        .send_stream(request)
         .await
         .unwrap()
         .into_inner();
-    // The burst of 3 goes at once; then the caller goes.
-    for _ in 0..3 {
-        results.next().await.unwrap().unwrap();
-    }
+    held.until_waiting(3).await;
+    gw.until_sends(20).await;
+    (gw, results)
+}
+
+/// Once the broadcast has ended: the 17 waiting sends are dropped, and the
+/// 3 calls under way finish when Graph answers them; nothing more goes out.
+async fn the_rest_is_dropped(gw: &TestGateway, held: &HeldGraph) {
+    gw.until_sends(3).await;
+    held.release();
+    gw.until_sends(0).await;
+    assert_eq!(held.calls().len(), 3, "{:?}", held.texts());
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_mid_stream_leaves_nothing_unsent_going_out() {
+    let held = HeldGraph::start().await;
+    let (gw, results) = broadcast_under_way(&held, TestGateway::builder(), None).await;
     drop(results);
-    drop(client);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sent = gw.graph_calls().await;
-    assert!(sent <= 4, "{sent} sent after the caller went");
+    the_rest_is_dropped(&gw, &held).await;
 }
 
 #[tokio::test]
 async fn a_key_revoked_mid_stream_ends_the_broadcast_and_sends_nothing_more() {
     const KEY: &str = "mgw_broadcaster_0123456789abcdefghijklmnopqrstu";
-    let gw = TestGateway::builder()
-        .keys(&key_entry("marketing", KEY, &["*"], &["send"]))
-        .delivery(DeliveryPolicy {
-            pace: Some(PaceLimits {
-                standard: Rate::per_second(4),
-                ..PaceLimits::default()
-            }),
-            ..quick_policy()
-        })
-        .start()
-        .await;
-    gw.graph_answers(ok_reply()).await;
-    let mut results = gw
-        .client()
-        .await
-        .send_stream(with_key(tokio_stream::iter((0..20).map(numbered)), KEY))
-        .await
-        .unwrap()
-        .into_inner();
-    results.next().await.unwrap().unwrap();
-    std::fs::write(&gw.keys_file, "").unwrap();
+    const OTHER: &str = "mgw_someone_else_0123456789abcdefghijklmnopqr";
+    let held = HeldGraph::start().await;
+    let builder = TestGateway::builder().keys(&key_entry("marketing", KEY, &["*"], &["send"]));
+    let (gw, mut results) = broadcast_under_way(&held, builder, Some(KEY)).await;
+    std::fs::write(
+        &gw.keys_file,
+        key_entry("someone-else", OTHER, &["*"], &["send"]),
+    )
+    .unwrap();
     gw.keys.reload().unwrap();
-    let mut ended = None;
-    while let Some(item) = results.next().await {
-        if let Err(status) = item {
-            ended = Some(status);
-            break;
-        }
-    }
-    let status = ended.expect("the stream ends with an error");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let sent = gw.graph_calls().await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(gw.graph_calls().await, sent, "nothing more went out");
-    assert!(sent < 20, "{sent}");
+    // Ended at once, the sends held at Graph included: none had finished.
+    let ended = tokio::time::timeout(Duration::from_secs(30), results.next())
+        .await
+        .expect("the stream ends")
+        .expect("with a status");
+    assert_eq!(ended.unwrap_err().code(), Code::Unauthenticated);
+    the_rest_is_dropped(&gw, &held).await;
 }
 
 #[tokio::test]
@@ -276,6 +280,6 @@ async fn a_stream_deadline_and_key_scopes_hold_for_each_message() {
         .count();
     assert!((2..=6).contains(&sent), "{sent} sent");
     assert_eq!(sent + overloaded + 1, results.len(), "{results:?}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The stream ended once every send had: none is left to go later.
     assert_eq!(gw.graph_calls().await, sent, "nothing after the deadline");
 }

@@ -146,6 +146,7 @@ impl Builder {
 
     /// Builds through the same composition root as the binary.
     pub async fn start(self) -> TestGateway {
+        let held = self.held.is_some();
         let (graph, base_url) = match self.graph {
             Some(g) => g,
             None => {
@@ -180,6 +181,9 @@ impl Builder {
             verify_token: VERIFY_TOKEN.into(),
         });
         settings.delivery = self.delivery;
+        if held {
+            settings.delivery.upstream_timeout = HeldGraph::UPSTREAM_TIMEOUT;
+        }
         settings.outbox = self.outbox;
         settings.serve = self.serve;
         settings.clock = Arc::new(clock.clone());
@@ -353,6 +357,36 @@ impl TestGateway {
         .await
     }
 
+    /// Waits until exactly `n` sends are under way or waiting, over every
+    /// account (read on the admin port: it needs no API key).
+    pub async fn until_sends(&self, n: usize) {
+        eventually(
+            Duration::from_secs(30),
+            "sends under way or waiting",
+            || async {
+                match self.metric("messenger_gateway_sends_in_flight").await as usize {
+                    got if got == n => Ok(()),
+                    got => Err(format!("{got}, waiting for {n}")),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The sum of a counter or gauge's samples on `/metrics`, labels aside.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn graph_calls(&self) -> usize {
         self.graph
             .received_requests()
@@ -446,6 +480,10 @@ pub struct HeldGraph {
 }
 
 impl HeldGraph {
+    /// A gateway's calls to it never time out, however slow the machine:
+    /// they end when the test releases them.
+    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
+
     pub async fn start() -> Self {
         use axum::extract::State;
         let state = Arc::new(HeldState::default());
@@ -471,10 +509,20 @@ impl HeldGraph {
                 });
                 calls.len()
             };
-            use std::sync::atomic::Ordering::SeqCst;
-            state.waiting.fetch_add(1, SeqCst);
+            // Counted while held, also when the gateway gives up the call.
+            struct Held(Arc<HeldState>);
+            impl Drop for Held {
+                fn drop(&mut self) {
+                    self.0
+                        .waiting
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            state
+                .waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _held = Held(state.clone());
             let _ = released.wait_for(|r| *r).await;
-            state.waiting.fetch_sub(1, SeqCst);
             axum::Json(json!({"recipient_id": USER, "message_id": format!("mid.held.{n}")}))
         }
         let app = axum::Router::new()

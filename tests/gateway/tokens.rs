@@ -405,7 +405,7 @@ async fn a_refresh_that_a_reload_overtakes_is_dropped() {
     Mock::given(method("GET"))
         .and(path("/refresh_access_token"))
         .and(query_param("access_token", "old-token"))
-        .respond_with(refreshed("IGAA-from-old").set_delay(Duration::from_millis(600)))
+        .respond_with(refreshed("IGAA-from-old").set_delay(Duration::from_secs(3)))
         .mount(&graph)
         .await;
     sends_accepted_with(&graph, ACCOUNT, "new-token").await;
@@ -431,7 +431,9 @@ async fn a_refresh_that_a_reload_overtakes_is_dropped() {
     .await;
     std::fs::write(&token_file, "new-token").unwrap();
     gw.reloader.reload();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // One round at a time: this one starts once the round with the old
+    // token's refresh has ended, its answer dealt with.
+    gw.keeper.as_ref().unwrap().run_once().await;
 
     // The new token is in use, and the old one's refresh was not kept.
     gw.send_text().await.unwrap();

@@ -122,17 +122,19 @@ async fn beyond_the_connection_limit_new_connections_wait_for_a_free_slot() {
         ..Limits::default()
     };
     let gw = TestGateway::builder().serve(quick(limits)).start().await;
+    // Taken before the two silent ones connect: they are dropped no sooner
+    // than 700 ms after it. The kernel hands connections over in the order
+    // they came, so the two hold both slots before the delivery's turn.
+    let started = Instant::now();
     let _a = TcpStream::connect(host_port(&gw)).await.unwrap();
     let _b = TcpStream::connect(host_port(&gw)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
     assert_eq!(
         gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
         200
     );
     // Served only once the silent ones were dropped.
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_millis(700),
         "{:?}",
         started.elapsed()
     );
@@ -154,7 +156,12 @@ async fn a_stalled_webhook_connection_does_not_hold_up_shutdown() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Accepted in order: once a later delivery is served, the stalled one
+    // is open in the gateway.
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m2", "hi", T0)])).await,
+        200
+    );
     let started = Instant::now();
     gw.begin_shutdown();
     let served = gw.served.take().unwrap();
@@ -175,8 +182,8 @@ async fn one_address_cannot_take_every_connection() {
     let gw = TestGateway::builder().serve(quick(limits)).start().await;
     let a = TcpStream::connect(host_port(&gw)).await.unwrap();
     let _b = TcpStream::connect(host_port(&gw)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // The third from the same address is closed at once.
+    // The third from the same address (accepted after the two, in order of
+    // arrival) is closed at once.
     let mut third = TcpStream::connect(host_port(&gw)).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
@@ -185,9 +192,19 @@ async fn one_address_cannot_take_every_connection() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     // A slot given back is free again.
     drop(a);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
-        200
-    );
+    let body = messages_from_user(&[("m1", "hi", T0)]);
+    let signature = webhook::sign(APP_SECRET, &body);
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "a delivery served", || async {
+        http.post(&gw.webhook_url)
+            .header(webhook::SIGNATURE_HEADER, &signature)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+            .and_then(|s| if s == 200 { Ok(()) } else { Err(s.to_string()) })
+    })
+    .await;
 }
