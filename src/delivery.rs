@@ -12,11 +12,12 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Failure, Reason, SendError, truncate};
+use crate::error::{Failure, Reason, SendError};
 use crate::graph::{self, Account, GraphClient};
 use crate::message::{OutgoingAction, OutgoingMessage, Sent};
 use crate::metrics::{AccountSeries, Metrics};
 use crate::pacing::{PaceLimits, PaceRefusal, Pacer, Priority, Tier};
+use crate::refusals::shown_within;
 
 /// Rate-limit answers one send may wait out before it fails as rate
 /// limited (each pause is within its deadline anyway).
@@ -501,10 +502,27 @@ pub fn log_outcome(
     log_send(kind, recipient, started, result);
 }
 
+/// Counts a send `account` refused before it started, and logs its line
+/// within `caller`'s share of refusal lines (a caller's flood of bad
+/// requests cannot flood the log).
+pub fn log_refusal(
+    metrics: &Metrics,
+    account: &str,
+    caller: &str,
+    kind: &str,
+    recipient: &str,
+    error: &SendError,
+) {
+    metrics.send_answered(account, kind, outcome_of(Err(error)));
+    crate::refusals::log_for(caller, || {
+        log_send(kind, recipient, Instant::now(), Err(error))
+    });
+}
+
 /// The one log line per send.
 fn log_send(kind: &str, recipient: &str, started: Instant, result: Result<&Sent, &SendError>) {
     let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
-    let recipient = truncate(recipient, LOGGED_RECIPIENT_BYTES);
+    let recipient = shown_within(recipient, LOGGED_RECIPIENT_BYTES);
     let recipient = recipient.as_str();
     match result {
         Ok(sent) => tracing::info!(
@@ -527,7 +545,7 @@ fn log_send(kind: &str, recipient: &str, started: Instant, result: Result<&Sent,
                 fbtrace_id = graph.and_then(|g| g.fbtrace_id.as_deref()),
                 attempts = error.attempts(),
                 latency_ms,
-                error = %truncate(&error.to_string(), LOGGED_ERROR_BYTES),
+                error = %shown_within(&error.to_string(), LOGGED_ERROR_BYTES),
                 "send failed"
             )
         }

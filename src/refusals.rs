@@ -14,10 +14,7 @@ static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `log` (which writes one line) unless this second's share is spent.
 pub fn log(log: impl FnOnce()) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = unix_second();
     if SECOND.swap(now, Ordering::Relaxed) != now {
         LOGGED.store(0, Ordering::Relaxed);
         let missed = SUPPRESSED.swap(0, Ordering::Relaxed);
@@ -32,6 +29,75 @@ pub fn log(log: impl FnOnce()) {
     }
 }
 
+/// Refusal lines written per second for one caller (an API key, or "-"
+/// when authentication is off) at most: a key that floods refusals fills
+/// its own share and leaves room for the others'.
+pub const PER_CALLER_PER_SECOND: u64 = 5;
+
+/// Callers given their own share; past that, they share the global one.
+const MAX_CALLERS: usize = 4096;
+
+#[derive(Default)]
+struct Share {
+    second: u64,
+    logged: u64,
+    suppressed: u64,
+}
+
+static CALLERS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Share>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Runs `log` (which writes one line about a refusal of `caller`'s call)
+/// unless this second's share of that caller is spent; the lines left out
+/// are counted in a line of their own when the caller's next second comes.
+pub fn log_for(caller: &str, log: impl FnOnce()) {
+    let now = unix_second();
+    let allowed = {
+        let mut callers = CALLERS.lock().unwrap_or_else(|e| e.into_inner());
+        if !callers.contains_key(caller) && callers.len() >= MAX_CALLERS {
+            None
+        } else {
+            let share = callers.entry(caller.to_owned()).or_default();
+            let mut missed = 0;
+            if share.second != now {
+                share.second = now;
+                share.logged = 0;
+                missed = std::mem::take(&mut share.suppressed);
+            }
+            share.logged += 1;
+            let allowed = share.logged <= PER_CALLER_PER_SECOND;
+            if !allowed {
+                share.suppressed += 1;
+            }
+            Some((allowed, missed))
+        }
+    };
+    match allowed {
+        None => self::log(log),
+        Some((allowed, missed)) => {
+            if missed > 0 {
+                tracing::warn!(
+                    key = caller,
+                    suppressed = missed,
+                    "more refusals of this caller's calls than are logged"
+                );
+            }
+            if allowed {
+                log();
+            } else {
+                SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// A refusal in a few words.
 pub fn note(what: &'static str) {
     log(|| tracing::warn!("refused: {what}"));
@@ -44,11 +110,16 @@ pub const MAX_LOGGED_BYTES: usize = 256;
 /// control characters escaped and the full length noted when cut, so no
 /// value can make a line long or break it in two.
 pub fn shown(value: &str) -> String {
-    let mut out: String = crate::error::truncate(value, MAX_LOGGED_BYTES)
+    shown_within(value, MAX_LOGGED_BYTES)
+}
+
+/// [`shown`], cut at `max` bytes instead.
+pub fn shown_within(value: &str, max: usize) -> String {
+    let mut out: String = crate::error::truncate(value, max)
         .chars()
         .flat_map(char::escape_debug)
         .collect();
-    if value.len() > MAX_LOGGED_BYTES {
+    if value.len() > max {
         out.push_str(&format!(" ({} bytes)", value.len()));
     }
     out
@@ -71,6 +142,23 @@ mod tests {
         assert!(line.ends_with("(250000 bytes)"), "{line}");
         assert_eq!(shown("a\nb\u{1b}[31m\0"), "a\\nb\\u{1b}[31m\\0");
         assert_eq!(shown("1784"), "1784");
+    }
+
+    #[test]
+    fn one_callers_flood_is_bounded_and_leaves_the_others_their_share() {
+        let (flooder, other) = (AtomicU64::new(0), AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        for _ in 0..10_000 {
+            log_for("test-flooder", || {
+                flooder.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let seconds = started.elapsed().as_secs() + 2;
+        assert!(flooder.load(Ordering::Relaxed) <= PER_CALLER_PER_SECOND * seconds);
+        log_for("test-other", || {
+            other.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(other.load(Ordering::Relaxed), 1);
     }
 
     #[test]

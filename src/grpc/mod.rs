@@ -18,9 +18,9 @@ use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::accounts::{AccountError, AccountPath, Registry};
+use crate::accounts::{self, AccountError, AccountPath, Registry};
 use crate::auth::{AuthError, Caller, Keys, Operation};
-use crate::delivery::{Budget, log_outcome};
+use crate::delivery::{Budget, log_refusal};
 use crate::error::{FieldViolation, SendError};
 use crate::events::InboundEvent;
 use crate::inbox::Inbox;
@@ -122,7 +122,7 @@ impl MessengerService {
         operation: Operation,
         given: &str,
     ) -> Result<Arc<AccountPath>, Status> {
-        let account = self.resolve_for(caller, operation, given)?;
+        let account = self.resolve_for(caller, operation, "account_id", given)?;
         if let Err(e) = caller.authorize(operation, &account.id, account.name.as_deref()) {
             return Err(refused_call(caller, operation, e));
         }
@@ -151,10 +151,12 @@ impl MessengerService {
         // Answered before anything is awaited, so even a deadline of a
         // nanosecond gets this answer rather than tonic's bare timeout.
         if let Some(e) = self.outbox.budget_refusal(&budget) {
-            return Err(span.in_scope(|| refused(&account, "message", &request.recipient_id, e)));
+            return Err(
+                span.in_scope(|| refused(caller, &account, "message", &request.recipient_id, e))
+            );
         }
         let (message, request_id) = convert::message_from_pb(request).map_err(|v| {
-            span.in_scope(|| rejected(&account, "message", &request.recipient_id, v))
+            span.in_scope(|| rejected(caller, &account, "message", &request.recipient_id, v))
         })?;
         let outbox = self.outbox.clone();
         let cancelled = budget.cancelled.clone();
@@ -261,8 +263,25 @@ impl MessengerService {
         &self,
         caller: &Caller,
         operation: Operation,
+        field: &str,
         given: &str,
     ) -> Result<Arc<AccountPath>, Status> {
+        // Checked for shape before any lookup or log line: a huge or odd
+        // value is refused here, and not repeated back in full.
+        if !given.is_empty()
+            && given != crate::window::ME
+            && !accounts::is_account_id(given)
+            && !accounts::is_alias(given)
+        {
+            return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                field,
+                format!(
+                    "must be an account's id (digits) or its alias (a letter, then letters, digits, -, _ or .; at most 64 bytes); got {} bytes",
+                    given.len()
+                ),
+            )])
+            .into());
+        }
         match self.accounts.resolve(given) {
             Ok(account) => Ok(account),
             Err(e @ AccountError::NotFound(_)) => match caller.authorize(operation, given, None) {
@@ -353,19 +372,33 @@ impl pb::messenger_server::Messenger for MessengerService {
         &self,
         request: Request<pb::SendActionRequest>,
     ) -> Result<Response<pb::SendActionResponse>, Status> {
-        let (span, account) = {
+        let (span, account, caller) = {
             let given = &request.get_ref().account_id;
             let (caller, account) = self.authorize_for(&request, Operation::SendAction, given)?;
-            (caller.span(), account)
+            (caller.span(), account, caller.clone())
         };
         let budget = self.budget_of(&request);
         if let Some(e) = self.outbox.budget_refusal(&budget) {
-            return Err(
-                span.in_scope(|| refused(&account, "action", &request.get_ref().recipient_id, e))
-            );
+            return Err(span.in_scope(|| {
+                refused(
+                    &caller,
+                    &account,
+                    "action",
+                    &request.get_ref().recipient_id,
+                    e,
+                )
+            }));
         }
         let action = convert::action_from_pb(request.get_ref()).map_err(|v| {
-            span.in_scope(|| rejected(&account, "action", &request.get_ref().recipient_id, v))
+            span.in_scope(|| {
+                rejected(
+                    &caller,
+                    &account,
+                    "action",
+                    &request.get_ref().recipient_id,
+                    v,
+                )
+            })
         })?;
         drop(request);
         let outbox = self.outbox.clone();
@@ -420,7 +453,7 @@ impl pb::messenger_server::Messenger for MessengerService {
                 )])
                 .into());
             }
-            let account = self.resolve_for(&caller, Operation::Subscribe, given)?;
+            let account = self.resolve_for(&caller, Operation::Subscribe, "account_ids", given)?;
             if let Err(e) =
                 caller.authorize(Operation::Subscribe, &account.id, account.name.as_deref())
             {
@@ -511,20 +544,26 @@ fn send_result(
 /// The most accounts one `Subscribe` may name.
 const MAX_ACCOUNT_FILTER: usize = 1000;
 
-/// Logs and converts a call its key does not allow.
+/// Logs (within the caller's share of refusal lines) and converts a call
+/// its key does not allow.
 fn refused_call(caller: &Caller, operation: Operation, error: AuthError) -> Status {
-    tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %error, "call refused");
+    refusals::log_for(
+        caller.id(),
+        || tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %refusals::shown(&error.to_string()), "call refused"),
+    );
     error.into()
 }
 
 /// Logs and converts a request that failed validation.
 fn rejected(
+    caller: &Caller,
     account: &AccountPath,
     kind: &str,
     recipient: &str,
     violations: Vec<FieldViolation>,
 ) -> Status {
     refused(
+        caller,
         account,
         kind,
         recipient,
@@ -532,15 +571,22 @@ fn rejected(
     )
 }
 
-/// Logs and converts a send refused before it started.
-fn refused(account: &AccountPath, kind: &str, recipient: &str, error: SendError) -> Status {
-    log_outcome(
+/// Counts, logs (within the caller's share) and converts a send refused
+/// before it started.
+fn refused(
+    caller: &Caller,
+    account: &AccountPath,
+    kind: &str,
+    recipient: &str,
+    error: SendError,
+) -> Status {
+    log_refusal(
         account.deliverer.metrics(),
         &account.id,
+        caller.id(),
         kind,
         recipient,
-        Instant::now(),
-        Err(&error),
+        &error,
     );
     error.into()
 }

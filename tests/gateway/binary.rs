@@ -400,3 +400,111 @@ async fn sighup_reloads_the_accounts_file_of_the_running_binary() {
     sigterm(&child);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
 }
+
+/// A key refused on every call, with values as large as a request may
+/// carry: the log stays small. Each refusal line carries at most about
+/// 256 bytes of any caller value, and one key's refusals are logged at
+/// most a few a second, the rest counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
+    use messenger_gateway::grpc::pb;
+    const KEY: &str = "mgw_one_shop_0123456789abcdefghijklmnopqrstuvw";
+    const CALLS: usize = 2_500;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        key_entry("one-shop", KEY, &[ACCOUNT], &["get_window", "send"]),
+    )
+    .unwrap();
+    let child = gateway(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("INSTAGRAM_GRAPH_API_URL", "http://127.0.0.1:9/v25.0"),
+            ("INSTAGRAM_USER_ID", ACCOUNT),
+            ("INSTAGRAM_ACCESS_TOKEN", TOKEN),
+            ("MESSENGER_GATEWAY_API_KEYS", keys.to_str().unwrap()),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = Vec::new();
+        stderr.read_to_end(&mut logs).unwrap();
+        logs
+    });
+    let (addr, _) = listening_addr(&mut child);
+    let client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let huge = "7".repeat(250_000);
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let (mut client, huge) = (client.clone(), huge.clone());
+        calls.spawn(async move {
+            for i in (worker..CALLS).step_by(8) {
+                let code = match i % 3 {
+                    // An account id far over any real one's length.
+                    0 => client
+                        .get_window(with_key(
+                            pb::GetWindowRequest {
+                                account_id: huge.clone(),
+                                recipient_id: USER.into(),
+                            },
+                            KEY,
+                        ))
+                        .await
+                        .unwrap_err()
+                        .code(),
+                    // An account of the right shape, not the key's.
+                    1 => client
+                        .get_window(with_key(
+                            pb::GetWindowRequest {
+                                account_id: format!("9{}", &huge[..30]),
+                                recipient_id: USER.into(),
+                            },
+                            KEY,
+                        ))
+                        .await
+                        .unwrap_err()
+                        .code(),
+                    // A send to a recipient that is no IGSID.
+                    _ => client
+                        .send(with_key(text_to(&huge, "hi"), KEY))
+                        .await
+                        .unwrap_err()
+                        .code(),
+                };
+                assert_ne!(code, tonic::Code::Ok);
+            }
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
+    }
+    let seconds = started.elapsed().as_secs();
+    drop(client);
+    sigterm(&child);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+    let logs = logs.join().unwrap();
+    let text = String::from_utf8_lossy(&logs);
+    let refusals = text
+        .lines()
+        .filter(|l| l.contains("call refused") || l.contains("send failed"))
+        .count() as u64;
+    // The bound is 1 MB; without the per-key limit the lines alone
+    // (2,500 of ~300 bytes) come near it, so the bound here is tighter.
+    assert!(logs.len() < 200_000, "{} bytes of log", logs.len());
+    assert!(
+        refusals <= messenger_gateway::refusals::PER_CALLER_PER_SECOND * (seconds + 2),
+        "{refusals} refusal lines in {seconds} s"
+    );
+    assert!(
+        text.contains("more refusals of this caller's calls than are logged"),
+        "the left-out lines are counted"
+    );
+    assert!(text.lines().all(|l| l.len() < 2_048), "a long line");
+}

@@ -412,3 +412,47 @@ async fn a_grpc_connection_that_stalls_before_its_preface_is_dropped() {
     gw.graph_answers(ok_reply()).await;
     gw.send_text().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_account_id_of_no_accounts_shape_is_refused_before_any_lookup_and_not_echoed() {
+    let gw = TestGateway::start().await;
+    let mut client = gw.client().await;
+    let odd = format!("shop{}", "x".repeat(20_000));
+    let window = client
+        .get_window(pb::GetWindowRequest {
+            account_id: odd.clone(),
+            recipient_id: USER.into(),
+        })
+        .await
+        .unwrap_err();
+    let send = client
+        .send(from_account(&odd, text_to(USER, "hi")))
+        .await
+        .unwrap_err();
+    let subscribe = client
+        .subscribe(pb::SubscribeRequest {
+            after: 0,
+            account_ids: vec![ACCOUNT.into(), "a\nline".into()],
+        })
+        .await
+        .unwrap_err();
+    for (status, field) in [
+        (window, "account_id"),
+        (send, "account_id"),
+        (subscribe, "account_ids"),
+    ] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let violations = status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .clone();
+        assert_eq!(violations[0].field, field);
+        assert!(
+            status_bytes(&status) < 2 * 1024,
+            "{}",
+            status_bytes(&status)
+        );
+    }
+}
