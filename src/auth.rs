@@ -408,6 +408,16 @@ impl KeySet {
                 }
             }
         }
+        // An empty file is far more often a write caught half done (or a
+        // mistake) than a wish to lock every caller out and end every
+        // stream; that is done by stopping the gateway.
+        if set.is_empty() {
+            return Err(FileError {
+                file: file.to_owned(),
+                line: 0,
+                what: "holds no [[key]]: a keys file admits at least one key (replace the file atomically: write the new one beside it, then rename it over the old)".into(),
+            });
+        }
         Ok(set)
     }
 

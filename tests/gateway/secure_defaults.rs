@@ -137,6 +137,16 @@ fn a_bad_keys_file_stops_the_start_naming_file_and_line() {
 }
 
 #[test]
+fn an_empty_keys_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, "").unwrap();
+    let (code, stderr) = stderr_of(&["serve", "--api-keys", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no [[key]]"), "{stderr}");
+}
+
+#[test]
 fn the_sandbox_never_listens_beyond_loopback() {
     let (code, stderr) = stderr_of(&["serve", "--sandbox-listen", "0.0.0.0:0"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
