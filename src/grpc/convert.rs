@@ -326,6 +326,74 @@ fn content(c: &mut Checker, r: &pb::SendRequest) -> Option<Content> {
 /// A validated `Send`: the message, and its idempotency key if given.
 pub type SendCall = (OutgoingMessage, Option<RequestId>);
 
+/// Counts the lists of an encoded `SendRequest` (attachments, quick
+/// replies, template elements and their buttons) before it is decoded, and
+/// refuses one over its limit as validation would: decoding allocates for
+/// every element, so 100,000 empty buttons in 200 KB would cost megabytes
+/// before any check ran. Wire faults are left to the decoder.
+pub fn prescan_send_request(wire: &[u8]) -> Result<(), Vec<FieldViolation>> {
+    let mut c = Checker::default();
+    let (mut attachments, mut quick_replies, mut elements) = (0, 0, Vec::new());
+    for (field, value) in wire_fields(wire) {
+        match field {
+            4 => attachments += 1,
+            8 => quick_replies += 1,
+            7 => {
+                for (field, element) in wire_fields(value.unwrap_or_default()) {
+                    if field == 1 {
+                        let buttons = wire_fields(element.unwrap_or_default())
+                            .filter(|&(f, _)| f == 5)
+                            .count();
+                        elements.push(buttons);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    c.at_most("attachments", attachments, limits::ATTACHMENTS);
+    c.at_most("quick_replies", quick_replies, limits::QUICK_REPLIES);
+    let field = "generic_template.elements";
+    if c.at_most(field, elements.len(), limits::TEMPLATE_ELEMENTS) {
+        for (i, &buttons) in elements.iter().enumerate() {
+            c.at_most(&format!("{field}[{i}].buttons"), buttons, limits::BUTTONS);
+        }
+    }
+    c.finish(Some(()))
+}
+
+/// The fields of an encoded message in order: number, and the bytes of a
+/// length-delimited one. Ends quietly at the first fault.
+fn wire_fields(mut wire: &[u8]) -> impl Iterator<Item = (u64, Option<&[u8]>)> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    std::iter::from_fn(move || {
+        let (field, wire_type) = decode_key(&mut wire).ok()?;
+        let value = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut wire).ok()?;
+                None
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let n = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                wire = wire.get(n..)?;
+                None
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut wire).ok()?).ok()?;
+                let (value, rest) = (wire.get(..len)?, wire.get(len..)?);
+                wire = rest;
+                Some(value)
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        Some((u64::from(field), value))
+    })
+}
+
 pub fn message_from_pb(r: &pb::SendRequest) -> Result<SendCall, Vec<FieldViolation>> {
     let mut c = Checker::default();
     let request_id = c.optional("request_id", &r.request_id, RequestId::parse);
@@ -694,5 +762,145 @@ mod tests {
         };
         let violations = message_from_pb(&request).unwrap_err();
         assert_eq!(violations.len(), MAX_VIOLATIONS);
+    }
+}
+
+#[cfg(test)]
+mod largest {
+    use super::*;
+    use crate::message::limits;
+
+    /// Every field at its limit, in characters of 4 UTF-8 bytes where the
+    /// limit counts characters.
+    fn largest_valid_requests() -> Vec<(&'static str, pb::SendRequest)> {
+        let wide = |chars: usize| "𝄞".repeat(chars);
+        let url = |n: usize| format!("https://example.com/{}", "a".repeat(n - 20));
+        let base = pb::SendRequest {
+            recipient_id: "9".repeat(limits::ID_CHARS),
+            reply_to_message_id: "m".repeat(limits::ID_CHARS),
+            request_id: "r".repeat(36),
+            account_id: "a".repeat(64),
+            ..Default::default()
+        };
+        let button = pb::Button {
+            r#type: pb::ButtonType::WebUrl as i32,
+            title: wide(limits::TITLE_CHARS),
+            url: url(limits::URL_BYTES),
+            payload: String::new(),
+        };
+        let element = pb::TemplateElement {
+            title: wide(limits::TITLE_CHARS),
+            subtitle: wide(limits::TITLE_CHARS),
+            image_url: url(limits::URL_BYTES),
+            default_action_url: url(limits::URL_BYTES),
+            buttons: vec![button; limits::BUTTONS],
+        };
+        vec![
+            (
+                "text",
+                pb::SendRequest {
+                    text: "t".repeat(limits::TEXT_BYTES),
+                    // Quick replies go only with text.
+                    quick_replies: (0..limits::QUICK_REPLIES)
+                        .map(|_| pb::QuickReply {
+                            title: wide(limits::QUICK_REPLY_TITLE_CHARS),
+                            payload: "p".repeat(limits::PAYLOAD_BYTES),
+                        })
+                        .collect(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "template",
+                pb::SendRequest {
+                    generic_template: Some(pb::GenericTemplate {
+                        elements: vec![element; limits::TEMPLATE_ELEMENTS],
+                    }),
+                    ..base.clone()
+                },
+            ),
+            (
+                "attachments",
+                pb::SendRequest {
+                    attachments: (0..limits::ATTACHMENTS)
+                        .map(|_| pb::Attachment {
+                            r#type: pb::AttachmentType::Image as i32,
+                            source: Some(pb::attachment::Source::Url(url(limits::URL_BYTES))),
+                        })
+                        .collect(),
+                    ..base.clone()
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_under_the_request_limit_and_it_is_close() {
+        let mut largest = 0;
+        for (name, r) in largest_valid_requests() {
+            message_from_pb(&r).unwrap_or_else(|v| panic!("{name}: {v:?}"));
+            let size = prost::Message::encoded_len(&r);
+            assert!(size <= super::super::MAX_REQUEST_BYTES, "{name}: {size}");
+            largest = largest.max(size);
+        }
+        // Any larger limit would only let junk in.
+        assert!(
+            super::super::MAX_REQUEST_BYTES < largest * 5 / 4,
+            "{largest}"
+        );
+    }
+
+    #[test]
+    fn the_prescan_counts_lists_as_validation_does_before_anything_is_decoded() {
+        for (name, r) in largest_valid_requests() {
+            let wire = prost::Message::encode_to_vec(&r);
+            assert_eq!(prescan_send_request(&wire), Ok(()), "{name}");
+        }
+        let template = |elements: usize, buttons: usize| pb::SendRequest {
+            generic_template: Some(pb::GenericTemplate {
+                elements: vec![
+                    pb::TemplateElement {
+                        buttons: vec![pb::Button::default(); buttons],
+                        ..Default::default()
+                    };
+                    elements
+                ],
+            }),
+            ..Default::default()
+        };
+        let over = [
+            (
+                pb::SendRequest {
+                    text: "pick one".into(),
+                    quick_replies: vec![pb::QuickReply::default(); 14],
+                    ..Default::default()
+                },
+                "quick_replies",
+            ),
+            (
+                pb::SendRequest {
+                    attachments: vec![pb::Attachment::default(); 11],
+                    ..Default::default()
+                },
+                "attachments",
+            ),
+            (template(11, 0), "generic_template.elements"),
+            (template(2, 4), "generic_template.elements[0].buttons"),
+        ];
+        for (r, field) in over {
+            let wire = prost::Message::encode_to_vec(&r);
+            let violations = prescan_send_request(&wire).unwrap_err();
+            assert_eq!(violations[0].field, field);
+            // Validation says the same of the decoded request.
+            let validated = message_from_pb(&r).unwrap_err();
+            assert!(validated.contains(&violations[0]), "{field}: {validated:?}");
+        }
+        // A template sent in two parts is one (protobuf merges them).
+        let mut wire = prost::Message::encode_to_vec(&template(6, 0));
+        wire.extend(prost::Message::encode_to_vec(&template(6, 0)));
+        let violations = prescan_send_request(&wire).unwrap_err();
+        assert_eq!(violations[0].field, "generic_template.elements");
+        // Junk is left to the decoder.
+        assert_eq!(prescan_send_request(&[0xff, 0xff, 0xff]), Ok(()));
     }
 }

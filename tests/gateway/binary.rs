@@ -508,3 +508,67 @@ async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
     );
     assert!(text.lines().all(|l| l.len() < 2_048), "a long line");
 }
+
+/// The peak resident memory of a process, in bytes (Linux).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// 64 Sends at once, each one element of 60,000 empty buttons (120 KB,
+/// under the request limit): refused on the wire count, before decoding
+/// would allocate some 5 MB for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory() {
+    use messenger_gateway::grpc::pb;
+    let child = gateway(&["serve", "--listen", "127.0.0.1:0"], &[])
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let (addr, _) = listening_addr(&mut child);
+    // Warm: the first call's one-time allocations are not the subject.
+    let mut warm = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    warm.send(text_to(USER, "hi")).await.ok();
+    let before = peak_rss(child.id());
+    let request = pb::SendRequest {
+        generic_template: Some(pb::GenericTemplate {
+            elements: vec![pb::TemplateElement {
+                title: "sale".into(),
+                buttons: vec![pb::Button::default(); 60_000],
+                ..Default::default()
+            }],
+        }),
+        ..text_to(USER, "")
+    };
+    assert!(prost::Message::encoded_len(&request) <= messenger_gateway::grpc::MAX_REQUEST_BYTES);
+    // Each on its own connection, all connected first: at once, as 64
+    // callers would.
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let client = MessengerClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .max_encoding_message_size(usize::MAX);
+        clients.push(client);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for mut client in clients {
+        let request = request.clone();
+        calls.spawn(async move { client.send(request).await.unwrap_err() });
+    }
+    while let Some(status) = calls.join_next().await {
+        let status = status.unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let grew = peak_rss(child.id()).saturating_sub(before);
+    // Measured: about 5 MB (64 connections' buffers); some 31 MB when the
+    // lists were decoded before being counted.
+    assert!(grew < 16 << 20, "the peak grew {} MB", grew >> 20);
+}

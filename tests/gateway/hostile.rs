@@ -20,7 +20,8 @@ fn status_bytes(status: &tonic::Status) -> usize {
 async fn a_huge_list_is_refused_whole_with_a_small_answer() {
     let gw = TestGateway::start().await;
     let request = pb::SendRequest {
-        quick_replies: vec![pb::QuickReply::default(); 120_000],
+        // 2 bytes each: 60,000 fit under the request limit.
+        quick_replies: vec![pb::QuickReply::default(); 60_000],
         ..text_to(USER, "pick one")
     };
     let status = gw.client().await.send(request).await.unwrap_err();
@@ -70,7 +71,10 @@ async fn an_oversized_request_is_resource_exhausted_with_its_error_info() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let (reason, metadata) = error_info(&status);
     assert_eq!(reason, "MESSAGE_TOO_LARGE");
-    assert_eq!(metadata["limitBytes"], "262144");
+    assert_eq!(
+        metadata["limitBytes"],
+        messenger_gateway::grpc::MAX_REQUEST_BYTES.to_string()
+    );
 }
 
 #[tokio::test]
