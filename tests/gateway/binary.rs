@@ -495,9 +495,9 @@ async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
         .lines()
         .filter(|l| l.contains("call refused") || l.contains("send failed"))
         .count() as u64;
-    // The bound is 1 MB; without the per-key limit the lines alone
-    // (2,500 of ~300 bytes) come near it, so the bound here is tighter.
-    assert!(logs.len() < 200_000, "{} bytes of log", logs.len());
+    // Without the per-key share, every one of the 2,500 refusals is a line
+    // (the count below fails); without the bounds, a line is 250 KB.
+    assert!(logs.len() < 1_000_000, "{} bytes of log", logs.len());
     assert!(
         refusals <= messenger_gateway::refusals::PER_CALLER_PER_SECOND * (seconds + 2),
         "{refusals} refusal lines in {seconds} s"
