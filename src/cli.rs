@@ -127,6 +127,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_SUBSCRIBERS",
           default_value_t = Inbox::DEFAULT_MAX_SUBSCRIBERS)]
     max_subscribers: usize,
+    /// A Subscribe stream that takes no event for this long, with 64 waiting
+    /// for it, is ended (SUBSCRIBER_TOO_SLOW, with its last seq to resume).
+    #[arg(long, env = "MESSENGER_GATEWAY_SUBSCRIBER_STALL_TIMEOUT",
+          default_value_t = Inbox::DEFAULT_STALL_TIMEOUT.into())]
+    subscriber_stall_timeout: Duration,
     /// Connections open at once, per port.
     #[arg(long, env = "MESSENGER_GATEWAY_MAX_CONNECTIONS",
           default_value_t = Limits::DEFAULT_MAX_CONNECTIONS)]
@@ -367,6 +372,7 @@ impl ServeArgs {
                     client_ca: None,
                 }),
             max_subscribers: self.max_subscribers,
+            subscriber_stall_timeout: self.subscriber_stall_timeout.into(),
         })
     }
 }

@@ -93,10 +93,13 @@ pub enum Reason {
     ShuttingDown,
     /// The caller's deadline passed before the gateway could answer.
     DeadlineExceeded,
+    /// A `Subscribe` stream took no event for too long while its queue was
+    /// full: it was ended; resume with `after` = its last seq.
+    SubscriberTooSlow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -119,6 +122,7 @@ impl Reason {
         Reason::AfterBeyondHead,
         Reason::ShuttingDown,
         Reason::DeadlineExceeded,
+        Reason::SubscriberTooSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +149,7 @@ impl Reason {
             Reason::AfterBeyondHead => "AFTER_BEYOND_HEAD",
             Reason::ShuttingDown => "SHUTTING_DOWN",
             Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Reason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
         }
     }
 }

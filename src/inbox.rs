@@ -14,7 +14,10 @@ use crate::window::{Window, WindowFacts};
 
 /// Events read from the store per page, and buffered per subscriber. A slow
 /// subscriber fills only its own buffer; intake never waits for it.
-const PAGE: usize = 256;
+/// Events one subscriber may have waiting for it, and the most a replay
+/// reads from the store at once. Live events are shared by every
+/// subscriber; replayed ones are each subscriber's own.
+pub const SUBSCRIBER_QUEUE: usize = 64;
 /// Event times more than this ahead of arrival are taken as arrival time.
 const MAX_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
 /// The times an event may carry: from 2010 (see `EARLIEST_MS`) to the end
@@ -36,6 +39,11 @@ pub enum SubscribeError {
     ShuttingDown,
     #[error("the API key of this subscription was revoked")]
     Revoked,
+    #[error(
+        "the subscriber took no event for {} s while {SUBSCRIBER_QUEUE} waited; subscribe again with after = {last_seq}",
+        .stalled.as_secs()
+    )]
+    TooSlow { last_seq: u64, stalled: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,6 +58,9 @@ pub type Revocation = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Subscription {
     events: mpsc::Receiver<Arc<StoredEvent>>,
     ended: Option<oneshot::Receiver<SubscribeError>>,
+    /// The seq of the last event this stream gave out: where a subscriber
+    /// ended as too slow resumes (what was queued behind it is dropped).
+    delivered: u64,
 }
 
 impl Subscription {
@@ -68,6 +79,13 @@ impl Subscription {
                 Poll::Ready(Ok(e)) => {
                     self.ended = None;
                     self.events.close();
+                    let e = match e {
+                        SubscribeError::TooSlow { stalled, .. } => SubscribeError::TooSlow {
+                            last_seq: self.delivered,
+                            stalled,
+                        },
+                        e => e,
+                    };
                     return Poll::Ready(Some(Err(e)));
                 }
                 // The feed stopped without a reason: what is buffered still counts.
@@ -75,7 +93,11 @@ impl Subscription {
                 Poll::Pending => {}
             }
         }
-        self.events.poll_recv(cx).map(|e| e.map(Ok))
+        let next = self.events.poll_recv(cx);
+        if let Poll::Ready(Some(e)) = &next {
+            self.delivered = e.seq;
+        }
+        next.map(|e| e.map(Ok))
     }
 }
 
@@ -97,6 +119,8 @@ pub struct Inbox {
     clock: Arc<dyn Clock>,
     closing: watch::Sender<bool>,
     max_subscribers: usize,
+    /// How long a subscriber may take no event while its queue is full.
+    stall_timeout: Duration,
     subscribers: Arc<AtomicUsize>,
     /// Each live subscription's position, for the lag metric.
     positions: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
@@ -104,11 +128,13 @@ pub struct Inbox {
 
 impl Inbox {
     pub const DEFAULT_MAX_SUBSCRIBERS: usize = 10_000;
+    pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
     pub async fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         max_subscribers: usize,
+        stall_timeout: Duration,
     ) -> Result<Arc<Self>, StoreError> {
         store.bounds().await?;
         Ok(Arc::new(Self {
@@ -116,6 +142,7 @@ impl Inbox {
             clock,
             closing: watch::Sender::new(false),
             max_subscribers,
+            stall_timeout,
             subscribers: Arc::new(AtomicUsize::new(0)),
             positions: std::sync::Mutex::default(),
         }))
@@ -196,7 +223,7 @@ impl Inbox {
         if after > 0 && after < pruned_through {
             return Err(SubscribeError::Pruned { pruned_through });
         }
-        let (tx, rx) = mpsc::channel(PAGE);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let (end, ended) = oneshot::channel();
         let inbox = self.clone();
         let position = Arc::new(AtomicU64::new(after));
@@ -214,6 +241,7 @@ impl Inbox {
                 filter,
                 tx: &tx,
                 position: &position,
+                stall: inbox.stall_timeout,
             };
             let ended = tokio::select! {
                 ended = feed.run(after, after < head, live) => ended,
@@ -232,6 +260,7 @@ impl Inbox {
         Ok(Subscription {
             events: rx,
             ended: Some(ended),
+            delivered: after,
         })
     }
 
@@ -279,25 +308,39 @@ struct Feed<'a> {
     tx: &'a mpsc::Sender<Arc<StoredEvent>>,
     /// The last seq handed to the subscriber (or filtered out).
     position: &'a AtomicU64,
+    stall: Duration,
 }
 
+/// How feeding a subscriber stopped: `Err(None)`, it went; `Err(Some)`, the
+/// stream ends with that error.
+type Fed = Result<(), Option<SubscribeError>>;
+
 impl Feed<'_> {
-    /// Runs until the subscriber goes (`None`) or the store fails.
+    /// Runs until the subscriber goes (`None`) or the stream must end.
     /// `behind`: stored events are due before live ones. A subscriber at
     /// the head costs no store read at all.
     async fn run(
         &self,
+        cursor: u64,
+        behind: bool,
+        live: broadcast::Receiver<Arc<StoredEvent>>,
+    ) -> Option<SubscribeError> {
+        self.feed(cursor, behind, live).await.err().flatten()
+    }
+
+    async fn feed(
+        &self,
         mut cursor: u64,
         behind: bool,
         mut live: broadcast::Receiver<Arc<StoredEvent>>,
-    ) -> Option<SubscribeError> {
-        if behind && let Err(e) = self.catch_up(&mut cursor).await? {
-            return Some(e);
+    ) -> Fed {
+        if behind {
+            self.catch_up(&mut cursor).await?;
         }
         loop {
             let event = tokio::select! {
                 e = live.recv() => e,
-                () = self.tx.closed() => return None,
+                () = self.tx.closed() => return Err(None),
             };
             match event {
                 Ok(e) if e.seq <= cursor => {}
@@ -305,75 +348,104 @@ impl Feed<'_> {
                 // never saw, say, pruned first): the store says what they
                 // were, or that they are gone.
                 Ok(e) if e.seq > cursor + 1 => {
-                    if let Err(e) = self.catch_up(&mut cursor).await? {
-                        return Some(e);
-                    }
+                    self.catch_up(&mut cursor).await?;
                     // Everything up to it was pruned meanwhile.
                     if cursor < e.seq {
-                        return Some(SubscribeError::Pruned {
+                        return Err(Some(SubscribeError::Pruned {
                             pruned_through: e.seq - 1,
-                        });
+                        }));
                     }
                 }
                 Ok(e) => {
                     cursor = e.seq;
                     self.send(e).await?;
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Err(e) = self.catch_up(&mut cursor).await? {
-                        return Some(e);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up(&mut cursor).await?,
+                Err(broadcast::error::RecvError::Closed) => return Err(None),
             }
         }
     }
 
-    /// Reads stored events after `cursor` until none are left. The outer
-    /// `None` means the subscriber went.
-    async fn catch_up(&self, cursor: &mut u64) -> Option<Result<(), SubscribeError>> {
+    /// Reads stored events after `cursor` until none are left, a page at a
+    /// time, and each page only once the subscriber has room for all of it:
+    /// a stalled subscriber holds its queue and no more.
+    async fn catch_up(&self, cursor: &mut u64) -> Fed {
         loop {
             // Pruning may have overtaken a slow subscriber: say so rather
             // than skip what it never saw.
             match self.store.bounds().await {
                 Ok((_, pruned_through)) if *cursor > 0 && pruned_through > *cursor => {
-                    return Some(Err(SubscribeError::Pruned { pruned_through }));
+                    return Err(Some(SubscribeError::Pruned { pruned_through }));
                 }
                 Ok(_) => {}
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => return Err(Some(e.into())),
             }
-            let page = match self.store.events_after(*cursor, PAGE).await {
+            let mut room = match tokio::time::timeout(
+                self.stall,
+                self.tx.reserve_many(SUBSCRIBER_QUEUE),
+            )
+            .await
+            {
+                Ok(Ok(room)) => room,
+                Ok(Err(_)) => return Err(None),
+                Err(_) => return Err(Some(self.too_slow())),
+            };
+            let page = match self.store.events_after(*cursor, SUBSCRIBER_QUEUE).await {
                 Ok(page) => page,
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => return Err(Some(e.into())),
             };
             // Pruned between the check above and this read.
             if *cursor > 0
                 && let Some(first) = page.first()
                 && first.seq > *cursor + 1
             {
-                return Some(Err(SubscribeError::Pruned {
+                return Err(Some(SubscribeError::Pruned {
                     pruned_through: first.seq - 1,
                 }));
             }
-            let full = page.len() == PAGE;
+            let full = page.len() == SUBSCRIBER_QUEUE;
             for event in page {
                 *cursor = event.seq;
-                self.send(Arc::new(event)).await?;
+                if (self.filter)(&event.event) {
+                    // One place was reserved for each event of the page.
+                    if let Some(place) = room.next() {
+                        place.send(Arc::new(event));
+                    }
+                }
+                self.position.store(*cursor, Ordering::Relaxed);
             }
             if !full {
-                return Some(Ok(()));
+                return Ok(());
             }
         }
     }
 
-    /// `None` once the subscriber has gone.
-    async fn send(&self, event: Arc<StoredEvent>) -> Option<()> {
+    /// Hands one live event over, waiting at most `stall` for room.
+    async fn send(&self, event: Arc<StoredEvent>) -> Fed {
         let seq = event.seq;
         if (self.filter)(&event.event) {
-            self.tx.send(event).await.ok()?;
+            match tokio::time::timeout(self.stall, self.tx.send(event)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(None),
+                Err(_) => return Err(Some(self.too_slow())),
+            }
         }
         self.position.store(seq, Ordering::Relaxed);
-        Some(())
+        Ok(())
+    }
+
+    /// The stream knows the last seq it gave out; it fills that in.
+    fn too_slow(&self) -> SubscribeError {
+        crate::refusals::log(|| {
+            tracing::warn!(
+                stalled_s = self.stall.as_secs(),
+                "a subscriber took no event while its queue was full: its stream is ended"
+            )
+        });
+        SubscribeError::TooSlow {
+            last_seq: 0,
+            stalled: self.stall,
+        }
     }
 }
 
@@ -419,9 +491,14 @@ mod tests {
     async fn inbox_at(now: i64, max_subscribers: usize) -> (Arc<Inbox>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(store, Arc::new(ManualClock::at(now)), max_subscribers)
-            .await
-            .unwrap();
+        let inbox = Inbox::new(
+            store,
+            Arc::new(ManualClock::at(now)),
+            max_subscribers,
+            Inbox::DEFAULT_STALL_TIMEOUT,
+        )
+        .await
+        .unwrap();
         (inbox, dir)
     }
 
@@ -501,9 +578,14 @@ mod tests {
             live: broadcast::Sender::new(16),
             stale_bounds,
         });
-        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
-            .await
-            .unwrap();
+        let inbox = Inbox::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            10,
+            Inbox::DEFAULT_STALL_TIMEOUT,
+        )
+        .await
+        .unwrap();
         (inbox, store)
     }
 
@@ -579,9 +661,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_000);
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(store.clone(), Arc::new(clock.clone()), 10)
-            .await
-            .unwrap();
+        let inbox = Inbox::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            10,
+            Inbox::DEFAULT_STALL_TIMEOUT,
+        )
+        .await
+        .unwrap();
         inbox.ingest(message("m1")).await.unwrap();
         inbox.ingest(message("m2")).await.unwrap();
         clock.set(2_000);
@@ -707,9 +794,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_795_737_600_000);
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(store, Arc::new(clock.clone()), 10)
-            .await
-            .unwrap();
+        let inbox = Inbox::new(
+            store,
+            Arc::new(clock.clone()),
+            10,
+            Inbox::DEFAULT_STALL_TIMEOUT,
+        )
+        .await
+        .unwrap();
         // A comment (no mid: deduplicated by content) from far in the future,
         // and one whose seconds would overflow when made milliseconds.
         let body = br#"{"object":"instagram","entry":[{"id":"1","time":1,"changes":[

@@ -73,6 +73,9 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     pub webhook_tls: Option<TlsFiles>,
     pub max_subscribers: usize,
+    /// How long a `Subscribe` stream may take no event while its queue is
+    /// full before it is ended as too slow.
+    pub subscriber_stall_timeout: Duration,
     /// The admin port (`/metrics`, `/livez`, `/readyz`); `None`: off.
     pub admin_listen: Option<SocketAddr>,
     /// Check and refresh the accounts' tokens; `None`: never (tests that
@@ -112,6 +115,7 @@ impl Settings {
             tls: None,
             webhook_tls: None,
             max_subscribers: Inbox::DEFAULT_MAX_SUBSCRIBERS,
+            subscriber_stall_timeout: Inbox::DEFAULT_STALL_TIMEOUT,
             accounts_file: None,
             allow_insecure_graph: false,
             tokens: None,
@@ -290,9 +294,14 @@ impl Application {
                 Arc::new(sqlite)
             }
         };
-        let inbox = Inbox::new(store, settings.clock.clone(), settings.max_subscribers)
-            .await
-            .map_err(|e| store_failed(e.to_string()))?;
+        let inbox = Inbox::new(
+            store,
+            settings.clock.clone(),
+            settings.max_subscribers,
+            settings.subscriber_stall_timeout,
+        )
+        .await
+        .map_err(|e| store_failed(e.to_string()))?;
         tokio::spawn(
             inbox
                 .clone()

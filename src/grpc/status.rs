@@ -44,9 +44,10 @@ fn code_of(reason: Reason) -> Code {
         | Reason::AccessTokenInvalid
         | Reason::PermissionMissing => Code::FailedPrecondition,
         Reason::RecipientNotFound | Reason::AccountNotFound => Code::NotFound,
-        Reason::RateLimited | Reason::Overloaded | Reason::MessageTooLarge => {
-            Code::ResourceExhausted
-        }
+        Reason::RateLimited
+        | Reason::Overloaded
+        | Reason::MessageTooLarge
+        | Reason::SubscriberTooSlow => Code::ResourceExhausted,
         Reason::UpstreamUnavailable | Reason::StoreUnavailable | Reason::ShuttingDown => {
             Code::Unavailable
         }
@@ -179,6 +180,11 @@ impl From<SubscribeError> for Status {
                 (Reason::ShuttingDown, HashMap::new(), Some(STORE_RETRY))
             }
             SubscribeError::Revoked => (Reason::ApiKeyInvalid, HashMap::new(), None),
+            SubscribeError::TooSlow { last_seq, .. } => (
+                Reason::SubscriberTooSlow,
+                HashMap::from([("lastSeq".to_owned(), last_seq.to_string())]),
+                None,
+            ),
             SubscribeError::Store(_) => {
                 (Reason::StoreUnavailable, HashMap::new(), Some(STORE_RETRY))
             }

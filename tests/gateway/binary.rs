@@ -572,3 +572,158 @@ async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory()
     // lists were decoded before being counted.
     assert!(grew < 16 << 20, "the peak grew {} MB", grew >> 20);
 }
+
+/// The line of the banner that starts with `prefix`, the rest of it.
+fn banner_value<'a>(banner: &'a [String], prefix: &str) -> &'a str {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {banner:?}"))
+}
+
+/// 200 Subscribe streams that never open their HTTP/2 window, one that
+/// reads nothing for a while, then 6,000 events of 3 KB: the gateway holds
+/// a bounded queue for each, ends each stalled one with SUBSCRIBER_TOO_SLOW
+/// and the last seq it gave out, and its memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscribers_hold_little_and_are_ended_as_too_slow_with_their_last_seq() {
+    use messenger_gateway::grpc::pb;
+    use tokio_stream::StreamExt;
+    const STALLED: usize = 200;
+    const EVENTS: usize = 6_000;
+    let child = gateway(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("INSTAGRAM_GRAPH_API_URL", "http://127.0.0.1:9/v25.0"),
+            ("INSTAGRAM_USER_ID", ACCOUNT),
+            ("INSTAGRAM_ACCESS_TOKEN", TOKEN),
+            ("INSTAGRAM_APP_SECRET", APP_SECRET),
+            ("INSTAGRAM_VERIFY_TOKEN", VERIFY_TOKEN),
+            ("MESSENGER_GATEWAY_SUBSCRIBER_STALL_TIMEOUT", "3s"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let (addr, banner) = listening_addr(&mut child);
+    let webhook_url = banner_value(&banner, "webhooks at ").to_owned();
+    let admin = banner_value(&banner, "admin at ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let subscribers = || async {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("messenger_gateway_subscribers "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as usize
+    };
+    let before = peak_rss(child.id());
+
+    // Raw HTTP/2: streams whose window is 0 from the start and never grows.
+    let request = prost::Message::encode_to_vec(&pb::SubscribeRequest::default());
+    let mut framed = vec![0u8];
+    framed.extend((request.len() as u32).to_be_bytes());
+    framed.extend(request);
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..STALLED / 4 {
+            let mut client = client.clone().ready().await.unwrap();
+            let request =
+                http::Request::post(format!("http://{addr}/messenger.v1.Messenger/Subscribe"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            body.send_data(framed.clone().into(), true).unwrap();
+            stalled.push(response);
+        }
+    }
+    // And one tonic client that reads nothing until its stream has ended.
+    let mut watcher = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    eventually(Duration::from_secs(30), "every subscriber in", || async {
+        subscribers().await == STALLED + 1
+    })
+    .await;
+
+    let text = "x".repeat(3 * 1024);
+    let http = reqwest::Client::new();
+    for batch in 0..EVENTS / 50 {
+        let items: Vec<(String, &str, i64)> = (0..50)
+            .map(|i| (format!("m{batch}.{i}"), text.as_str(), T0))
+            .collect();
+        let items: Vec<(&str, &str, i64)> =
+            items.iter().map(|(m, t, s)| (m.as_str(), *t, *s)).collect();
+        let body = messages_from_user(&items);
+        let status = http
+            .post(&webhook_url)
+            .header("content-type", "application/json")
+            .header(
+                messenger_gateway::webhook::SIGNATURE_HEADER,
+                messenger_gateway::webhook::sign(APP_SECRET, &body),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    // Every stalled stream is ended, its place given back.
+    eventually(
+        Duration::from_secs(60),
+        "stalled subscribers ended",
+        || async {
+            match subscribers().await {
+                0 => Ok(()),
+                n => Err(format!("{n} still open")),
+            }
+        },
+    )
+    .await;
+    let grew = peak_rss(child.id()).saturating_sub(before);
+    // Measured: about 30 MB, most of it the commit feed's shared ring of
+    // recent events; each stalled stream holds its queue of 64 at most.
+    assert!(grew < 100 << 20, "the peak grew {} MB", grew >> 20);
+
+    // The reader that woke up gets what was on its way, then the reason
+    // and the seq to resume after: the last one it got.
+    let mut last = 0;
+    let ended = loop {
+        match watcher.next().await.expect("the stream ends with a status") {
+            Ok(event) => {
+                assert_eq!(event.seq, last + 1, "in order, no gap");
+                last = event.seq;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
+    let (reason, metadata) = error_info(&ended);
+    assert_eq!(reason, "SUBSCRIBER_TOO_SLOW");
+    assert_eq!(metadata["lastSeq"], last.to_string());
+    assert!(last > 0 && (last as usize) < EVENTS, "{last}");
+    drop(stalled);
+}
