@@ -56,6 +56,16 @@ pub struct Budget {
     /// Cancelled when the caller goes: a send still waiting is then dropped.
     pub cancelled: CancellationToken,
     pub priority: Priority,
+    /// Run once, just before the first Graph call (after any wait for the
+    /// pace or a call slot): a send under a `request_id` marks it started.
+    pub start: Option<Arc<dyn CallStart>>,
+}
+
+/// What must happen before a send's first Graph call may begin.
+#[async_trait::async_trait]
+pub trait CallStart: std::fmt::Debug + Send + Sync {
+    /// `Err(why)`: the call is not made, and the send is not sent.
+    async fn start(&self) -> Result<(), String>;
 }
 
 impl From<Option<Instant>> for Budget {
@@ -64,6 +74,7 @@ impl From<Option<Instant>> for Budget {
             deadline,
             cancelled: CancellationToken::new(),
             priority: Priority::default(),
+            start: None,
         }
     }
 }
@@ -457,6 +468,11 @@ impl Deliverer {
                     self.policy.min_send_budget.as_millis()
                 )));
             }
+        }
+        if let Some(start) = &budget.start
+            && let Err(why) = start.start().await
+        {
+            return Err(not_sent(why));
         }
         let timeout = budget.deadline.map_or(timeout, |d| {
             timeout.min(d.saturating_duration_since(Instant::now()))

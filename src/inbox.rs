@@ -542,15 +542,20 @@ mod tests {
             id: &str,
             f: &str,
             now: UnixMs,
+            before: UnixMs,
         ) -> Result<crate::store::Claim, StoreError> {
-            self.inner.claim_request(id, f, now).await
+            self.inner.claim_request(id, f, now, before).await
+        }
+        async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
+            self.inner.start_request(id, token).await
         }
         async fn settle_request(
             &self,
             id: &str,
+            token: UnixMs,
             o: Option<crate::store::RecordedOutcome>,
         ) -> Result<(), StoreError> {
-            self.inner.settle_request(id, o).await
+            self.inner.settle_request(id, token, o).await
         }
         async fn prune(
             &self,

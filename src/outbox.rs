@@ -3,6 +3,7 @@
 //! `request_id` makes a send happen at most once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,12 +12,13 @@ use tokio::sync::watch;
 
 use crate::accounts::{AccountPath, Registry};
 use crate::clock::rfc3339;
-use crate::delivery::{Budget, log_outcome};
+use crate::delivery::{Budget, CallStart, log_outcome};
 use crate::error::{FieldViolation, Reason, SendError};
+use crate::events::UnixMs;
 use crate::graph;
 use crate::inbox::Inbox;
 use crate::message::{OutgoingAction, OutgoingMessage, Recipient, RequestId, Sent};
-use crate::store::{Claim, RecordedOutcome, StoreError};
+use crate::store::{Claim, RecordedOutcome, Store, StoreError};
 use crate::window::{Decision, WindowPolicy};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -167,7 +169,18 @@ impl Outbox {
         let store = self.inbox.store();
         loop {
             let now = self.inbox.now_ms();
-            let claim = store.claim_request(id, fingerprint, now).await?;
+            // Alone on its store, a claim whose call never started was left
+            // by a gateway that stopped: taken over at once. On a shared
+            // store it may wait on another replica: taken over once it has
+            // waited longer than a send settles.
+            let take_over_before = if store.is_shared() {
+                now - SETTLING.as_millis() as i64
+            } else {
+                now
+            };
+            let claim = store
+                .claim_request(id, fingerprint, now, take_over_before)
+                .await?;
             let Claim::Unsettled { claimed_ms } = claim else {
                 return Ok(claim);
             };
@@ -193,8 +206,8 @@ impl Outbox {
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let store = self.inbox.store();
-        match self.claim(id, fingerprint, &deadline).await? {
-            Claim::Claimed => {}
+        let token = match self.claim(id, fingerprint, &deadline).await? {
+            Claim::Claimed { token } => token,
             Claim::Conflict => return Err(conflict()),
             Claim::Recorded(RecordedOutcome::Sent(sent)) => return Ok(sent),
             Claim::Recorded(RecordedOutcome::MaybeDelivered) => {
@@ -209,10 +222,17 @@ impl Outbox {
             }
             Claim::Unsettled { .. } => {
                 return Err(SendError::MaybeDeliveredBefore(
-                    "the first send under this request_id was interrupted (the gateway stopped); it may have been delivered, so it is not sent again".into(),
+                    "the first send under this request_id was interrupted (the gateway stopped) after its Graph call began; it may have been delivered, so it is not sent again".into(),
                 ));
             }
-        }
+        };
+        let mut deadline = deadline;
+        deadline.start = Some(Arc::new(RequestStart {
+            store: store.clone(),
+            id: id.to_owned(),
+            token,
+            started: AtomicBool::new(false),
+        }));
         let result = self.send_checked(account, message, deadline).await;
         let outcome = match &result {
             Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
@@ -222,7 +242,7 @@ impl Outbox {
             // Nothing reached the person: the id may be used again.
             Err(_) => None,
         };
-        if let Err(e) = store.settle_request(id, outcome).await {
+        if let Err(e) = store.settle_request(id, token, outcome).await {
             // The claim stays unsettled, so a repeat is refused, never resent.
             tracing::error!(request_id = id, error = %e, "could not record a send's outcome");
         }
@@ -323,5 +343,47 @@ impl Drop for Forget<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(self.1);
+    }
+}
+
+/// Marks a send's `request_id` as started, durably, just before its first
+/// Graph call: a claim whose call never started is released by a restart
+/// (taken over by the retry), so only a call that began can leave a send's
+/// fate unknown.
+struct RequestStart {
+    store: Arc<dyn Store>,
+    id: String,
+    token: UnixMs,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for RequestStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStart")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl CallStart for RequestStart {
+    async fn start(&self) -> Result<(), String> {
+        // A retry's later attempts are under the same start.
+        if self.started.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.store.start_request(&self.id, self.token).await {
+            Ok(true) => {
+                self.started.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(false) => Err(
+                "another send under this request_id took it over; retry to learn its outcome"
+                    .into(),
+            ),
+            Err(e) => Err(format!(
+                "the request_id could not be marked as started: {e}"
+            )),
+        }
     }
 }

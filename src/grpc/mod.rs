@@ -230,6 +230,7 @@ impl MessengerService {
                             deadline: Some(deadline.unwrap_or_else(|| Instant::now() + self.default_timeout)),
                             cancelled: stream_gone.child_token(),
                             priority: Priority::Bulk,
+                            start: None,
                         };
                         match self.start_send(&caller, &request, budget, Priority::Bulk) {
                             Ok(job) => running.push(async move { (i, request_id, job.await) }),

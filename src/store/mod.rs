@@ -46,17 +46,24 @@ pub enum RecordedOutcome {
     MaybeDelivered,
 }
 
+/// The `outcome` column of a claim whose Graph call has not started; NULL
+/// is a call that may have started (what every claim meant before this
+/// state existed, so older rows stay safe).
+pub(crate) const QUEUED: &str = "queued";
+
 /// What claiming a `request_id` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The id is ours: send, then settle it.
-    Claimed,
+    /// The id is ours: mark it started just before the Graph call, then
+    /// settle it. `token` names this claim (one id may be claimed again).
+    Claimed { token: UnixMs },
     /// The id was used within the last day for different content.
     Conflict,
     /// The first send under this id ended like this.
     Recorded(RecordedOutcome),
-    /// Claimed at `claimed_ms` and not settled yet: a send under way (on
-    /// another replica), or one whose process stopped mid-send.
+    /// A Graph call under this id may have started at or after
+    /// `claimed_ms` and has no outcome yet: a send under way (on another
+    /// replica), or one whose process stopped mid-call.
     Unsettled { claimed_ms: UnixMs },
 }
 
@@ -121,18 +128,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Durably claims `id` for a send whose content hashes to `fingerprint`.
+    /// A claim made at or before `take_over_before` whose Graph call never
+    /// started (its process stopped while it waited, or it still waits on
+    /// another replica) is taken over: the old holder's
+    /// [`Store::start_request`] then fails, so one call is made. A later
+    /// one is `Unsettled`, like a call under way.
     async fn claim_request(
         &self,
         id: &str,
         fingerprint: &str,
         now: UnixMs,
+        take_over_before: UnixMs,
     ) -> Result<Claim, StoreError>;
 
-    /// Records how the send under `id` ended, or (`None`) releases the id
-    /// because nothing was delivered, so a retry under it may send again.
+    /// Durably marks that the Graph call of claim `token` may start now;
+    /// `false`: the claim was taken over, and the call must not be made.
+    async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError>;
+
+    /// Records how the send of claim `token` ended, or (`None`) releases
+    /// the id because nothing was delivered, so a retry under it may send
+    /// again. A claim taken over meanwhile is left alone.
     async fn settle_request(
         &self,
         id: &str,
+        token: UnixMs,
         outcome: Option<RecordedOutcome>,
     ) -> Result<(), StoreError>;
 

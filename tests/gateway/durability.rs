@@ -242,3 +242,96 @@ async fn the_sandbox_plays_the_user_and_enforces_the_window() {
     sigterm(&gw.child);
     assert!(wait_with_timeout(&mut gw.child, Duration::from_secs(10)).success());
 }
+
+/// One Graph call at a time, held at Graph: 40 sends under request ids, one
+/// at Graph and 39 waiting for the call slot, when the gateway is killed.
+/// After a restart every retry is sent exactly once, except the one whose
+/// call had begun: its fate is unknown, and it is never sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_a_send_whose_graph_call_never_began_is_sent_by_its_retry() {
+    let held = HeldGraph::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap().to_owned();
+    let base = format!("{}/v25.0", held.url);
+    let start = || {
+        let child = gateway(
+            &["serve", "--listen", "127.0.0.1:0", "--max-graph-calls", "1"],
+            &[
+                ("MESSENGER_GATEWAY_DATA_DIR", &dir),
+                ("INSTAGRAM_GRAPH_API_URL", &base),
+                ("INSTAGRAM_USER_ID", ACCOUNT),
+                ("INSTAGRAM_ACCESS_TOKEN", TOKEN),
+            ],
+        )
+        .spawn()
+        .unwrap();
+        let mut child = KillOnDrop(child);
+        let (addr, banner) = listening_addr(&mut child);
+        let admin = banner_value(&banner, "admin at ");
+        (child, addr, admin)
+    };
+    let send = |i: usize| {
+        let mut request = tonic::Request::new(pb::SendRequest {
+            request_id: format!("crash-{i:04}"),
+            ..text_to(USER, &format!("message {i}"))
+        });
+        request.set_timeout(Duration::from_secs(120));
+        request
+    };
+    let (mut first, addr, admin) = start();
+    let client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let mut client = client.clone();
+        let request = send(i);
+        tokio::spawn(async move { client.send(request).await });
+    }
+    held.until_waiting(1).await;
+    eventually(Duration::from_secs(30), "40 sends under way", || async {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("messenger_gateway_sends_in_flight{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            == Some(40.0)
+    })
+    .await;
+    let began = held.texts();
+    assert_eq!(began.len(), 1, "one call at a time");
+    first.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    first.wait().unwrap();
+
+    held.release();
+    let (mut second, addr, _) = start();
+    let mut client = MessengerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut unknown = Vec::new();
+    for i in 0..40 {
+        match client.send(send(i)).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(error_info(&status).0, "DELIVERY_UNKNOWN", "{i}: {status:?}");
+                unknown.push(serde_json::json!(format!("message {i}")));
+            }
+        }
+    }
+    // Unknown only where a call had begun; every message reached Graph once.
+    assert_eq!(unknown, began);
+    let mut texts: Vec<String> = held
+        .texts()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    texts.sort();
+    let mut expected: Vec<String> = (0..40).map(|i| format!("message {i}")).collect();
+    expected.sort();
+    assert_eq!(texts, expected);
+    sigterm(&second);
+    assert!(wait_with_timeout(&mut second, Duration::from_secs(10)).success());
+}

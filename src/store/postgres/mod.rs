@@ -21,7 +21,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::{
-    Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
+    Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
     StoredEvent, TokenRecord,
 };
 use crate::events::{InboundEvent, UnixMs};
@@ -352,6 +352,7 @@ impl Store for PgStore {
         id: &str,
         fingerprint: &str,
         now: UnixMs,
+        take_over_before: UnixMs,
     ) -> Result<Claim, StoreError> {
         let mut client = self.shared.pool.get().await?;
         // Three tries at most: a claim released by another replica between our
@@ -363,13 +364,13 @@ impl Store for PgStore {
             let inserted = tx
                 .execute(
                     "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome)
-                     VALUES ($1, $2, $3, NULL) ON CONFLICT (id) DO NOTHING",
-                    &[&id, &fingerprint, &now],
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                    &[&id, &fingerprint, &now, &QUEUED],
                 )
                 .await?;
             if inserted == 1 {
                 tx.commit().await?;
-                return Ok(Claim::Claimed);
+                return Ok(Claim::Claimed { token: now });
             }
             // Held by another claim: read it under a lock, so two replicas
             // reclaiming an expired id cannot both win.
@@ -392,19 +393,36 @@ impl Store for PgStore {
         let (fp, claimed, outcome): (String, i64, Option<String>) =
             (row.get(0), row.get(1), row.get(2));
         let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
-        let claim = if claimed < live_since {
+        // Expired, or never started (taken over, under a token of its own).
+        let reclaim = if claimed < live_since {
+            Some(now)
+        } else if fp == fingerprint
+            && outcome.as_deref() == Some(QUEUED)
+            && claimed <= take_over_before
+        {
+            Some(now.max(claimed + 1))
+        } else {
+            None
+        };
+        if let Some(token) = reclaim {
             tx.execute(
-                "UPDATE request_ids SET fingerprint = $2, claimed_ms = $3, outcome = NULL
+                "UPDATE request_ids SET fingerprint = $2, claimed_ms = $3, outcome = $4
                  WHERE id = $1",
-                &[&id, &fingerprint, &now],
+                &[&id, &fingerprint, &token, &QUEUED],
             )
             .await?;
-            Claim::Claimed
-        } else if fp != fingerprint {
+            tx.commit().await?;
+            return Ok(Claim::Claimed { token });
+        }
+        let claim = if fp != fingerprint {
             Claim::Conflict
         } else {
             match outcome {
+                // Under way, or waiting for its call on another replica.
                 None => Claim::Unsettled {
+                    claimed_ms: claimed,
+                },
+                Some(q) if q == QUEUED => Claim::Unsettled {
                     claimed_ms: claimed,
                 },
                 Some(outcome) => Claim::Recorded(
@@ -417,9 +435,22 @@ impl Store for PgStore {
         Ok(claim)
     }
 
+    async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
+        let client = self.shared.pool.get().await?;
+        let started = client
+            .execute(
+                "UPDATE request_ids SET outcome = NULL
+                 WHERE id = $1 AND claimed_ms = $2 AND outcome = $3",
+                &[&id, &token, &QUEUED],
+            )
+            .await?;
+        Ok(started == 1)
+    }
+
     async fn settle_request(
         &self,
         id: &str,
+        token: UnixMs,
         outcome: Option<RecordedOutcome>,
     ) -> Result<(), StoreError> {
         let client = self.shared.pool.get().await?;
@@ -429,14 +460,17 @@ impl Store for PgStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 client
                     .execute(
-                        "UPDATE request_ids SET outcome = $2 WHERE id = $1",
-                        &[&id, &json],
+                        "UPDATE request_ids SET outcome = $3 WHERE id = $1 AND claimed_ms = $2",
+                        &[&id, &token, &json],
                     )
                     .await?;
             }
             None => {
                 client
-                    .execute("DELETE FROM request_ids WHERE id = $1", &[&id])
+                    .execute(
+                        "DELETE FROM request_ids WHERE id = $1 AND claimed_ms = $2",
+                        &[&id, &token],
+                    )
                     .await?;
             }
         }

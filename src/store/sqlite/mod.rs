@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    Claim, DEDUP_TTL, Ingested, Pruned, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
+    Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
     StoredEvent, TokenRecord, opened_at,
 };
 use crate::events::{InboundEvent, UnixMs};
@@ -326,6 +326,7 @@ impl Store for SqliteStore {
         id: &str,
         fingerprint: &str,
         now: UnixMs,
+        take_over_before: UnixMs,
     ) -> Result<Claim, StoreError> {
         let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
         self.write(move |conn| {
@@ -342,9 +343,21 @@ impl Store for SqliteStore {
                 })
                 .optional()?;
             let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
+            let mut token = now;
             match existing {
                 Some((fp, claimed, _)) if claimed >= live_since && fp != fingerprint => {
                     return Ok(Claim::Conflict);
+                }
+                // Never started: taken over, under a token of its own.
+                Some((_, claimed, Some(q)))
+                    if claimed >= live_since && q == QUEUED && claimed <= take_over_before =>
+                {
+                    token = now.max(claimed + 1);
+                }
+                Some((_, claimed, Some(q))) if claimed >= live_since && q == QUEUED => {
+                    return Ok(Claim::Unsettled {
+                        claimed_ms: claimed,
+                    });
                 }
                 Some((_, claimed, None)) if claimed >= live_since => {
                     return Ok(Claim::Unsettled {
@@ -359,12 +372,26 @@ impl Store for SqliteStore {
                 _ => {}
             }
             conn.prepare_cached(
-                "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome) VALUES (?1, ?2, ?3, NULL)
+                "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint,
-                   claimed_ms = excluded.claimed_ms, outcome = NULL",
+                   claimed_ms = excluded.claimed_ms, outcome = excluded.outcome",
             )?
-            .execute(params![id, fingerprint, now])?;
-            Ok(Claim::Claimed)
+            .execute(params![id, fingerprint, token, QUEUED])?;
+            Ok(Claim::Claimed { token })
+        })
+        .await
+    }
+
+    async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let started = conn
+                .prepare_cached(
+                    "UPDATE request_ids SET outcome = NULL
+                     WHERE id = ?1 AND claimed_ms = ?2 AND outcome = ?3",
+                )?
+                .execute(params![id, token, QUEUED])?;
+            Ok(started == 1)
         })
         .await
     }
@@ -372,6 +399,7 @@ impl Store for SqliteStore {
     async fn settle_request(
         &self,
         id: &str,
+        token: UnixMs,
         outcome: Option<RecordedOutcome>,
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
@@ -380,12 +408,16 @@ impl Store for SqliteStore {
                 Some(outcome) => {
                     let json = serde_json::to_string(&outcome)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    conn.prepare_cached("UPDATE request_ids SET outcome = ?2 WHERE id = ?1")?
-                        .execute(params![id, json])?;
+                    conn.prepare_cached(
+                        "UPDATE request_ids SET outcome = ?3 WHERE id = ?1 AND claimed_ms = ?2",
+                    )?
+                    .execute(params![id, token, json])?;
                 }
                 None => {
-                    conn.prepare_cached("DELETE FROM request_ids WHERE id = ?1")?
-                        .execute(params![id])?;
+                    conn.prepare_cached(
+                        "DELETE FROM request_ids WHERE id = ?1 AND claimed_ms = ?2",
+                    )?
+                    .execute(params![id, token])?;
                 }
             }
             Ok(())
@@ -576,7 +608,7 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         store.ingest(vec![message("m1", 1)], 100).await.unwrap();
         store.ingest(vec![message("m2", 2)], 200).await.unwrap();
-        store.claim_request("r", "f", 0).await.unwrap();
+        store.claim_request("r", "f", 0, 0).await.unwrap();
         let now = REQUEST_ID_TTL.as_millis() as i64 + 10;
         let pruned = store.prune(now, 150).await.unwrap();
         assert_eq!((pruned.events, pruned.request_ids), (1, 1));
