@@ -97,19 +97,36 @@ pub fn failure_with_code(
 ) -> Status {
     let metadata: HashMap<String, String> = metadata
         .into_iter()
-        .map(|(k, v)| (k, truncate(&v, MAX_METADATA_BYTES)))
+        .map(|(k, v)| (k, clean(&v, MAX_METADATA_BYTES)))
         .collect();
     let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata);
     for v in violations.iter().take(MAX_VIOLATIONS) {
         details.add_bad_request_violation(
-            truncate(&v.field, MAX_FIELD_BYTES),
-            truncate(&v.description, MAX_DESCRIPTION_BYTES),
+            clean(&v.field, MAX_FIELD_BYTES),
+            clean(&v.description, MAX_DESCRIPTION_BYTES),
         );
     }
     if retry.is_some() {
         details.set_retry_info(retry);
     }
-    Status::with_error_details(code, truncate(message, MAX_MESSAGE_BYTES), details)
+    Status::with_error_details(code, clean(message, MAX_MESSAGE_BYTES), details)
+}
+
+/// `s` cut at `max` bytes, its control characters (ESC, NUL, CR, LF…)
+/// escaped: Graph's words and a caller's values reach other callers'
+/// terminals and logs, where such bytes would rewrite or split lines.
+fn clean(s: &str, max: usize) -> String {
+    if !s.chars().any(char::is_control) {
+        return truncate(s, max);
+    }
+    let escaped: String = s
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect();
+    truncate(&escaped, max)
 }
 
 impl From<SendError> for Status {
@@ -291,6 +308,30 @@ impl From<AuthError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_a_status_are_escaped_everywhere() {
+        let hostile = "(#100) bad\u{1b}[2J\0\r\nx-injected: 1".to_owned();
+        let status = failure(
+            Reason::GraphError,
+            &hostile,
+            HashMap::from([("graphMessage".to_owned(), hostile.clone())]),
+            None,
+            &[FieldViolation::new("text", hostile.clone())],
+        );
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        let violation = &details.bad_request().unwrap().field_violations[0];
+        for text in [
+            status.message(),
+            info.metadata["graphMessage"].as_str(),
+            violation.description.as_str(),
+        ] {
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(text.contains("\\u{1b}[2J"), "{text:?}");
+        }
+    }
+
     use crate::error::GraphError;
 
     fn graph_failure(code: i64, subcode: Option<i64>) -> SendError {
