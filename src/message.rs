@@ -151,6 +151,11 @@ impl HttpUrl {
         if s.len() > limits::URL_BYTES {
             return Err(format!("must be at most {} bytes", limits::URL_BYTES));
         }
+        // The URL parser forgives tabs and newlines (it drops them) and
+        // trims spaces, but the string is what goes to Graph: refused here.
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("must be a URL without spaces or control characters (encode them)".into());
+        }
         match url::Url::parse(s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                 Ok(Self(s.to_owned()))
@@ -328,6 +333,20 @@ pub struct Sent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_with_a_raw_newline_tab_or_space_is_refused_not_forwarded() {
+        for bad in [
+            "https://example.com/a\nb",
+            "https://example.com/a\r\nX-Injected: 1",
+            "https://exam\tple.com/",
+            " https://example.com/",
+            "https://example.com/a b",
+        ] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(HttpUrl::parse("https://example.com/a%20b?q=1#f").is_ok());
+    }
 
     #[test]
     fn text_is_limited_in_bytes_not_characters() {
