@@ -126,17 +126,35 @@ fn serve_webhooks(
         limits.body_read_timeout,
         metrics,
     );
+    serve_http(webhooks.listener, app, limits, Some(stop))
+}
+
+/// Serves `app` over HTTP/1.1 under `limits` (connections, per address,
+/// the time to read headers) until `stop` (if any), then lets requests
+/// under way finish for a moment.
+fn serve_http(
+    listener: Listener,
+    app: axum::Router,
+    limits: Limits,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> tokio::task::JoinHandle<()> {
     let mut stop = stop;
     tokio::spawn(async move {
-        let mut conns = net::incoming(webhooks.listener.listener, webhooks.listener.tls, limits);
+        let mut conns = net::incoming(listener.listener, listener.tls, limits);
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
         loop {
+            let stopped = async {
+                match &mut stop {
+                    Some(stop) => drop(stop.wait_for(|s| *s).await),
+                    None => std::future::pending().await,
+                }
+            };
             let conn = tokio::select! {
                 conn = conns.next() => conn,
-                _ = stop.wait_for(|s| *s) => break,
+                () = stopped => break,
             };
             let Some(Ok(conn)) = conn else { break };
             let service = TowerToHyperService::new(app.clone());
@@ -153,6 +171,9 @@ fn serve_webhooks(
     })
 }
 
+/// The admin port's connections: a scraper or a probe needs few.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// What the admin port reads.
 struct Admin {
     metrics: Arc<Metrics>,
@@ -165,7 +186,7 @@ struct Admin {
 /// `/readyz` (ready to take calls) on their own port, for operators and
 /// orchestrators, never for callers. Runs until the process ends, so a
 /// scrape during the drain still sees it.
-fn serve_admin(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<()> {
+fn serve_admin(listener: TcpListener, admin: Admin, limits: Limits) -> tokio::task::JoinHandle<()> {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
@@ -199,11 +220,21 @@ fn serve_admin(listener: TcpListener, admin: Admin) -> tokio::task::JoinHandle<(
             ),
         )
         .with_state(admin);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the admin port stopped");
-        }
-    })
+    // The webhook port's read timeouts, fewer connections; never stopped.
+    let limits = Limits {
+        max_connections: limits.max_connections.min(ADMIN_MAX_CONNECTIONS),
+        max_connections_per_ip: limits.max_connections_per_ip.min(ADMIN_MAX_CONNECTIONS),
+        ..limits
+    };
+    serve_http(
+        Listener {
+            listener,
+            tls: None,
+        },
+        app,
+        limits,
+        None,
+    )
 }
 
 /// Serves until `shutdown` resolves, then: health goes NOT_SERVING, sends under
@@ -237,6 +268,7 @@ pub async fn serve(
                 inbox: inbox.clone(),
                 ready: ready.clone(),
             },
+            options.limits,
         )
     });
     let (stop_hooks, hooks_stopped) = tokio::sync::watch::channel(false);

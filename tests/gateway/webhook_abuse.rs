@@ -208,3 +208,45 @@ async fn one_address_cannot_take_every_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_admin_port_drops_a_connection_that_trickles_its_headers() {
+    let limits = Limits {
+        first_byte_timeout: Duration::from_millis(300),
+        header_read_timeout: Duration::from_millis(600),
+        ..Limits::default()
+    };
+    let gw = TestGateway::builder().serve(quick(limits)).start().await;
+    let mut trickle = TcpStream::connect(gw.admin).await.unwrap();
+    trickle
+        .write_all(b"GET /metrics HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // A header byte every 100 ms: each arrives in time, the whole never.
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if trickle.write_all(b"x").await.is_err() {
+            break true;
+        }
+        let mut buf = [0u8; 256];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut buf)).await
+        {
+            // An answer (408) or the close.
+            let _ = read;
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+    };
+    assert!(closed, "the trickling connection stayed open");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The port still serves.
+    assert_eq!(gw.admin_status("/livez").await, 200);
+}
