@@ -183,6 +183,45 @@ pub fn read_accounts_file(
     parse_accounts(file, &text, var, allow_insecure_graph)
 }
 
+/// A token file is longer than no token.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// Reads a token file as ssh reads a private key: a regular file (a FIFO
+/// or a device would hang the start), of a few KiB at most, that only its
+/// owner may read. A relative path is read from `dir`, the accounts file's
+/// directory, wherever the gateway was started.
+fn read_token_file(path: &Path, dir: &Path) -> Result<String, String> {
+    let path = dir.join(path);
+    let shown = path.display();
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| format!("the token file {shown} cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("the token file {shown} is not a regular file"));
+    }
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "the token file {shown} is {} bytes: a token file holds one token (at most {MAX_TOKEN_FILE_BYTES} bytes)",
+            meta.len()
+        ));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the token file {shown} may be read by others (mode {mode:o}): make it the owner's only (chmod 600)"
+            ));
+        }
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("the token file {shown} cannot be read: {e}"))?;
+    match text.trim() {
+        "" => Err(format!("the token file {shown} is empty")),
+        token => Ok(token.to_owned()),
+    }
+}
+
 /// Parses the text of an accounts file (see [`read_accounts_file`]).
 pub fn parse_accounts(
     file: &Path,
@@ -265,19 +304,11 @@ pub fn parse_accounts(
                         format!("account {id}: the variable {} is not set", env.get_ref()),
                     )
                 })?,
-            (None, Some(path)) => std::fs::read_to_string(path.get_ref())
-                .map(|t| t.trim().to_owned())
-                .ok()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    at(
-                        path.span(),
-                        format!(
-                            "account {id}: the token file {} cannot be read or is empty",
-                            path.get_ref().display()
-                        ),
-                    )
-                })?,
+            (None, Some(path)) => {
+                let dir = file.parent().unwrap_or(Path::new("."));
+                read_token_file(path.get_ref(), dir)
+                    .map_err(|why| at(path.span(), format!("account {id}: {why}")))?
+            }
         };
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(at(
@@ -605,14 +636,60 @@ token_env = "HELP"
         assert!(e.what.contains("URL path"), "{e}");
     }
 
+    fn owner_only(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
     #[test]
     fn a_token_may_come_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        std::fs::write(&path, "file-token\n").unwrap();
+        owner_only(&path, "file-token\n");
         let text = format!("[[account]]\nid = \"1\"\ntoken_file = {:?}\n", path);
         let specs = accounts(&text).unwrap();
         assert_eq!(specs[0].id(), "1");
+    }
+
+    #[test]
+    fn a_token_file_is_the_owners_alone_regular_small_and_found_beside_the_accounts_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conf/accounts.toml");
+        std::fs::create_dir(dir.path().join("conf")).unwrap();
+        let read = |token_file: &str| {
+            let text = format!("[[account]]\nid = \"1\"\ntoken_file = {token_file:?}\n");
+            parse_accounts(&file, &text, |_| None, false)
+        };
+        // Relative: beside the accounts file, wherever the gateway runs.
+        owner_only(&dir.path().join("conf/shop"), "shop-token");
+        assert_eq!(read("shop").unwrap().accounts.len(), 1);
+        // Readable by the group or the world: refused, as ssh refuses a key.
+        std::fs::set_permissions(
+            dir.path().join("conf/shop"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = read("shop").unwrap_err();
+        assert!(
+            e.what.contains("chmod 600") && e.what.contains("644"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("shop-token"));
+        // A FIFO would hang the start; a directory or a huge file is no token.
+        let fifo = dir.path().join("conf/fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            read("fifo")
+                .unwrap_err()
+                .what
+                .contains("not a regular file")
+        );
+        assert!(read(".").unwrap_err().what.contains("not a regular file"));
+        owner_only(&dir.path().join("conf/big"), &"t".repeat(5000));
+        assert!(read("big").unwrap_err().what.contains("5000 bytes"));
     }
 
     fn account_from_env_test(

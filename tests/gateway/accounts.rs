@@ -362,7 +362,7 @@ fn accounts_toml(dir: &std::path::Path, entries: &[(&str, &str, &str, &str)]) ->
         .iter()
         .map(|(id, name, token, base)| {
             let token_file = dir.join(format!("token-{id}"));
-            std::fs::write(&token_file, token).unwrap();
+            write_secret(&token_file, token);
             format!(
                 "[[account]]\nid = {id:?}\nname = {name:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n\n"
             )

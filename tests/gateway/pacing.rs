@@ -430,7 +430,7 @@ async fn an_accounts_own_budget_from_the_file_paces_it_alone() {
         .await;
     let secrets = tempfile::tempdir().unwrap();
     let token = secrets.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
+    write_secret(&token, TOKEN);
     let file = format!(
         "[[account]]\nid = \"17841400000000001\"\nname = \"slow\"\ntoken_file = {token:?}\napi_url = {base:?}\npace_standard = \"5/s\"\n\n\
          [[account]]\nid = \"17841400000000002\"\nname = \"fast\"\ntoken_file = {token:?}\napi_url = {base:?}\n"

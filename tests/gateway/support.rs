@@ -650,6 +650,14 @@ pub fn messages_from_user(items: &[(&str, &str, i64)]) -> Vec<u8> {
     .unwrap()
 }
 
+/// Writes a secret file (a token file) as the gateway requires it: the
+/// owner's alone.
+pub fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A keys-file entry admitting `secret`.
 pub fn key_entry(id: &str, secret: &str, accounts: &[&str], allow: &[&str]) -> String {
     use sha2::Digest;

@@ -334,7 +334,7 @@ async fn a_reloaded_token_clears_an_invalid_mark() {
     sends_accepted_with(&graph, ACCOUNT, "new-token").await;
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, "old-token").unwrap();
+    write_secret(&token_file, "old-token");
     let file = |_: ()| {
         format!("[[account]]\nid = {ACCOUNT:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n")
     };
@@ -411,7 +411,7 @@ async fn a_refresh_that_a_reload_overtakes_is_dropped() {
     sends_accepted_with(&graph, ACCOUNT, "new-token").await;
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("token");
-    std::fs::write(&token_file, "old-token").unwrap();
+    write_secret(&token_file, "old-token");
     let file =
         format!("[[account]]\nid = {ACCOUNT:?}\ntoken_file = {token_file:?}\napi_url = {base:?}\n");
     let data = Arc::new(tempfile::tempdir().unwrap());
