@@ -473,8 +473,15 @@ impl pb::messenger_server::Messenger for MessengerService {
         }
         let sees = caller.clone();
         let accounts = self.accounts.clone();
+        use crate::window::ME;
         let filter = Box::new(move |e: &InboundEvent| {
-            if !only.is_empty() && !only.contains(&e.account_id) {
+            // An account configured as `me` answers for whichever id its
+            // webhooks carry (one no other account has).
+            let as_me = || accounts.by_id(&e.account_id).is_none();
+            if !only.is_empty()
+                && !only.contains(&e.account_id)
+                && !(only.iter().any(|a| a == ME) && as_me())
+            {
                 return false;
             }
             // Run per event and subscriber: no lookup where every account
@@ -482,8 +489,15 @@ impl pb::messenger_server::Messenger for MessengerService {
             if matches!(sees, Caller::Open) {
                 return true;
             }
-            let path = accounts.by_id(&e.account_id);
-            sees.sees(&e.account_id, path.as_ref().and_then(|p| p.name.as_deref()))
+            match accounts.by_id(&e.account_id) {
+                Some(path) => sees.sees(&e.account_id, path.name.as_deref()),
+                None => {
+                    sees.sees(&e.account_id, None)
+                        || accounts
+                            .by_id(ME)
+                            .is_some_and(|me| sees.sees(ME, me.name.as_deref()))
+                }
+            }
         });
         let keys = self.keys.clone();
         let revoked = Box::pin(async move { keys.revoked(&caller).await });

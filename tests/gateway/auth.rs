@@ -292,3 +292,45 @@ async fn a_connection_with_no_authenticated_call_is_closed_in_time() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_key_scoped_to_me_sees_the_events_of_the_account_configured_as_me() {
+    use messenger_gateway::accounts::AccountSpec;
+    use messenger_gateway::graph::{AccessToken, Account};
+    use messenger_gateway::startup::Upstream;
+    const MINE: &str = "mgw_mine_secret_0123456789abcdefghijklmnopqrstuv";
+    let gw = TestGateway::builder()
+        .keys(&key_entry("mine", MINE, &["me"], &["subscribe"]))
+        .configure(|s| {
+            let me =
+                Account::new("http://127.0.0.1:9/v25.0", "me", &AccessToken::new("t")).unwrap();
+            s.upstream = Upstream::Graph(vec![AccountSpec::new(me)]);
+        })
+        .start()
+        .await;
+    // The webhooks carry the account's real id.
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    let mut client = gw.client().await;
+    for account_ids in [vec![], vec!["me".to_owned()]] {
+        let mut stream = client
+            .subscribe(with_key(
+                pb::SubscribeRequest {
+                    after: 0,
+                    account_ids,
+                },
+                MINE,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the key sees the event")
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.seq, first.account_id.as_str()), (1, ACCOUNT));
+    }
+}
