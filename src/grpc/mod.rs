@@ -478,10 +478,10 @@ impl pb::messenger_server::Messenger for MessengerService {
             // An account configured as `me` answers for whichever id its
             // webhooks carry (one no other account has).
             let as_me = || accounts.by_id(&e.account_id).is_none();
-            if !only.is_empty()
-                && !only.contains(&e.account_id)
-                && !(only.iter().any(|a| a == ME) && as_me())
-            {
+            let named = only.is_empty()
+                || only.contains(&e.account_id)
+                || (only.iter().any(|a| a == ME) && as_me());
+            if !named {
                 return false;
             }
             // Run per event and subscriber: no lookup where every account
