@@ -257,3 +257,34 @@ async fn a_page_delivery_is_kept_whole_and_named() {
     assert_eq!(events[0].object, "page");
     assert!(matches!(&events[0].event, Some(Event::Raw(r)) if r.field == "entry"));
 }
+
+/// A NUL anywhere Meta may put one (text, an unknown key, a payload) is
+/// stored and streamed, on both stores: never a 5xx Meta would retry for
+/// 36 hours.
+#[tokio::test]
+async fn a_nul_in_a_delivery_is_stored_on_both_stores() {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "object": "instagram",
+        "entry": [{"id": ACCOUNT, "time": T0, "messaging": [
+            {"sender": {"id": USER}, "recipient": {"id": ACCOUNT}, "timestamp": T0,
+             "message": {"mid": "mid.nul.1", "text": "a\u{0}b", "extra\u{0}key": "x\u{0}"}},
+            {"sender": {"id": USER}, "recipient": {"id": ACCOUNT}, "timestamp": T0,
+             "postback": {"mid": "mid.nul.2", "title": "t\u{0}", "payload": "p\u{0}"}}
+        ]}]
+    }))
+    .unwrap();
+    let mut gateways = vec![("sqlite", TestGateway::start().await)];
+    if let Some(url) = fresh_pg_database().await {
+        let gw = TestGateway::builder()
+            .configure(move |s| s.store = Some(url))
+            .start()
+            .await;
+        gateways.push(("postgres", gw));
+    }
+    for (store, gw) in gateways {
+        assert_eq!(gw.deliver(&body).await, 200, "{store}");
+        let events = all_events(&gw).await;
+        assert_eq!(events.len(), 2, "{store}: {events:?}");
+        assert!(message(&events[0]).text.starts_with('a'), "{store}");
+    }
+}
