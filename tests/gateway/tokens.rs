@@ -577,3 +577,73 @@ async fn replicas_refresh_a_token_once_and_every_one_uses_the_refreshed_token() 
     }
     assert_eq!(refreshes, 2, "the others did not refresh it again");
 }
+
+/// Every byte of the data directory's files.
+fn on_disk(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        bytes.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    bytes
+}
+
+fn holds(bytes: &[u8], token: &str) -> bool {
+    bytes.windows(token.len()).any(|w| w == token.as_bytes())
+}
+
+#[tokio::test]
+async fn once_a_store_key_is_set_no_clear_token_is_left_in_the_files() {
+    let graph = MockServer::start().await;
+    let base = format!("{}/v25.0", graph.uri());
+    mount_token_endpoints(&graph, ACCOUNT, TOKEN, refreshed("IGAA-refreshed-1")).await;
+    mount_token_endpoints(
+        &graph,
+        ACCOUNT,
+        "IGAA-refreshed-1",
+        refreshed("IGAA-refreshed-2"),
+    )
+    .await;
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    // No key: the refreshed token is kept in clear (the README says so).
+    let mut gw = tokens_on(
+        TestGateway::builder()
+            .graph(graph, &base)
+            .data(data.clone()),
+        None,
+    )
+    .start()
+    .await;
+    settled(&gw, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    gw.begin_shutdown();
+    gw.served.take().unwrap().await.unwrap().unwrap();
+    assert!(
+        holds(&on_disk(data.path()), "IGAA-refreshed-1"),
+        "the premise"
+    );
+
+    // With a key, it is refreshed again and kept sealed; the clear bytes
+    // are gone from the database and its journal.
+    let mut after = tokens_on(
+        TestGateway::builder()
+            .graph(gw.graph, &base)
+            .data(data.clone()),
+        Some("a key at last"),
+    )
+    .start()
+    .await;
+    eventually(Duration::from_secs(30), "refreshed again", || async {
+        refresh_calls(&after.graph.received_requests().await.unwrap()) == 2
+    })
+    .await;
+    settled(&after, ACCOUNT, |a| a.last_refresh_at.is_some()).await;
+    let bytes = on_disk(data.path());
+    for token in ["IGAA-refreshed-1", "IGAA-refreshed-2"] {
+        assert!(!holds(&bytes, token), "{token} in clear while running");
+    }
+    after.begin_shutdown();
+    after.served.take().unwrap().await.unwrap().unwrap();
+    let bytes = on_disk(data.path());
+    for token in ["IGAA-refreshed-1", "IGAA-refreshed-2"] {
+        assert!(!holds(&bytes, token), "{token} in clear after the stop");
+    }
+}

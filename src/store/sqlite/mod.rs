@@ -442,6 +442,14 @@ impl Store for SqliteStore {
             ])?;
             Ok(())
         })
+        .await?;
+        // The page that held the token before is still in the database
+        // file (the new one is in the journal): copied over, and the
+        // journal emptied, now. Rare: a token is saved hourly at most.
+        self.read(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
         .await
     }
 
