@@ -446,11 +446,17 @@ impl Store for SqliteStore {
         // The page that held the token before is still in the database
         // file (the new one is in the journal): copied over, and the
         // journal emptied, now. Rare: a token is saved hourly at most.
-        self.read(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        // The token is kept either way; only the clean-up may wait.
+        let checkpoint = self
+            .read(|conn| {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = checkpoint {
+            tracing::warn!(error = %e, "could not empty the journal after keeping a token; the next checkpoint will");
+        }
+        Ok(())
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
