@@ -183,7 +183,10 @@ async fn one_delivery_for_two_accounts_lands_under_each_and_subscribers_can_filt
         .into_inner();
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let e = all.next().await.unwrap().unwrap();
+        let e = within("the next item of all", all.next())
+            .await
+            .unwrap()
+            .unwrap();
         seen.push(e.account_id);
     }
     assert_eq!(seen, [ACCOUNT, SUPPORT_ID]);
@@ -196,7 +199,10 @@ async fn one_delivery_for_two_accounts_lands_under_each_and_subscribers_can_filt
         .await
         .unwrap()
         .into_inner();
-    let e = only_support.next().await.unwrap().unwrap();
+    let e = within("the next item of only_support", only_support.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e.account_id, SUPPORT_ID);
     match e.event {
         Some(pb::inbound_event::Event::Message(m)) => assert_eq!(m.mid, "m-support"),
@@ -352,7 +358,10 @@ async fn events_for_an_account_not_configured_are_still_stored_and_streamed() {
     assert_eq!(gw.deliver(&body).await, 200);
     assert_eq!(gw.deliver(&body).await, 200);
     let mut events = gw.events_after(0).await;
-    let e = events.next().await.unwrap().unwrap();
+    let e = within("the next item of events", events.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((e.seq, e.account_id.as_str()), (1, stranger));
 }
 
@@ -532,7 +541,10 @@ async fn each_meta_app_has_its_own_webhook_path_and_secret() {
     assert_eq!(handshake.text().await.unwrap(), "1158201444");
 
     let mut events = gw.events_after(0).await;
-    let e = events.next().await.unwrap().unwrap();
+    let e = within("the next item of events", events.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e.account_id, ACCOUNT);
 
     // An entry for support arriving with the main app's secret is dropped;
@@ -558,7 +570,10 @@ async fn each_meta_app_has_its_own_webhook_path_and_secret() {
         .await
         .unwrap();
     assert_eq!(taken.status().as_u16(), 200);
-    let e = events.next().await.unwrap().unwrap();
+    let e = within("the next item of events", events.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(e.account_id, SUPPORT_ID);
     match e.event {
         Some(pb::inbound_event::Event::Message(m)) => assert_eq!(m.mid, "m-genuine"),
@@ -654,7 +669,10 @@ async fn a_key_limited_to_some_accounts_learns_nothing_of_the_others() {
         .await
         .unwrap()
         .into_inner();
-    let first = events.next().await.unwrap().unwrap();
+    let first = within("the next item of events", events.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((first.seq, first.account_id.as_str()), (2, SUPPORT_ID));
     let nothing_more =
         tokio::time::timeout(std::time::Duration::from_millis(300), events.next()).await;

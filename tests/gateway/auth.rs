@@ -182,7 +182,10 @@ async fn subscribe_streams_only_the_events_of_the_keys_accounts() {
         .await
         .unwrap()
         .into_inner();
-    let seen = theirs.next().await.unwrap().unwrap();
+    let seen = within("the next item of theirs", theirs.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((seen.seq, seen.account_id.as_str()), (1, OTHER_ACCOUNT));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), theirs.next())

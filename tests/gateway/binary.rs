@@ -712,7 +712,10 @@ async fn stalled_subscribers_hold_little_and_are_ended_as_too_slow_with_their_la
     // and the seq to resume after: the last one it got.
     let mut last = 0;
     let ended = loop {
-        match watcher.next().await.expect("the stream ends with a status") {
+        match within("the next item of watcher", watcher.next())
+            .await
+            .expect("the stream ends with a status")
+        {
             Ok(event) => {
                 assert_eq!(event.seq, last + 1, "in order, no gap");
                 last = event.seq;

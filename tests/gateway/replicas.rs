@@ -363,7 +363,14 @@ async fn while_postgres_is_unreachable_nothing_is_acknowledged_and_after_it_retu
         b.window_with(USER).await.state == pb::WindowState::Open as i32
     })
     .await;
-    assert_eq!(events.message().await.unwrap().unwrap().seq, 1);
+    assert_eq!(
+        within("the next item of events", events.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        1
+    );
     eventually(Duration::from_secs(5), "b is ready", || async {
         b.admin_status("/readyz").await == 200
     })

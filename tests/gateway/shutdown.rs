@@ -102,12 +102,16 @@ async fn health_goes_not_serving_on_shutdown_and_watchers_are_released() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        watch.message().await.unwrap().unwrap().status,
+        within("the next item of watch", watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
         ServingStatus::Serving as i32
     );
     gw.begin_shutdown();
     let mut seen = Vec::new();
-    while let Ok(Some(update)) = watch.message().await {
+    while let Ok(Some(update)) = within("the next item of watch", watch.message()).await {
         seen.push(update.status);
     }
     assert_eq!(seen.last(), Some(&(ServingStatus::NotServing as i32)));

@@ -455,6 +455,14 @@ pub async fn eventually<L: Look, F: Future<Output = L>>(
     }
 }
 
+/// `f`'s output, within 30 s: a test never waits forever for a stream's
+/// next item or an answer; it fails, saying what it waited for.
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 30 s"))
+}
+
 /// What a held Graph call carried.
 #[derive(Clone, Debug)]
 pub struct HeldCall {
