@@ -18,6 +18,8 @@ use crate::window::{Window, WindowFacts};
 /// reads from the store at once. Live events are shared by every
 /// subscriber; replayed ones are each subscriber's own.
 pub const SUBSCRIBER_QUEUE: usize = 64;
+/// How long a failed write keeps the gateway "not ready".
+const WRITE_FAILURE_HOLD: Duration = Duration::from_secs(30);
 /// Event times more than this ahead of arrival are taken as arrival time.
 const MAX_AHEAD_MS: i64 = 24 * 60 * 60 * 1000;
 /// The times an event may carry: from 2010 (see `EARLIEST_MS`) to the end
@@ -122,6 +124,8 @@ pub struct Inbox {
     /// How long a subscriber may take no event while its queue is full.
     stall_timeout: Duration,
     subscribers: Arc<AtomicUsize>,
+    /// When the last write failed, if the last write failed.
+    write_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Each live subscription's position, for the lag metric.
     positions: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
@@ -144,6 +148,7 @@ impl Inbox {
             max_subscribers,
             stall_timeout,
             subscribers: Arc::new(AtomicUsize::new(0)),
+            write_failed_at: std::sync::Mutex::default(),
             positions: std::sync::Mutex::default(),
         }))
     }
@@ -190,7 +195,28 @@ impl Inbox {
                 e.timestamp_ms = now;
             }
         }
-        self.store.ingest(events, now).await
+        let stored = self.store.ingest(events, now).await;
+        // Remembered for /readyz: a store that answers but cannot write
+        // (a full disk) makes every webhook a 503.
+        let mut failed = self
+            .write_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *failed = match &stored {
+            Ok(_) => None,
+            Err(_) => Some(std::time::Instant::now()),
+        };
+        stored
+    }
+
+    /// Whether the last write went through, or failed long enough ago to
+    /// be worth trying again (a probe that stayed "not ready" would keep
+    /// away the traffic that shows the store mended).
+    pub fn store_writable(&self) -> bool {
+        self.write_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= WRITE_FAILURE_HOLD)
     }
 
     pub async fn window(&self, account: &str, user: &str) -> Result<Window, StoreError> {

@@ -211,7 +211,10 @@ fn serve_admin(listener: TcpListener, admin: Admin, limits: Limits) -> tokio::ta
             "/readyz",
             get(
                 |axum::extract::State(a): axum::extract::State<Arc<Admin>>| async move {
-                    if a.ready.load(Ordering::SeqCst) && a.inbox.store_reachable() {
+                    if a.ready.load(Ordering::SeqCst)
+                        && a.inbox.store_reachable()
+                        && a.inbox.store_writable()
+                    {
                         (StatusCode::OK, "ready").into_response()
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

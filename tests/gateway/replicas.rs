@@ -518,3 +518,46 @@ async fn a_store_asked_for_with_sslmode_require_is_reached_over_tls_and_its_cert
         .unwrap();
     assert_eq!(event.seq, 1);
 }
+
+/// A store that answers but refuses every write (as on a full disk): each
+/// webhook is a 503, and /readyz says not ready until a write goes through.
+#[tokio::test]
+async fn a_store_that_cannot_write_makes_the_gateway_not_ready() {
+    let Some(url) = fresh_pg_database().await else {
+        return;
+    };
+    let gw = TestGateway::builder()
+        .configure({
+            let url = url.clone();
+            move |s| s.store = Some(url)
+        })
+        .start()
+        .await;
+    assert_eq!(gw.admin_status("/readyz").await, 200);
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(
+        "CREATE FUNCTION disk_full() RETURNS trigger AS $$
+           BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$
+         LANGUAGE plpgsql;
+         CREATE TRIGGER disk_full BEFORE INSERT ON events
+           FOR EACH ROW EXECUTE FUNCTION disk_full();",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        503
+    );
+    assert_eq!(gw.admin_status("/readyz").await, 503);
+    db.batch_execute("DROP TRIGGER disk_full ON events;")
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.deliver(&messages_from_user(&[("m1", "hi", T0)])).await,
+        200
+    );
+    assert_eq!(gw.admin_status("/readyz").await, 200);
+}
