@@ -478,15 +478,21 @@ async fn with_pacing_on_a_full_queue_is_still_overloaded_at_once() {
         .respond_with(graph.clone())
         .mount(&gw.graph)
         .await;
-    // One sent at once; three more wait for the pace (one a minute, their
-    // deadlines longer): with one call slot and two queued, that is the bound.
-    for _ in 0..4 {
+    // One sent (and answered) first, spending the pace's burst; then three
+    // wait for it (one a minute, their deadlines longer): with one call
+    // slot and two queued, that is the bound.
+    gw.client()
+        .await
+        .send(text_to(USER, "first"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
         let mut client = gw.client().await;
         let mut request = tonic::Request::new(text_to(USER, "waiting"));
         request.set_timeout(Duration::from_secs(300));
         tokio::spawn(async move { client.send(request).await });
     }
-    // Until three are under way or waiting (the first may be done).
+    // Until the three are waiting.
     let admin = gw.client().await;
     eventually(Duration::from_secs(30), "three sends held", || {
         let mut admin = admin.clone();
