@@ -514,17 +514,26 @@ mod tests {
         Box::pin(std::future::pending())
     }
 
-    async fn inbox_at(now: i64, max_subscribers: usize) -> (Arc<Inbox>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(
+    /// An inbox on `store` with the default stall timeout.
+    async fn inbox_on(
+        store: Arc<dyn Store>,
+        clock: &ManualClock,
+        max_subscribers: usize,
+    ) -> Arc<Inbox> {
+        Inbox::new(
             store,
-            Arc::new(ManualClock::at(now)),
+            Arc::new(clock.clone()),
             max_subscribers,
             Inbox::DEFAULT_STALL_TIMEOUT,
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn inbox_at(now: i64, max_subscribers: usize) -> (Arc<Inbox>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let inbox = inbox_on(store, &ManualClock::at(now), max_subscribers).await;
         (inbox, dir)
     }
 
@@ -609,14 +618,7 @@ mod tests {
             live: broadcast::Sender::new(16),
             stale_bounds,
         });
-        let inbox = Inbox::new(
-            store.clone(),
-            Arc::new(clock.clone()),
-            10,
-            Inbox::DEFAULT_STALL_TIMEOUT,
-        )
-        .await
-        .unwrap();
+        let inbox = inbox_on(store.clone(), clock, 10).await;
         (inbox, store)
     }
 
@@ -692,14 +694,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_000);
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(
-            store.clone(),
-            Arc::new(clock.clone()),
-            10,
-            Inbox::DEFAULT_STALL_TIMEOUT,
-        )
-        .await
-        .unwrap();
+        let inbox = inbox_on(store.clone(), &clock, 10).await;
         inbox.ingest(message("m1")).await.unwrap();
         inbox.ingest(message("m2")).await.unwrap();
         clock.set(2_000);
@@ -825,14 +820,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::at(1_795_737_600_000);
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let inbox = Inbox::new(
-            store,
-            Arc::new(clock.clone()),
-            10,
-            Inbox::DEFAULT_STALL_TIMEOUT,
-        )
-        .await
-        .unwrap();
+        let inbox = inbox_on(store, &clock, 10).await;
         // A comment (no mid: deduplicated by content) from far in the future,
         // and one whose seconds would overflow when made milliseconds.
         let body = br#"{"object":"instagram","entry":[{"id":"1","time":1,"changes":[

@@ -63,6 +63,29 @@ pub fn listening_addr(child: &mut Child) -> (String, Vec<String>) {
     (addr, seen)
 }
 
+/// The address (or URL) after `prefix` on a banner line.
+pub fn banner_value(banner: &[String], prefix: &str) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in {banner:?}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Reads the gateway's log (stderr) as it comes, so the pipe never fills;
+/// joined, it answers the whole log.
+pub fn drain_log(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut logs = Vec::new();
+        stderr.read_to_end(&mut logs).unwrap();
+        String::from_utf8_lossy(&logs).into_owned()
+    })
+}
+
 /// Kills the gateway if a test fails before it exits, so no process outlives
 /// the test run.
 pub struct KillOnDrop(pub Child);
@@ -231,13 +254,8 @@ async fn the_token_never_reaches_the_logs_and_json_logs_carry_each_send() {
     .spawn()
     .unwrap();
     let mut child = KillOnDrop(child);
-    // Trace logging is loud: drain it as it comes so the pipe never fills.
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut logs = String::new();
-        stderr.read_to_string(&mut logs).unwrap();
-        logs
-    });
+    // Trace logging is loud: drained as it comes.
+    let logs = drain_log(&mut child);
     let (addr, _) = listening_addr(&mut child);
     let mut client = MessengerClient::connect(format!("http://{addr}"))
         .await
@@ -429,12 +447,7 @@ async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
     .spawn()
     .unwrap();
     let mut child = KillOnDrop(child);
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut logs = Vec::new();
-        stderr.read_to_end(&mut logs).unwrap();
-        logs
-    });
+    let logs = drain_log(&mut child);
     let (addr, _) = listening_addr(&mut child);
     let client = MessengerClient::connect(format!("http://{addr}"))
         .await
@@ -490,7 +503,7 @@ async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
     sigterm(&child);
     assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
     let logs = logs.join().unwrap();
-    let text = String::from_utf8_lossy(&logs);
+    let text = &logs;
     let refusals = text
         .lines()
         .filter(|l| l.contains("call refused") || l.contains("send failed"))
@@ -573,14 +586,6 @@ async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory()
     assert!(grew < 16 << 20, "the peak grew {} MB", grew >> 20);
 }
 
-/// The line of the banner that starts with `prefix`, the rest of it.
-fn banner_value<'a>(banner: &'a [String], prefix: &str) -> &'a str {
-    banner
-        .iter()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in {banner:?}"))
-}
-
 /// 200 Subscribe streams that never open their HTTP/2 window, one that
 /// reads nothing for a while, then 6,000 events of 3 KB: the gateway holds
 /// a bounded queue for each, ends each stalled one with SUBSCRIBER_TOO_SLOW
@@ -605,27 +610,12 @@ async fn stalled_subscribers_hold_little_and_are_ended_as_too_slow_with_their_la
     .spawn()
     .unwrap();
     let mut child = KillOnDrop(child);
-    let mut stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let _logs = drain_log(&mut child);
     let (addr, banner) = listening_addr(&mut child);
-    let webhook_url = banner_value(&banner, "webhooks at ").to_owned();
-    let admin = banner_value(&banner, "admin at ")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let subscribers = || async {
-        let text = reqwest::get(format!("{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("messenger_gateway_subscribers "))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as usize
-    };
+    let webhook_url = banner_value(&banner, "webhooks at ");
+    let admin = banner_value(&banner, "admin at ");
+    let subscribers =
+        || async { metric_at(&admin, "messenger_gateway_subscribers").await as usize };
     let before = peak_rss(child.id());
 
     // Raw HTTP/2: streams whose window is 0 from the start and never grows.
@@ -762,19 +752,10 @@ async fn deliveries_with_megabyte_ids_are_refused_item_by_item_at_little_cost() 
     .spawn()
     .unwrap();
     let mut child = KillOnDrop(child);
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        let mut logs = Vec::new();
-        stderr.read_to_end(&mut logs).unwrap();
-        logs
-    });
+    let logs = drain_log(&mut child);
     let (_, banner) = listening_addr(&mut child);
-    let webhook_url = banner_value(&banner, "webhooks at ").to_owned();
-    let admin = banner_value(&banner, "admin at ")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let webhook_url = banner_value(&banner, "webhooks at ");
+    let admin = banner_value(&banner, "admin at ");
     let http = reqwest::Client::new();
     // Warm: one ordinary delivery.
     let ok = messages_from_user(&[("m0", "hi", T0)]);
@@ -803,17 +784,7 @@ async fn deliveries_with_megabyte_ids_are_refused_item_by_item_at_little_cost() 
         assert!(body.len() < 1024 * 1024);
         assert_eq!(post(body).await.unwrap().status(), 200, "{i}");
     }
-    let metrics = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let rejected: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("messenger_gateway_webhook_items_rejected_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let rejected = metric_at(&admin, "messenger_gateway_webhook_items_rejected_total").await;
     assert_eq!(rejected, 60.0, "every item refused and counted");
     let rss = peak_rss(child.id()).saturating_sub(rss_before);
     let stored = dir_bytes(data.path()).saturating_sub(data_before);

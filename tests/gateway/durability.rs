@@ -9,20 +9,10 @@ use tonic::Code;
 use messenger_gateway::grpc::pb;
 use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
 
-use crate::binary::{KillOnDrop, gateway, listening_addr, sigterm, wait_with_timeout};
+use crate::binary::{
+    KillOnDrop, banner_value, gateway, listening_addr, sigterm, wait_with_timeout,
+};
 use crate::support::*;
-
-/// The address after `prefix` on a banner line.
-fn banner_value(banner: &[String], prefix: &str) -> String {
-    banner
-        .iter()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in {banner:?}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
 
 struct Running {
     child: KillOnDrop,
@@ -289,16 +279,7 @@ async fn after_kill_9_a_send_whose_graph_call_never_began_is_sent_by_its_retry()
     }
     held.until_waiting(1).await;
     eventually(Duration::from_secs(30), "40 sends under way", || async {
-        let text = reqwest::get(format!("{admin}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with("messenger_gateway_sends_in_flight{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            == Some(40.0)
+        metric_at(&admin, "messenger_gateway_sends_in_flight").await == 40.0
     })
     .await;
     let began = held.texts();

@@ -375,16 +375,7 @@ impl TestGateway {
 
     /// The sum of a counter or gauge's samples on `/metrics`, labels aside.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at(&format!("http://{}", self.admin), name).await
     }
 
     pub async fn graph_calls(&self) -> usize {
@@ -403,6 +394,21 @@ impl TestGateway {
             .mount(&self.graph)
             .await;
     }
+}
+
+/// The sum of a counter or gauge's samples on the `/metrics` of the admin
+/// port at `admin` (`http://host:port`), labels aside.
+pub async fn metric_at(admin: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// What ListAccounts answers now.
