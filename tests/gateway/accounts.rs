@@ -111,6 +111,24 @@ async fn with_several_accounts_a_call_must_name_one_that_exists() {
     assert_eq!(reason, "ACCOUNT_NOT_FOUND");
     assert_eq!(metadata["account"], "17841400000000777");
 
+    // Over any real id's length, or no id or alias at all: refused for
+    // its shape before any lookup, naming the field and the length only.
+    for given in [
+        "1".repeat(65),
+        "shop one".to_string(),
+        "a\u{1b}[2J".to_string(),
+    ] {
+        let status = client.send(as_account(&given, "shape")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{given:?}");
+        let details = status.get_error_details();
+        let violation = &details
+            .bad_request()
+            .expect("a BadRequest")
+            .field_violations[0];
+        assert_eq!(violation.field, "account_id");
+        assert!(!violation.description.contains(&given), "{violation:?}");
+    }
+
     let status = client
         .get_window(pb::GetWindowRequest {
             recipient_id: USER.into(),

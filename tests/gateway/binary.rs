@@ -452,46 +452,56 @@ async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
     let client = MessengerClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let huge = "7".repeat(250_000);
+    // The probe (250 KB) is over the request limit; 120 KB is
+    // under it, so it reaches the shape check and the log lines.
+    let (huge, over) = ("7".repeat(120_000), "7".repeat(250_000));
     let started = std::time::Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     for worker in 0..8 {
-        let (mut client, huge) = (client.clone(), huge.clone());
+        let (mut client, huge, over) = (client.clone(), huge.clone(), over.clone());
         calls.spawn(async move {
+            let window = |account_id: &str| {
+                with_key(
+                    pb::GetWindowRequest {
+                        account_id: account_id.into(),
+                        recipient_id: USER.into(),
+                    },
+                    KEY,
+                )
+            };
             for i in (worker..CALLS).step_by(8) {
-                let code = match i % 3 {
-                    // An account id far over any real one's length.
-                    0 => client
-                        .get_window(with_key(
-                            pb::GetWindowRequest {
-                                account_id: huge.clone(),
-                                recipient_id: USER.into(),
-                            },
-                            KEY,
-                        ))
-                        .await
-                        .unwrap_err()
-                        .code(),
+                let (code, expected) = match i % 4 {
+                    // Larger than any valid request: refused before decoding.
+                    0 => (
+                        client.get_window(window(&over)).await.unwrap_err().code(),
+                        tonic::Code::ResourceExhausted,
+                    ),
+                    // An account id far over any real one's length: refused
+                    // for its shape, before any lookup.
+                    1 => (
+                        client.get_window(window(&huge)).await.unwrap_err().code(),
+                        tonic::Code::InvalidArgument,
+                    ),
                     // An account of the right shape, not the key's.
-                    1 => client
-                        .get_window(with_key(
-                            pb::GetWindowRequest {
-                                account_id: format!("9{}", &huge[..30]),
-                                recipient_id: USER.into(),
-                            },
-                            KEY,
-                        ))
-                        .await
-                        .unwrap_err()
-                        .code(),
+                    2 => (
+                        client
+                            .get_window(window(&format!("9{}", &huge[..30])))
+                            .await
+                            .unwrap_err()
+                            .code(),
+                        tonic::Code::PermissionDenied,
+                    ),
                     // A send to a recipient that is no IGSID.
-                    _ => client
-                        .send(with_key(text_to(&huge, "hi"), KEY))
-                        .await
-                        .unwrap_err()
-                        .code(),
+                    _ => (
+                        client
+                            .send(with_key(text_to(&huge, "hi"), KEY))
+                            .await
+                            .unwrap_err()
+                            .code(),
+                        tonic::Code::InvalidArgument,
+                    ),
                 };
-                assert_ne!(code, tonic::Code::Ok);
+                assert_eq!(code, expected, "call {i}");
             }
         });
     }
