@@ -350,6 +350,33 @@ fn parse_entry(delivery: &mut Delivery, entry: &Value) {
             Err(reason) => delivery.rejected.push(reject(reason)),
         }
     }
+    // Whatever else the entry carries (a key Meta adds, or an item list
+    // that is not a list) is kept beside its id and time, never dropped.
+    let modeled = |key: &str| match key {
+        "id" | "time" => true,
+        "messaging" | "standby" | "changes" => entry[key].is_array(),
+        _ => false,
+    };
+    let Some(fields) = entry.as_object() else {
+        return;
+    };
+    if fields.keys().any(|k| !modeled(k)) {
+        let kept: serde_json::Map<String, Value> = fields
+            .iter()
+            .filter(|(k, _)| !modeled(k) || matches!(k.as_str(), "id" | "time"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        delivery.events.push(InboundEvent::new(
+            &account_id,
+            "",
+            &account_id,
+            entry_time.unwrap_or(0),
+            EventKind::Raw {
+                field: "entry".to_owned(),
+                json: Value::Object(kept),
+            },
+        ));
+    }
 }
 
 /// `changes[]`: comments, live comments, mentions and the like, kept raw
@@ -893,5 +920,37 @@ mod tests {
                 "not_an_object"
             ]
         );
+    }
+
+    #[test]
+    fn keys_of_an_entry_that_are_not_modeled_are_kept_beside_its_id() {
+        let body = serde_json::to_vec(&json!({
+            "object": "instagram",
+            "entry": [
+                {"id": ACCOUNT, "time": T, "hop_context": [{"app_id": 1}],
+                 "messaging": [{"sender": {"id": "1"}, "recipient": {"id": ACCOUNT},
+                                "timestamp": T, "message": {"mid": "m1", "text": "hi"}}]},
+                {"id": ACCOUNT, "time": T, "messaging": {"not": "a list"}}
+            ]
+        }))
+        .unwrap();
+        let parsed = events(&body);
+        let raw: Vec<&Value> = parsed
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Raw { field, json } if field == "entry" => Some(json),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(parsed.len(), 3, "{parsed:?}");
+        assert_eq!(
+            raw,
+            [
+                &json!({"id": ACCOUNT, "time": T, "hop_context": [{"app_id": 1}]}),
+                &json!({"id": ACCOUNT, "time": T, "messaging": {"not": "a list"}})
+            ]
+        );
+        // An entry with nothing beyond what is modeled adds no such event.
+        assert_eq!(events(&delivery(json!([]))), []);
     }
 }
