@@ -24,7 +24,8 @@ fn main() {
             account_id: "shop".into(),
             tag: 1,
             priority: 2,
-            reply_to_message_id: "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAxOTQ3MzUyMzU5".into(),
+            reply_to_message_id: "aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQxNDAxOTQ3MzUyMzU5"
+                .into(),
             ..to("with everything")
         },
         pb::SendRequest {
@@ -37,7 +38,9 @@ fn main() {
         pb::SendRequest {
             attachments: vec![pb::Attachment {
                 r#type: 1,
-                source: Some(pb::attachment::Source::Url("https://example.com/a.png".into())),
+                source: Some(pb::attachment::Source::Url(
+                    "https://example.com/a.png".into(),
+                )),
             }],
             ..to("")
         },
@@ -48,8 +51,14 @@ fn main() {
             }],
             ..to("")
         },
-        pb::SendRequest { sticker: 1, ..to("") },
-        pb::SendRequest { share_post_id: "17900000000000001".into(), ..to("") },
+        pb::SendRequest {
+            sticker: 1,
+            ..to("")
+        },
+        pb::SendRequest {
+            share_post_id: "17900000000000001".into(),
+            ..to("")
+        },
         pb::SendRequest {
             generic_template: Some(pb::GenericTemplate {
                 elements: vec![pb::TemplateElement {
