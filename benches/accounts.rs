@@ -28,8 +28,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::Launched;
 use tonic::transport::{Channel, Endpoint};
 
@@ -122,7 +122,7 @@ impl Gateway {
             .arg(data.path())
             .arg("--accounts")
             .arg(&file);
-        for name in messenger_gateway::config::VARIABLES {
+        for name in messenger_gateway::accounts::config::VARIABLES {
             cmd.env_remove(name);
         }
         cmd.env_remove("RUST_LOG")

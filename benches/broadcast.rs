@@ -22,8 +22,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::Launched;
 use tokio::sync::Mutex;
 

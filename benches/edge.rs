@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::webhook;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::webhook;
 use sha2::Digest;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -392,9 +392,9 @@ async fn auth_cost(upstream: SocketAddr) {
         ),
     )
     .unwrap();
-    let keys = messenger_gateway::auth::Keys::from_file(file).unwrap();
-    let open = messenger_gateway::auth::Keys::open();
-    let time = |keys: &messenger_gateway::auth::Keys, bearer: Option<&str>| {
+    let keys = messenger_gateway::edge::auth::Keys::from_file(file).unwrap();
+    let open = messenger_gateway::edge::auth::Keys::open();
+    let time = |keys: &messenger_gateway::edge::auth::Keys, bearer: Option<&str>| {
         let n = 1_000_000;
         let started = Instant::now();
         for _ in 0..n {

@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::grpc::pb::messenger_server::MessengerServer;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb::messenger_server::MessengerServer;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");

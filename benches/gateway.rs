@@ -32,8 +32,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use tonic::transport::{Channel, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");

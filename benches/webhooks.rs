@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::webhook;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::webhook;
 use serde_json::json;
 use support::Launched;
 

@@ -3,25 +3,25 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use humantime::Duration;
 
 use crate::accounts::AccountSpec;
-use crate::clock::SystemClock;
-use crate::config::{self, ConfigError};
-use crate::delivery::DeliveryPolicy;
-use crate::inbox::Inbox;
-use crate::net::Limits;
-use crate::outbox::OutboxPolicy;
-use crate::pacing::{PaceLimits, Rate};
-use crate::server::ServeOptions;
-use crate::startup::{DEFAULT_EVENT_RETENTION, Settings, Upstream};
-use crate::telemetry::LogFormat;
-use crate::tls::TlsFiles;
-use crate::tokens::TokenPolicy;
-use crate::window::WindowPolicy;
+use crate::accounts::config::{self, ConfigError};
+use crate::accounts::tokens::TokenPolicy;
+use crate::app::banner::announce;
+use crate::app::{Application, DEFAULT_EVENT_RETENTION, Settings, StartError, Upstream};
+use crate::conversation::inbox::Inbox;
+use crate::edge::net::Limits;
+use crate::edge::server::ServeOptions;
+use crate::edge::tls::TlsFiles;
+use crate::model::window::WindowPolicy;
+use crate::send::delivery::DeliveryPolicy;
+use crate::send::guard::GuardPolicy;
+use crate::send::pacing::{PaceLimits, Rate};
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -308,14 +308,13 @@ impl ServeArgs {
                 });
             }
         };
+        // Every field a flag sets; the rest are `Settings::local`'s defaults.
         Ok(Settings {
             listen: self.listen,
             webhook_listen: self.webhook_listen,
-            upstream,
             store,
             webhook_secrets,
             webhook_apps,
-            data_dir: self.data_dir,
             delivery: DeliveryPolicy {
                 max_concurrent_calls: self.max_graph_calls as usize,
                 max_attempts: self.max_attempts,
@@ -331,9 +330,11 @@ impl ServeArgs {
                 }),
                 ..DeliveryPolicy::default()
             },
-            outbox: OutboxPolicy {
+            guard: GuardPolicy {
                 window: self.window_policy,
                 auto_human_agent: self.auto_human_agent,
+                // Set from `delivery` when the guard is built.
+                ..GuardPolicy::default()
             },
             serve: ServeOptions {
                 shutdown_grace: self.shutdown_grace.into(),
@@ -347,7 +348,6 @@ impl ServeArgs {
                 max_concurrent_streams: self.max_concurrent_streams,
             },
             event_retention: self.event_retention.into(),
-            clock: Arc::new(SystemClock),
             api_keys: self.api_keys,
             accounts_file: if self.sandbox { None } else { self.accounts },
             allow_insecure_graph: self.allow_insecure_graph,
@@ -373,6 +373,7 @@ impl ServeArgs {
                 }),
             max_subscribers: self.max_subscribers,
             subscriber_stall_timeout: self.subscriber_stall_timeout.into(),
+            ..Settings::local(upstream, self.data_dir)
         })
     }
 }
@@ -388,4 +389,109 @@ fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
     s.parse()
         .map(|a| AdminListen(Some(a)))
         .map_err(|_| format!("expected an address such as 127.0.0.1:9464, or off (got {s:?})"))
+}
+
+/// The binary's whole body: parse, set up, serve, and say why if it stops.
+/// Exit 2 is a configuration fault; 1 a failure to start or serve.
+pub fn main() -> ExitCode {
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Keys(KeysCommand::New(new)) => return new_key(&new),
+    };
+    // Held to the end so the last log lines are flushed.
+    let _log_guard = telemetry::init(args.log_format);
+    let settings = match args.into_settings(|name| std::env::var(name).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("messenger-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // Each send in flight holds a connection to Graph; the default soft
+        // limit of open files would cap concurrency long before memory does.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+        let warn_on_grace = settings.serve.shutdown_grace <= settings.delivery.upstream_timeout;
+        let webhooks_off =
+            settings.webhook_secrets.is_none() && settings.webhook_apps.is_empty() && matches!(settings.upstream, Upstream::Graph(_));
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("messenger-gateway: {e}");
+                return match e {
+                    StartError::Config(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                };
+            }
+        };
+        if webhooks_off {
+            tracing::warn!(
+                "INSTAGRAM_APP_SECRET and INSTAGRAM_VERIFY_TOKEN are not set: webhooks are off, so the gateway learns no windows and Subscribe stays empty"
+            );
+        }
+        if warn_on_grace {
+            tracing::warn!(
+                "the shutdown grace period is not longer than one Graph call may take: a send in flight at shutdown may be abandoned unreported"
+            );
+        }
+        let shutdown = shutdown_signal();
+        announce(&app);
+        match app.run_until(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("messenger-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `keys new`: the secret once on stdout, with the block to paste.
+fn new_key(args: &NewKeyArgs) -> ExitCode {
+    match crate::edge::auth::new_key(&args.id, &args.accounts, &args.allow) {
+        Ok((secret, block)) => {
+            println!("{secret}");
+            println!();
+            println!("# Add to the --api-keys file; the secret above is shown only now.");
+            print!("{block}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("messenger-gateway: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// SIGTERM or SIGINT. The handlers are installed at once, before the
+/// banner, so a signal sent as soon as the banner appears is not fatal.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM can be watched");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT can be watched");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::events::UnixMs;
+/// Unix time in milliseconds, as Instagram's webhooks give it.
+pub type UnixMs = i64;
 
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> UnixMs;

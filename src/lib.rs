@@ -1,36 +1,32 @@
 //! messenger-gateway: a gRPC front for Instagram messaging: sends through the
 //! Graph API, and inbound webhooks as a durable event stream.
 //!
-//! The core knows nothing of protobuf or HTTP frameworks: sending
-//! ([`message`], [`error`], [`graph`], [`delivery`], [`outbox`]), the inbound
-//! side ([`events`], [`window`], [`inbox`], [`store`], [`clock`]). [`grpc`]
-//! adapts it to tonic, [`webhook`] to axum, [`server`] serves both,
-//! [`startup`] builds the whole from [`cli`]'s settings, and [`sandbox`]
-//! stands in for Graph when there are no credentials.
+//! The folders are the layers, top to bottom; each imports only its own
+//! layer or those below (`scripts/layers` checks it, and the README's
+//! module map draws it):
+//! - [`cli`]: `main` and the command line; [`app`]: the composition root.
+//! - [`sandbox`]: the Graph stand-in used when there are no credentials.
+//! - [`edge`]: gRPC (tonic), webhooks and the admin port (axum/hyper),
+//!   connections, TLS, callers' keys: protocols converted at the door.
+//! - [`accounts`]: the registry of accounts, their configuration, tokens.
+//! - [`send`] (the guard, delivery, pacing, the deadline budget) and
+//!   [`conversation`] (webhook payloads, the inbox, subscriptions): the core,
+//!   free of protobuf and HTTP frameworks.
+//! - [`store`] and [`graph`]: storage and the Graph API, behind traits.
+//! - [`model`] (the values every layer speaks), [`clock`], [`metrics`],
+//!   [`refusals`], [`telemetry`].
 
 pub mod accounts;
-pub mod auth;
+pub mod app;
 pub mod cli;
 pub mod clock;
-pub mod config;
-pub mod delivery;
-pub mod error;
-pub mod events;
+pub mod conversation;
+pub mod edge;
 pub mod graph;
-pub mod grpc;
-pub mod inbox;
-pub mod message;
 pub mod metrics;
-pub mod net;
-pub mod outbox;
-pub mod pacing;
+pub mod model;
 pub mod refusals;
 pub mod sandbox;
-pub mod server;
-pub mod startup;
+pub mod send;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
-pub mod tokens;
-pub mod webhook;
-pub mod window;

@@ -5,5 +5,5 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    messenger_gateway::startup::main()
+    messenger_gateway::cli::main()
 }

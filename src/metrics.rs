@@ -1,6 +1,6 @@
 //! What the gateway is doing, as Prometheus metrics: counters and
 //! histograms the core updates as it works, and gauges read from it at
-//! each scrape. Served on the admin port (see [`crate::server`]).
+//! each scrape. Served on the admin port (`edge::admin`), which gathers the gauges.
 
 use std::sync::atomic::AtomicU64;
 
@@ -11,9 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::accounts::{Registry, TokenState};
-use crate::inbox::Inbox;
-use crate::pacing::Priority;
+use crate::clock::UnixMs;
+use crate::model::message::Priority;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SendLabels {
@@ -66,6 +65,26 @@ pub struct TokenLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
+}
+
+/// The gauges read at a scrape, gathered by the admin port from the
+/// accounts and the inbox (the sink does not reach into what it counts).
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub subscribers: usize,
+    pub largest_subscriber_lag: u64,
+    pub accounts: Vec<AccountGauges>,
+}
+
+#[derive(Debug)]
+pub struct AccountGauges {
+    pub account: String,
+    pub in_flight: usize,
+    /// Sends waiting for the pace, per priority (none when unpaced).
+    pub waiting: Vec<(Priority, usize)>,
+    /// Every token state's name, and whether the account's token is in it.
+    pub token_states: Vec<(String, bool)>,
+    pub token_expires_at_ms: Option<UnixMs>,
 }
 
 /// One account's busiest series, looked up once: a successful send then
@@ -380,55 +399,43 @@ impl Metrics {
         self.store_commit.observe(seconds);
     }
 
-    /// The Prometheus text exposition, with the gauges read now.
-    pub async fn render(&self, accounts: &Registry, inbox: &Inbox) -> String {
-        self.subscriber_lag
-            .set(inbox.largest_subscriber_lag().await as i64);
+    /// The Prometheus text exposition, with the gauges as gathered now.
+    pub fn render(&self, now: &Gauges) -> String {
+        self.subscriber_lag.set(now.largest_subscriber_lag as i64);
         self.queue_depth.clear();
         self.token_state.clear();
         self.token_expiry.clear();
         self.sends_in_flight.clear();
-        for path in accounts.paths() {
-            let account = path.id.clone();
-            let deliverer = &path.deliverer;
+        for a in &now.accounts {
+            let account = || AccountLabels {
+                account: a.account.clone(),
+            };
             self.sends_in_flight
-                .get_or_create(&AccountLabels {
-                    account: account.clone(),
-                })
-                .set(deliverer.in_flight() as i64);
-            if let Some(pacer) = deliverer.pacer() {
-                for priority in [Priority::Interactive, Priority::Bulk] {
-                    self.queue_depth
-                        .get_or_create(&QueueLabels {
-                            account: account.clone(),
-                            priority: priority.as_str().to_owned(),
-                        })
-                        .set(pacer.waiting(priority) as i64);
-                }
+                .get_or_create(&account())
+                .set(a.in_flight as i64);
+            for (priority, waiting) in &a.waiting {
+                self.queue_depth
+                    .get_or_create(&QueueLabels {
+                        account: a.account.clone(),
+                        priority: priority.as_str().to_owned(),
+                    })
+                    .set(*waiting as i64);
             }
-            let status = path.status();
-            for state in [
-                TokenState::Unchecked,
-                TokenState::Valid,
-                TokenState::Expiring,
-                TokenState::Invalid,
-            ] {
+            for (state, current) in &a.token_states {
                 self.token_state
                     .get_or_create(&TokenLabels {
-                        account: account.clone(),
-                        state: format!("{state:?}").to_ascii_uppercase(),
+                        account: a.account.clone(),
+                        state: state.clone(),
                     })
-                    .set(i64::from(status.state == state));
+                    .set(i64::from(*current));
             }
-            if let Some(expires) = status.expires_at_ms {
+            if let Some(expires) = a.token_expires_at_ms {
                 self.token_expiry
-                    .get_or_create(&AccountLabels {
-                        account: account.clone(),
-                    })
+                    .get_or_create(&account())
                     .set(expires / 1000);
             }
         }
-        self.subscribers.set(inbox.subscribers() as i64);
+        self.subscribers.set(now.subscribers as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -115,7 +115,7 @@ pub fn shown(value: &str) -> String {
 
 /// [`shown`], cut at `max` bytes instead.
 pub fn shown_within(value: &str, max: usize) -> String {
-    let mut out: String = crate::error::truncate(value, max)
+    let mut out: String = crate::model::error::truncate(value, max)
         .chars()
         .flat_map(char::escape_debug)
         .collect();

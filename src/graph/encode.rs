@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::message::{
+use crate::model::message::{
     AttachmentKind, Button, Content, MediaSource, OutgoingAction, OutgoingMessage, Recipient,
     SenderAction, TemplateElement,
 };

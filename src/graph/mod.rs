@@ -13,7 +13,7 @@ use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::error::{Failure, GraphError};
+use crate::model::error::{Failure, GraphError};
 mod encode;
 mod token;
 
@@ -402,7 +402,7 @@ fn usage_ratio(headers: &reqwest::header::HeaderMap) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::*;
+    use crate::model::message::*;
     use serde_json::{Value, json};
 
     fn user() -> Recipient {

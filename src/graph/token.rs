@@ -7,7 +7,7 @@ use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 
 use super::{Account, AttemptError, ErrorEnvelope, GraphClient, MAX_RESPONSE_BYTES, error_chain};
-use crate::error::Failure;
+use crate::model::error::Failure;
 
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

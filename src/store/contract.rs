@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::events::{EventKind, MessageEvent};
+use crate::model::event::{EventKind, MessageEvent};
 
 /// A store under test and what keeps it alive.
 struct Backend {

@@ -17,9 +17,11 @@ use tokio::sync::{broadcast, watch};
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{InboundEvent, UnixMs};
-use crate::message::Sent;
-use crate::window::WindowFacts;
+use crate::model::event::InboundEvent;
+
+use crate::clock::UnixMs;
+use crate::model::message::Sent;
+use crate::model::window::WindowFacts;
 
 /// An event as kept, with its place in the stream.
 #[derive(Debug, Clone, PartialEq)]

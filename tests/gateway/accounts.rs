@@ -10,9 +10,9 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer};
 
 use messenger_gateway::accounts::AccountSpec;
-use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::graph::{AccessToken, Account};
-use messenger_gateway::grpc::pb;
+use messenger_gateway::send::delivery::DeliveryPolicy;
 
 use crate::support::*;
 
@@ -503,8 +503,9 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
 
 #[tokio::test]
 async fn each_meta_app_has_its_own_webhook_path_and_secret() {
-    use messenger_gateway::config::WebhookApp;
-    use messenger_gateway::webhook::{self, WebhookSecrets};
+    use messenger_gateway::accounts::config::WebhookApp;
+    use messenger_gateway::accounts::config::WebhookSecrets;
+    use messenger_gateway::edge::webhook;
 
     // Support is tied to brand-b: only brand-b's webhooks carry its events.
     let support = Account::new(
@@ -699,7 +700,7 @@ async fn a_key_limited_to_some_accounts_learns_nothing_of_the_others() {
 
 #[tokio::test]
 async fn one_accounts_full_queue_does_not_refuse_anothers_sends() {
-    use messenger_gateway::delivery::DeliveryPolicy;
+    use messenger_gateway::send::delivery::DeliveryPolicy;
 
     let support_graph = MockServer::start().await;
     let base = format!("{}/v25.0", support_graph.uri());

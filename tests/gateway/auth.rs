@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use messenger_gateway::grpc::pb;
+use messenger_gateway::edge::grpc::pb;
 
 use crate::support::*;
 
@@ -252,8 +252,8 @@ async fn a_reload_revokes_a_removed_key_and_ends_its_streams_but_a_bad_file_chan
 
 #[tokio::test]
 async fn a_connection_with_no_authenticated_call_is_closed_in_time() {
-    use messenger_gateway::net::Limits;
-    use messenger_gateway::server::ServeOptions;
+    use messenger_gateway::edge::net::Limits;
+    use messenger_gateway::edge::server::ServeOptions;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let options = ServeOptions {
         limits: Limits {
@@ -299,8 +299,8 @@ async fn a_connection_with_no_authenticated_call_is_closed_in_time() {
 #[tokio::test]
 async fn a_key_scoped_to_me_sees_the_events_of_the_account_configured_as_me() {
     use messenger_gateway::accounts::AccountSpec;
+    use messenger_gateway::app::Upstream;
     use messenger_gateway::graph::{AccessToken, Account};
-    use messenger_gateway::startup::Upstream;
     const MINE: &str = "mgw_mine_secret_0123456789abcdefghijklmnopqrstuv";
     let gw = TestGateway::builder()
         .keys(&key_entry("mine", MINE, &["me"], &["subscribe"]))

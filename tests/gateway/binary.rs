@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 
 use crate::support::*;
 
@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for name in messenger_gateway::config::VARIABLES {
+    for name in messenger_gateway::accounts::config::VARIABLES {
         cmd.env_remove(name);
     }
     for name in ["INSTAGRAM_APP_SECRET", "INSTAGRAM_VERIFY_TOKEN"] {
@@ -425,7 +425,7 @@ async fn sighup_reloads_the_accounts_file_of_the_running_binary() {
 /// most a few a second, the rest counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refused_calls_with_huge_values_grows_the_log_very_little() {
-    use messenger_gateway::grpc::pb;
+    use messenger_gateway::edge::grpc::pb;
     const KEY: &str = "mgw_one_shop_0123456789abcdefghijklmnopqrstuvw";
     const CALLS: usize = 2_500;
     let dir = tempfile::tempdir().unwrap();
@@ -548,7 +548,7 @@ fn peak_rss(pid: u32) -> u64 {
 /// would allocate some 5 MB for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory() {
-    use messenger_gateway::grpc::pb;
+    use messenger_gateway::edge::grpc::pb;
     let child = gateway(&["serve", "--listen", "127.0.0.1:0"], &[])
         .spawn()
         .unwrap();
@@ -570,7 +570,9 @@ async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory()
         }),
         ..text_to(USER, "")
     };
-    assert!(prost::Message::encoded_len(&request) <= messenger_gateway::grpc::MAX_REQUEST_BYTES);
+    assert!(
+        prost::Message::encoded_len(&request) <= messenger_gateway::edge::grpc::MAX_REQUEST_BYTES
+    );
     // Each on its own connection, all connected first: at once, as 64
     // callers would.
     let mut clients = Vec::new();
@@ -602,7 +604,7 @@ async fn sixty_four_sends_of_huge_lists_at_once_cost_the_gateway_little_memory()
 /// and the last seq it gave out, and its memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_subscribers_hold_little_and_are_ended_as_too_slow_with_their_last_seq() {
-    use messenger_gateway::grpc::pb;
+    use messenger_gateway::edge::grpc::pb;
     use tokio_stream::StreamExt;
     const STALLED: usize = 200;
     const EVENTS: usize = 6_000;
@@ -681,8 +683,8 @@ async fn stalled_subscribers_hold_little_and_are_ended_as_too_slow_with_their_la
             .post(&webhook_url)
             .header("content-type", "application/json")
             .header(
-                messenger_gateway::webhook::SIGNATURE_HEADER,
-                messenger_gateway::webhook::sign(APP_SECRET, &body),
+                messenger_gateway::edge::webhook::SIGNATURE_HEADER,
+                messenger_gateway::edge::webhook::sign(APP_SECRET, &body),
             )
             .body(body)
             .send()
@@ -773,8 +775,8 @@ async fn deliveries_with_megabyte_ids_are_refused_item_by_item_at_little_cost() 
         http.post(&webhook_url)
             .header("content-type", "application/json")
             .header(
-                messenger_gateway::webhook::SIGNATURE_HEADER,
-                messenger_gateway::webhook::sign(APP_SECRET, &body),
+                messenger_gateway::edge::webhook::SIGNATURE_HEADER,
+                messenger_gateway::edge::webhook::sign(APP_SECRET, &body),
             )
             .body(body)
             .send()

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::send::delivery::DeliveryPolicy;
 
 use crate::support::*;
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 
 use crate::binary::{
     KillOnDrop, banner_value, gateway, listening_addr, sigterm, wait_with_timeout,

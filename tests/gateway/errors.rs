@@ -3,7 +3,7 @@ use std::time::Duration;
 use tonic::Code;
 use wiremock::ResponseTemplate;
 
-use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::send::delivery::DeliveryPolicy;
 
 use crate::support::*;
 

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::server::ServeOptions;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::server::ServeOptions;
+use messenger_gateway::send::delivery::DeliveryPolicy;
 
 use crate::support::*;
 
@@ -73,7 +73,7 @@ async fn an_oversized_request_is_resource_exhausted_with_its_error_info() {
     assert_eq!(reason, "MESSAGE_TOO_LARGE");
     assert_eq!(
         metadata["limitBytes"],
-        messenger_gateway::grpc::MAX_REQUEST_BYTES.to_string()
+        messenger_gateway::edge::grpc::MAX_REQUEST_BYTES.to_string()
     );
 }
 
@@ -387,7 +387,7 @@ async fn subscribe_refuses_impossible_and_future_resume_points() {
 
 #[tokio::test]
 async fn a_grpc_connection_that_stalls_before_its_preface_is_dropped() {
-    use messenger_gateway::net::Limits;
+    use messenger_gateway::edge::net::Limits;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let options = ServeOptions {
         limits: Limits {

@@ -7,7 +7,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use wiremock::MockServer;
 
-use messenger_gateway::grpc::pb;
+use messenger_gateway::edge::grpc::pb;
 
 use crate::support::*;
 
@@ -102,7 +102,7 @@ async fn a_send_that_never_reached_the_person_may_be_retried_under_the_same_id()
 #[tokio::test]
 async fn a_send_that_may_have_been_delivered_is_never_repeated() {
     let gw = TestGateway::builder()
-        .delivery(messenger_gateway::delivery::DeliveryPolicy {
+        .delivery(messenger_gateway::send::delivery::DeliveryPolicy {
             upstream_timeout: Duration::from_millis(200),
             ..quick_policy()
         })

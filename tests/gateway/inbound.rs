@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 use tonic::Streaming;
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::inbound_event::Event;
-use messenger_gateway::webhook;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::inbound_event::Event;
+use messenger_gateway::edge::webhook;
 
 use crate::support::*;
 

@@ -3,9 +3,11 @@
 //! and on coverage-guided input by the fuzz targets in `fuzz/`, which
 //! include this file. Each check panics on a broken promise.
 
-use messenger_gateway::events::{EARLIEST_MS, EventKind, parse_delivery};
+use messenger_gateway::model::event::{EARLIEST_MS, EventKind};
+
+use messenger_gateway::conversation::payload::parse_delivery;
+use messenger_gateway::edge::grpc::{from_pb, pb, status::MAX_VIOLATIONS};
 use messenger_gateway::graph::encode_message;
-use messenger_gateway::grpc::{convert, pb, status::MAX_VIOLATIONS};
 use prost::Message;
 use serde_json::Value;
 
@@ -71,7 +73,7 @@ pub fn webhook_body(body: &[u8]) {
 /// the wire count, not decodable (tonic answers that), or converted to a
 /// Graph body or to at most 20 named violations.
 pub fn send_request_wire(wire: &[u8]) {
-    if let Err(violations) = convert::prescan_send_request(wire) {
+    if let Err(violations) = from_pb::prescan_send_request(wire) {
         check_violations(&violations);
         return;
     }
@@ -83,7 +85,7 @@ pub fn send_request_wire(wire: &[u8]) {
 /// A decoded `SendRequest`: a Graph body with a recipient and a message,
 /// or at most 20 violations, each naming a field.
 pub fn send_request(request: &pb::SendRequest) {
-    match convert::message_from_pb(request) {
+    match from_pb::message_from_pb(request) {
         Ok((message, _)) => {
             let body: Value =
                 serde_json::from_slice(&encode_message(&message)).expect("the body is JSON");
@@ -94,7 +96,7 @@ pub fn send_request(request: &pb::SendRequest) {
     }
 }
 
-fn check_violations(violations: &[messenger_gateway::error::FieldViolation]) {
+fn check_violations(violations: &[messenger_gateway::model::error::FieldViolation]) {
     assert!(!violations.is_empty(), "refused without a reason");
     assert!(violations.len() <= MAX_VIOLATIONS, "{}", violations.len());
     for v in violations {

@@ -14,8 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::inbound_event::Event;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::inbound_event::Event;
 
 use crate::inbound::{next_events, subscribe};
 use crate::support::*;
@@ -188,11 +188,14 @@ async fn post_concurrently(gw: &TestGateway, bodies: Vec<Vec<u8>>) {
         posters.spawn(async move {
             let client = reqwest::Client::new();
             for body in lane {
-                let signature = messenger_gateway::webhook::sign(APP_SECRET, &body);
+                let signature = messenger_gateway::edge::webhook::sign(APP_SECRET, &body);
                 let status = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .header(messenger_gateway::webhook::SIGNATURE_HEADER, signature)
+                    .header(
+                        messenger_gateway::edge::webhook::SIGNATURE_HEADER,
+                        signature,
+                    )
                     .body(body)
                     .send()
                     .await

@@ -9,9 +9,9 @@ use tonic::Code;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
-use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::pacing::{PaceLimits, Rate};
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::send::delivery::DeliveryPolicy;
+use messenger_gateway::send::pacing::{PaceLimits, Rate};
 
 use crate::support::*;
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::inbound_event::Event;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::inbound_event::Event;
 
 use crate::inbound::subscribe;
 use crate::support::*;

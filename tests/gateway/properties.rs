@@ -5,7 +5,7 @@
 //! The fuzz targets in `fuzz/` check the same invariants for longer.
 
 use crate::invariants;
-use messenger_gateway::grpc::pb;
+use messenger_gateway::edge::grpc::pb;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use prost::Message;

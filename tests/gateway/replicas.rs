@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use messenger_gateway::grpc::pb;
-use messenger_gateway::outbox::OutboxPolicy;
-use messenger_gateway::window::WindowPolicy;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::model::window::WindowPolicy;
+use messenger_gateway::send::guard::GuardPolicy;
 
 use crate::inbound::next_events;
 use crate::support::*;
@@ -14,9 +14,9 @@ use crate::support::*;
 async fn replica(url: &str) -> TestGateway {
     let url = url.to_owned();
     let gw = TestGateway::builder()
-        .outbox(OutboxPolicy {
+        .guard(GuardPolicy {
             window: WindowPolicy::Strict,
-            ..OutboxPolicy::default()
+            ..GuardPolicy::default()
         })
         .configure(move |s| s.store = Some(url))
         .start()
@@ -131,7 +131,7 @@ async fn the_same_request_id_sent_to_three_replicas_at_once_makes_one_graph_call
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_split_an_accounts_budget_between_them() {
     use crate::pacing::{MetaRateLimit, bulk, busiest_second, paced};
-    use messenger_gateway::pacing::{PaceLimits, Rate};
+    use messenger_gateway::send::pacing::{PaceLimits, Rate};
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer};
 

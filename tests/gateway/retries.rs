@@ -4,7 +4,7 @@ use tonic::Code;
 use wiremock::Mock;
 use wiremock::matchers::{method, path};
 
-use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::send::delivery::DeliveryPolicy;
 
 use crate::support::*;
 

@@ -43,9 +43,9 @@ async fn the_sandbox_refuses_a_wrong_token_like_graph_does() {
 
 #[tokio::test]
 async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts() {
-    use messenger_gateway::delivery::{Deliverer, DeliveryPolicy};
     use messenger_gateway::graph::GraphClient;
-    use messenger_gateway::message::*;
+    use messenger_gateway::model::message::*;
+    use messenger_gateway::send::delivery::{Deliverer, DeliveryPolicy};
 
     let (running, _) = start().await;
     let deliverer = Deliverer::new(

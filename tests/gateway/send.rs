@@ -4,7 +4,7 @@ use tonic_types::StatusExt;
 use wiremock::matchers::{body_json, header, method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use messenger_gateway::grpc::pb;
+use messenger_gateway::edge::grpc::pb;
 
 use crate::support::*;
 

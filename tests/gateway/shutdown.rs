@@ -4,8 +4,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::server::ServeOptions;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::server::ServeOptions;
 
 use crate::support::*;
 

@@ -10,9 +10,9 @@ use tonic::Code;
 use wiremock::Mock;
 use wiremock::matchers::{method, path};
 
-use messenger_gateway::delivery::DeliveryPolicy;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::pacing::{PaceLimits, Rate};
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::send::delivery::DeliveryPolicy;
+use messenger_gateway::send::pacing::{PaceLimits, Rate};
 
 use crate::support::*;
 

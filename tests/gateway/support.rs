@@ -4,18 +4,20 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use messenger_gateway::accounts::AccountSpec;
-use messenger_gateway::auth::Keys;
+use messenger_gateway::accounts::config;
+use messenger_gateway::accounts::config::WebhookSecrets;
+use messenger_gateway::accounts::tokens::TokenKeeper;
+use messenger_gateway::app::reload::Reloader;
+use messenger_gateway::app::{Application, Settings, Upstream};
 use messenger_gateway::clock::ManualClock;
-use messenger_gateway::config;
-use messenger_gateway::delivery::DeliveryPolicy;
+use messenger_gateway::edge::auth::Keys;
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
+use messenger_gateway::edge::server::{ServeError, ServeOptions};
+use messenger_gateway::edge::webhook;
 use messenger_gateway::graph::{AccessToken, Account};
-use messenger_gateway::grpc::pb;
-use messenger_gateway::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::outbox::OutboxPolicy;
-use messenger_gateway::server::{ServeError, ServeOptions};
-use messenger_gateway::startup::{Application, Reloader, Settings, Upstream};
-use messenger_gateway::tokens::TokenKeeper;
-use messenger_gateway::webhook::{self, WebhookSecrets};
+use messenger_gateway::send::delivery::DeliveryPolicy;
+use messenger_gateway::send::guard::GuardPolicy;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -75,7 +77,7 @@ pub struct Builder {
     held: Option<String>,
     delivery: DeliveryPolicy,
     serve: ServeOptions,
-    outbox: OutboxPolicy,
+    guard: GuardPolicy,
     data: Option<Arc<tempfile::TempDir>>,
     keys: Option<String>,
     /// Besides the default account: these, in order.
@@ -108,8 +110,8 @@ impl Builder {
         self
     }
 
-    pub fn outbox(mut self, policy: OutboxPolicy) -> Self {
-        self.outbox = policy;
+    pub fn guard(mut self, policy: GuardPolicy) -> Self {
+        self.guard = policy;
         self
     }
 
@@ -184,7 +186,7 @@ impl Builder {
         if held {
             settings.delivery.upstream_timeout = HeldGraph::UPSTREAM_TIMEOUT;
         }
-        settings.outbox = self.outbox;
+        settings.guard = self.guard;
         settings.serve = self.serve;
         settings.clock = Arc::new(clock.clone());
         let keys_file = data.path().join("keys.toml");
@@ -231,7 +233,7 @@ impl TestGateway {
             held: None,
             delivery: quick_policy(),
             serve: ServeOptions::default(),
-            outbox: OutboxPolicy::default(),
+            guard: GuardPolicy::default(),
             data: None,
             keys: None,
             accounts: Vec::new(),

@@ -10,9 +10,9 @@ use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use messenger_gateway::accounts::AccountSpec;
+use messenger_gateway::accounts::tokens::TokenPolicy;
+use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::graph::{AccessToken, Account};
-use messenger_gateway::grpc::pb;
-use messenger_gateway::tokens::TokenPolicy;
 
 use crate::support::*;
 

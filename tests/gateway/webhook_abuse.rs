@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use messenger_gateway::net::Limits;
-use messenger_gateway::server::ServeOptions;
-use messenger_gateway::webhook;
+use messenger_gateway::edge::net::Limits;
+use messenger_gateway::edge::server::ServeOptions;
+use messenger_gateway::edge::webhook;
 
 use crate::support::*;
 

@@ -4,14 +4,14 @@
 use tonic::Code;
 
 use messenger_gateway::clock::rfc3339;
-use messenger_gateway::grpc::pb;
-use messenger_gateway::outbox::OutboxPolicy;
-use messenger_gateway::window::{HUMAN_AGENT_MS, STANDARD_MS, WindowPolicy};
+use messenger_gateway::edge::grpc::pb;
+use messenger_gateway::model::window::{HUMAN_AGENT_MS, STANDARD_MS, WindowPolicy};
+use messenger_gateway::send::guard::GuardPolicy;
 
 use crate::support::*;
 
-async fn start_with(policy: OutboxPolicy) -> TestGateway {
-    TestGateway::builder().outbox(policy).start().await
+async fn start_with(policy: GuardPolicy) -> TestGateway {
+    TestGateway::builder().guard(policy).start().await
 }
 
 /// The user wrote at T0.
@@ -32,7 +32,7 @@ fn tagged(text: &str) -> pb::SendRequest {
 
 #[tokio::test]
 async fn a_reply_is_sent_until_exactly_24_hours_then_refused_without_a_graph_call() {
-    let gw = start_with(OutboxPolicy::default()).await;
+    let gw = start_with(GuardPolicy::default()).await;
     after_user_wrote(&gw).await;
     gw.clock.set(T0 + STANDARD_MS - 1);
     assert!(gw.send_text().await.is_ok());
@@ -61,7 +61,7 @@ async fn a_reply_is_sent_until_exactly_24_hours_then_refused_without_a_graph_cal
 
 #[tokio::test]
 async fn the_human_agent_tag_reaches_until_exactly_7_days() {
-    let gw = start_with(OutboxPolicy::default()).await;
+    let gw = start_with(GuardPolicy::default()).await;
     after_user_wrote(&gw).await;
     gw.clock.set(T0 + HUMAN_AGENT_MS - 1);
     let mut client = gw.client().await;
@@ -87,9 +87,9 @@ async fn the_human_agent_tag_reaches_until_exactly_7_days() {
 
 #[tokio::test]
 async fn auto_human_agent_tags_replies_between_24_hours_and_7_days() {
-    let gw = start_with(OutboxPolicy {
+    let gw = start_with(GuardPolicy {
         auto_human_agent: true,
-        ..OutboxPolicy::default()
+        ..GuardPolicy::default()
     })
     .await;
     after_user_wrote(&gw).await;
@@ -105,7 +105,7 @@ async fn auto_human_agent_tags_replies_between_24_hours_and_7_days() {
 
 #[tokio::test]
 async fn strangers_are_sent_through_unless_the_policy_is_strict() {
-    let lenient = start_with(OutboxPolicy::default()).await;
+    let lenient = start_with(GuardPolicy::default()).await;
     lenient.graph_answers(ok_reply()).await;
     assert!(lenient.send_text().await.is_ok());
     assert_eq!(
@@ -113,9 +113,9 @@ async fn strangers_are_sent_through_unless_the_policy_is_strict() {
         pb::WindowState::Unknown as i32
     );
 
-    let strict = start_with(OutboxPolicy {
+    let strict = start_with(GuardPolicy {
         window: WindowPolicy::Strict,
-        ..OutboxPolicy::default()
+        ..GuardPolicy::default()
     })
     .await;
     strict.graph_answers(ok_reply()).await;
@@ -131,7 +131,7 @@ async fn strangers_are_sent_through_unless_the_policy_is_strict() {
 
 #[tokio::test]
 async fn a_window_refusal_from_graph_is_remembered_until_the_user_writes_again() {
-    let gw = start_with(OutboxPolicy::default()).await;
+    let gw = start_with(GuardPolicy::default()).await;
     gw.graph_answers(graph_error(
         400,
         10,
@@ -171,9 +171,9 @@ async fn a_window_refusal_from_graph_is_remembered_until_the_user_writes_again()
 
 #[tokio::test]
 async fn echoes_and_reads_never_open_a_window() {
-    let gw = start_with(OutboxPolicy {
+    let gw = start_with(GuardPolicy {
         window: WindowPolicy::Strict,
-        ..OutboxPolicy::default()
+        ..GuardPolicy::default()
     })
     .await;
     let body = serde_json::to_vec(&serde_json::json!({"object":"instagram","entry":[{"id":ACCOUNT,"time":T0,"messaging":[
@@ -191,7 +191,7 @@ async fn echoes_and_reads_never_open_a_window() {
 
 #[tokio::test]
 async fn get_window_rejects_a_recipient_that_is_not_an_igsid() {
-    let gw = start_with(OutboxPolicy::default()).await;
+    let gw = start_with(GuardPolicy::default()).await;
     let refused = gw
         .client()
         .await

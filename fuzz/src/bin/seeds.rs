@@ -1,6 +1,6 @@
 //! Writes the send target's seeds: encoded `SendRequest`s of each kind
 //! (the webhook target is seeded from tests/fixtures/webhooks).
-use messenger_gateway::grpc::pb;
+use messenger_gateway::edge::grpc::pb;
 use prost::Message;
 
 fn main() {

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -79,11 +81,15 @@ fn client_config(root_file: Option<PathBuf>) -> Result<rustls::ClientConfig, Sto
     let mut roots = rustls::RootCertStore::empty();
     match root_file {
         Some(file) => {
-            let certs = crate::tls::certs(&file).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let failed =
+                |e: &dyn std::fmt::Display| StoreError::Backend(format!("{}: {e}", file.display()));
+            let certs = CertificateDer::pem_file_iter(&file).map_err(|e| failed(&e))?;
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| StoreError::Backend(format!("{}: {e}", file.display())))?;
+                let cert = cert.map_err(|e| failed(&e))?;
+                roots.add(cert).map_err(|e| failed(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(failed(&"no PEM certificate found"));
             }
         }
         None => {

@@ -24,8 +24,9 @@ use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
     StoredEvent, TokenRecord,
 };
-use crate::events::{InboundEvent, UnixMs};
-use crate::window::{HUMAN_AGENT_MS, WindowFacts};
+use crate::clock::UnixMs;
+use crate::model::event::InboundEvent;
+use crate::model::window::{HUMAN_AGENT_MS, WindowFacts};
 use windows::{Mirror, WindowRow};
 
 /// The channels commits are announced on: events, changed window rows

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::window::WindowFacts;
+use crate::model::window::WindowFacts;
 
 /// One row of the windows table, as announced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use super::windows::WindowRow;
-use crate::events::{InboundEvent, UnixMs};
+use crate::clock::UnixMs;
+use crate::model::event::InboundEvent;
 use crate::store::{Ingested, StoreError, opened_at};
 
 /// The most deliveries folded into one transaction.

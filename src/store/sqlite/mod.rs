@@ -21,8 +21,9 @@ use super::{
     Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
     StoredEvent, TokenRecord, opened_at,
 };
-use crate::events::{InboundEvent, UnixMs};
-use crate::window::{HUMAN_AGENT_MS, WindowFacts};
+use crate::clock::UnixMs;
+use crate::model::event::InboundEvent;
+use crate::model::window::{HUMAN_AGENT_MS, WindowFacts};
 
 mod schema;
 mod windows;

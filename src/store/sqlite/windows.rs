@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
+use crate::model::window::WindowFacts;
 use crate::store::StoreError;
-use crate::window::WindowFacts;
 
 /// The windows table in memory: per person, each account's facts.
 pub(super) type Windows = HashMap<String, Vec<(String, WindowFacts)>>;

@@ -1,0 +1,672 @@
+//! The tonic adapter: generated types, the `Messenger` service, and the
+//! conversions at its edge. Handlers only convert and delegate.
+
+pub mod codec;
+pub mod deadline;
+pub mod from_pb;
+pub mod status;
+pub mod to_pb;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::service::{Interceptor, interceptor::InterceptedService};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::accounts::{self, AccountEntry, AccountError, Registry};
+use crate::conversation::inbox::Inbox;
+use crate::edge::auth::{AuthError, Caller, Keys, Operation};
+use crate::edge::net::ConnInfo;
+use crate::model::error::{FieldViolation, SendError};
+use crate::model::event::InboundEvent;
+use crate::model::message::Priority;
+use crate::model::message::{Igsid, Sent};
+use crate::refusals;
+use crate::send::budget::Budget;
+use crate::send::guard::Guard;
+
+/// Code generated from `proto/messenger/v1/messenger.proto`.
+pub mod pb {
+    tonic::include_proto!("messenger.v1");
+
+    /// For server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/messenger_descriptor.bin"));
+}
+
+pub use pb::messenger_server::MessengerServer;
+
+/// The largest request any valid one can be, rounded up: a generic template
+/// of 10 elements with 2 KB URLs everywhere is about 120 KB; text with its
+/// quick replies about 16 KB. Anything larger is refused before decoding.
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+
+/// The `Messenger` service: sends go to the guard; windows and the event
+/// stream come from the inbox. Every call is checked against its caller's
+/// key before anything else happens.
+#[derive(Clone)]
+pub struct MessengerService {
+    guard: Arc<Guard>,
+    inbox: Arc<Inbox>,
+    keys: Arc<Keys>,
+    /// The accounts sends go out as, and windows are reported for.
+    accounts: Arc<Registry>,
+    /// The deadline of a call that brings none.
+    default_timeout: Duration,
+}
+
+impl MessengerService {
+    pub fn new(
+        guard: Arc<Guard>,
+        inbox: Arc<Inbox>,
+        keys: Arc<Keys>,
+        accounts: Arc<Registry>,
+        default_timeout: Duration,
+    ) -> Self {
+        Self {
+            guard,
+            inbox,
+            keys,
+            accounts,
+            default_timeout,
+        }
+    }
+
+    /// The service behind its authentication check.
+    pub fn into_server(self) -> InterceptedService<MessengerServer<Self>, Authenticate> {
+        let authenticate = Authenticate(self.keys.clone());
+        InterceptedService::new(
+            MessengerServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES),
+            authenticate,
+        )
+    }
+
+    /// The caller, cleared for `operation` (for `Subscribe`, the stream is
+    /// filtered to the key's accounts instead). Borrowed, not cloned: a
+    /// clone per call would bounce the key's reference count between the
+    /// worker threads.
+    fn authorize<'r, T>(
+        &self,
+        request: &'r Request<T>,
+        operation: Operation,
+    ) -> Result<&'r Caller, Status> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::internal("the call was not authenticated"))?;
+        if let Err(e) = caller.authorize_operation(operation) {
+            return Err(refused_call(caller, operation, e));
+        }
+        Ok(caller)
+    }
+
+    /// The caller, cleared for `operation` as the account it names (`given`,
+    /// an id or alias; empty for the only one), and that account's path.
+    fn authorize_for<'r, T>(
+        &self,
+        request: &'r Request<T>,
+        operation: Operation,
+        given: &str,
+    ) -> Result<(&'r Caller, Arc<AccountEntry>), Status> {
+        let caller = self.authorize(request, operation)?;
+        Ok((caller, self.account_for(caller, operation, given)?))
+    }
+
+    /// The account `given` names, if `caller` may act for it.
+    fn account_for(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        given: &str,
+    ) -> Result<Arc<AccountEntry>, Status> {
+        let account = self.resolve_for(caller, operation, "account_id", given)?;
+        if let Err(e) = caller.authorize(operation, &account.id, account.name.as_deref()) {
+            return Err(refused_call(caller, operation, e));
+        }
+        Ok(account)
+    }
+
+    /// Checks one `SendRequest` as `caller` would have it sent, and starts
+    /// it on its own task: what `Send` does, and `SendStream` per message.
+    /// `default` is the priority of a request that names none.
+    fn start_send(
+        &self,
+        caller: &Caller,
+        request: &pb::SendRequest,
+        mut budget: Budget,
+        default: Priority,
+    ) -> Result<impl Future<Output = Result<pb::SendResponse, Status>> + Send + 'static, Status>
+    {
+        let account = self.account_for(caller, Operation::Send, &request.account_id)?;
+        let span = caller.span();
+        let scope = caller.request_scope().to_owned();
+        budget.priority = match request.priority() {
+            pb::Priority::Bulk => Priority::Bulk,
+            pb::Priority::Interactive => Priority::Interactive,
+            pb::Priority::Unspecified => default,
+        };
+        // Answered before anything is awaited, so even a deadline of a
+        // nanosecond gets this answer rather than tonic's bare timeout.
+        if let Some(e) = self.guard.budget_refusal(&budget) {
+            return Err(
+                span.in_scope(|| refused(caller, &account, "message", &request.recipient_id, e))
+            );
+        }
+        let (message, request_id) = from_pb::message_from_pb(request).map_err(|v| {
+            span.in_scope(|| rejected(caller, &account, "message", &request.recipient_id, v))
+        })?;
+        let guard = self.guard.clone();
+        let cancelled = budget.cancelled.clone();
+        let account_id = account.id.clone();
+        let sent = finish_detached(
+            async move {
+                guard
+                    .send_message(&*account, message, request_id.map(|id| (scope, id)), budget)
+                    .await
+            }
+            .instrument(span),
+            cancelled,
+        );
+        Ok(async move {
+            let sent = sent.await?;
+            Ok(pb::SendResponse {
+                message_id: sent.message_id.unwrap_or_default(),
+                recipient_id: sent.recipient_id,
+                graph_calls: sent.graph_calls,
+                account_id,
+                queued_ms: sent.queued_ms,
+            })
+        })
+    }
+
+    /// Runs one `SendStream`: reads at most `STREAM_READ_AHEAD` messages
+    /// ahead of their results, sends each as `Send` would (bulk unless it
+    /// says otherwise), and answers each as it finishes. When the caller
+    /// goes, every send still waiting is dropped unsent.
+    async fn broadcast(
+        self,
+        caller: Caller,
+        deadline: Option<Instant>,
+        mut inbound: Streaming<pb::SendRequest>,
+        results: tokio::sync::mpsc::Sender<Result<pb::SendResult, Status>>,
+    ) {
+        use futures_util::stream::FuturesUnordered;
+        let stream_gone = CancellationToken::new();
+        let _on_end = stream_gone.clone().drop_guard();
+        let keys = self.keys.clone();
+        let revoked_caller = caller.clone();
+        let revoked = keys.revoked(&revoked_caller);
+        tokio::pin!(revoked);
+        let mut running = FuturesUnordered::new();
+        let mut index = 0u64;
+        let mut reading = true;
+        // Why the caller's stream broke, told after what is under way.
+        let mut broken: Option<Status> = None;
+        loop {
+            if !reading && running.is_empty() {
+                if let Some(status) = broken {
+                    let _ = results.send(Err(status)).await;
+                }
+                return;
+            }
+            tokio::select! {
+                // A key revoked mid-stream: nothing more goes out for it.
+                () = &mut revoked => {
+                    let _ = results
+                        .send(Err(AuthError::InvalidKey.into()))
+                        .await;
+                    return;
+                }
+                next = inbound.next(), if reading && running.len() < STREAM_READ_AHEAD => match next {
+                    Some(Ok(request)) => {
+                        let (i, request_id) = (index, request.request_id.clone());
+                        index += 1;
+                        let budget = Budget {
+                            deadline: Some(deadline.unwrap_or_else(|| Instant::now() + self.default_timeout)),
+                            cancelled: stream_gone.child_token(),
+                            priority: Priority::Bulk,
+                            start: None,
+                        };
+                        match self.start_send(&caller, &request, budget, Priority::Bulk) {
+                            Ok(job) => running.push(async move { (i, request_id, job.await) }),
+                            Err(status) => {
+                                if results.send(Ok(send_result(i, request_id, Err(status)))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    // The caller's stream broke: what is under way finishes,
+                    // then the caller learns why the rest was not read.
+                    Some(Err(status)) => {
+                        reading = false;
+                        broken = Some(status);
+                    }
+                    None => reading = false,
+                },
+                Some((i, request_id, outcome)) = running.next(), if !running.is_empty() => {
+                    if results.send(Ok(send_result(i, request_id, outcome))).await.is_err() {
+                        return;
+                    }
+                }
+                () = results.closed() => return,
+            }
+        }
+    }
+
+    /// The account `given` names. A key limited to some accounts learns
+    /// nothing of others: one it may not name is refused as not allowed,
+    /// whether or not it is configured.
+    fn resolve_for(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        field: &str,
+        given: &str,
+    ) -> Result<Arc<AccountEntry>, Status> {
+        // Checked for shape before any lookup or log line: a huge or odd
+        // value is refused here, and not repeated back in full.
+        if !given.is_empty()
+            && given != crate::model::window::ME
+            && !accounts::is_account_id(given)
+            && !accounts::is_alias(given)
+        {
+            return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                field,
+                format!(
+                    "must be an account's id (digits) or its alias (a letter, then letters, digits, -, _ or .; at most 64 bytes); got {} bytes",
+                    given.len()
+                ),
+            )])
+            .into());
+        }
+        match self.accounts.resolve(given) {
+            Ok(account) => Ok(account),
+            Err(e @ AccountError::NotFound(_)) => match caller.authorize(operation, given, None) {
+                Err(refusal) => Err(refused_call(caller, operation, refusal)),
+                Ok(()) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The caller's deadline, or the default one: no send waits forever.
+    fn budget_of<T>(&self, request: &Request<T>) -> Budget {
+        Some(deadline_of(request).unwrap_or_else(|| Instant::now() + self.default_timeout)).into()
+    }
+}
+
+/// Finds the caller's key from `authorization: Bearer …` or a client
+/// certificate, and hands it to the handler; refuses unknown callers.
+#[derive(Clone)]
+pub struct Authenticate(Arc<Keys>);
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let conn = request.extensions().get::<ConnInfo>();
+        let identities = conn.map(|c| c.identities.0.clone()).unwrap_or_default();
+        match self.0.authenticate(bearer, &identities) {
+            Ok(caller) => {
+                // Written once: a store on every call would bounce the
+                // cache line between the worker threads.
+                if let Some(c) = conn.filter(|c| !c.authenticated.load(Relaxed)) {
+                    c.authenticated.store(true, Relaxed);
+                }
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            Err(e) => {
+                refusals::note("call without a valid API key");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::messenger_server::Messenger for MessengerService {
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::InboundEvent, Status>> + Send>>;
+
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let job = {
+            let caller = self.authorize(&request, Operation::Send)?;
+            let budget = self.budget_of(&request);
+            self.start_send(caller, request.get_ref(), budget, Priority::Interactive)?
+        };
+        // Not kept while the send is under way.
+        drop(request);
+        Ok(Response::new(job.await?))
+    }
+
+    type SendStreamStream = Pin<Box<dyn Stream<Item = Result<pb::SendResult, Status>> + Send>>;
+
+    async fn send_stream(
+        &self,
+        request: Request<Streaming<pb::SendRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let caller = self.authorize(&request, Operation::Send)?.clone();
+        let deadline = deadline_of(&request);
+        let inbound = request.into_inner();
+        let (results, rx) = tokio::sync::mpsc::channel(STREAM_READ_AHEAD);
+        tokio::spawn(self.clone().broadcast(caller, deadline, inbound, results));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn send_action(
+        &self,
+        request: Request<pb::SendActionRequest>,
+    ) -> Result<Response<pb::SendActionResponse>, Status> {
+        let (span, account, caller) = {
+            let given = &request.get_ref().account_id;
+            let (caller, account) = self.authorize_for(&request, Operation::SendAction, given)?;
+            (caller.span(), account, caller.clone())
+        };
+        let budget = self.budget_of(&request);
+        if let Some(e) = self.guard.budget_refusal(&budget) {
+            return Err(span.in_scope(|| {
+                refused(
+                    &caller,
+                    &account,
+                    "action",
+                    &request.get_ref().recipient_id,
+                    e,
+                )
+            }));
+        }
+        let action = from_pb::action_from_pb(request.get_ref()).map_err(|v| {
+            span.in_scope(|| {
+                rejected(
+                    &caller,
+                    &account,
+                    "action",
+                    &request.get_ref().recipient_id,
+                    v,
+                )
+            })
+        })?;
+        drop(request);
+        let guard = self.guard.clone();
+        let cancelled = budget.cancelled.clone();
+        let account_id = account.id.clone();
+        let sent = finish_detached(
+            async move { guard.send_action(&*account, &action, budget).await }.instrument(span),
+            cancelled,
+        )
+        .await?;
+        Ok(Response::new(pb::SendActionResponse {
+            recipient_id: sent.recipient_id,
+            graph_calls: sent.graph_calls,
+            account_id,
+        }))
+    }
+
+    async fn get_window(
+        &self,
+        request: Request<pb::GetWindowRequest>,
+    ) -> Result<Response<pb::GetWindowResponse>, Status> {
+        let given = &request.get_ref().account_id;
+        let (_, account) = self.authorize_for(&request, Operation::GetWindow, given)?;
+        let recipient_id = request.into_inner().recipient_id;
+        let user = Igsid::parse(&recipient_id).map_err(|e| {
+            Status::from(SendError::InvalidRequest(vec![FieldViolation::new(
+                "recipient_id",
+                e,
+            )]))
+        })?;
+        let window = self.inbox.window(&account.id, user.as_str()).await?;
+        Ok(Response::new(to_pb::window_to_pb(
+            account.id.clone(),
+            recipient_id,
+            &window,
+        )))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.authorize(&request, Operation::Subscribe)?.clone();
+        let pb::SubscribeRequest { after, account_ids } = request.into_inner();
+        // Each named account must exist and be the caller's to see.
+        let mut only = Vec::with_capacity(account_ids.len());
+        for given in account_ids.iter().take(MAX_ACCOUNT_FILTER + 1) {
+            if only.len() == MAX_ACCOUNT_FILTER {
+                return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                    "account_ids",
+                    format!("at most {MAX_ACCOUNT_FILTER} accounts"),
+                )])
+                .into());
+            }
+            let account = self.resolve_for(&caller, Operation::Subscribe, "account_ids", given)?;
+            if let Err(e) =
+                caller.authorize(Operation::Subscribe, &account.id, account.name.as_deref())
+            {
+                return Err(refused_call(&caller, Operation::Subscribe, e));
+            }
+            only.push(account.id.clone());
+        }
+        if after > i64::MAX as u64 {
+            return Err(SendError::InvalidRequest(vec![FieldViolation::new(
+                "after",
+                format!("must be a seq this gateway gave (at most {})", i64::MAX),
+            )])
+            .into());
+        }
+        let sees = caller.clone();
+        let accounts = self.accounts.clone();
+        use crate::model::window::ME;
+        let filter = Box::new(move |e: &InboundEvent| {
+            // An account configured as `me` answers for whichever id its
+            // webhooks carry (one no other account has).
+            let as_me = || accounts.by_id(&e.account_id).is_none();
+            let named = only.is_empty()
+                || only.contains(&e.account_id)
+                || (only.iter().any(|a| a == ME) && as_me());
+            if !named {
+                return false;
+            }
+            // Run per event and subscriber: no lookup where every account
+            // is seen, and the alias borrowed, not copied.
+            if matches!(sees, Caller::Open) {
+                return true;
+            }
+            match accounts.by_id(&e.account_id) {
+                Some(path) => sees.sees(&e.account_id, path.name.as_deref()),
+                None => {
+                    sees.sees(&e.account_id, None)
+                        || accounts
+                            .by_id(ME)
+                            .is_some_and(|me| sees.sees(ME, me.name.as_deref()))
+                }
+            }
+        });
+        let keys = self.keys.clone();
+        let revoked = Box::pin(async move { keys.revoked(&caller).await });
+        let events = self.inbox.subscribe(after, filter, revoked).await?;
+        let stream = events.map(|item| {
+            item.map(|e| to_pb::event_to_pb(Arc::unwrap_or_clone(e)))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let caller = self.authorize(&request, Operation::Admin)?;
+        // A key limited to some accounts lists only those.
+        let accounts = self
+            .accounts
+            .entries()
+            .iter()
+            .filter(|a| caller.sees(&a.id, a.name.as_deref()))
+            .map(|a| to_pb::account_to_pb(a))
+            .collect();
+        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
+}
+
+/// Messages of one `SendStream` under way at once: the gateway reads no
+/// further ahead, so HTTP/2 flow control holds the rest in the caller.
+const STREAM_READ_AHEAD: usize = 64;
+
+/// One message's outcome in a `SendStream`: its response, or the status
+/// `Send` would have answered, details and all.
+fn send_result(
+    index: u64,
+    request_id: String,
+    outcome: Result<pb::SendResponse, Status>,
+) -> pb::SendResult {
+    let result = match outcome {
+        Ok(response) => pb::send_result::Result::Response(response),
+        Err(status) => {
+            let rpc = <tonic_types::pb::Status as prost::Message>::decode(status.details())
+                .ok()
+                .filter(|s| s.code != 0)
+                .unwrap_or_else(|| tonic_types::pb::Status {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                    details: Vec::new(),
+                });
+            pb::send_result::Result::Error(rpc)
+        }
+    };
+    pb::SendResult {
+        index,
+        request_id,
+        result: Some(result),
+    }
+}
+
+/// The most accounts one `Subscribe` may name.
+const MAX_ACCOUNT_FILTER: usize = 1000;
+
+/// Logs (within the caller's share of refusal lines) and converts a call
+/// its key does not allow.
+fn refused_call(caller: &Caller, operation: Operation, error: AuthError) -> Status {
+    refusals::log_for(
+        caller.id(),
+        || tracing::warn!(key = caller.id(), operation = operation.as_str(), error = %refusals::shown(&error.to_string()), "call refused"),
+    );
+    error.into()
+}
+
+/// Logs and converts a request that failed validation.
+fn rejected(
+    caller: &Caller,
+    account: &AccountEntry,
+    kind: &str,
+    recipient: &str,
+    violations: Vec<FieldViolation>,
+) -> Status {
+    refused(
+        caller,
+        account,
+        kind,
+        recipient,
+        SendError::InvalidRequest(violations),
+    )
+}
+
+/// Counts, logs (within the caller's share) and converts a send refused
+/// before it started.
+fn refused(
+    caller: &Caller,
+    account: &AccountEntry,
+    kind: &str,
+    recipient: &str,
+    error: SendError,
+) -> Status {
+    account.refused_for(caller.id(), kind, recipient, &error);
+    error.into()
+}
+
+/// Runs a send on its own task, so the handler's future holds only the join
+/// handle, not a copy of the whole send: that is memory per call in flight.
+/// If the caller hangs up, `cancelled` fires: a send still waiting for its
+/// Graph call is dropped unsent; one under way finishes and is logged.
+fn finish_detached(
+    send: impl Future<Output = Result<Sent, SendError>> + Send + 'static,
+    cancelled: CancellationToken,
+) -> impl Future<Output = Result<Sent, Status>> {
+    let task = tokio::spawn(send);
+    async move {
+        let _on_hang_up = cancelled.drop_guard();
+        match task.await {
+            Ok(result) => result.map_err(Status::from),
+            Err(_) => Err(Status::internal("the send task failed")),
+        }
+    }
+}
+
+/// The caller's deadline, from `grpc-timeout`, a little early so that our
+/// own answer (with its details) beats tonic's bare timeout.
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
+    Some(Instant::now() + timeout.saturating_sub(answer_margin(timeout)))
+}
+
+/// How much earlier than the caller's deadline the gateway answers, so its
+/// answer (with details) arrives first.
+fn answer_margin(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
+/// `grpc-timeout` is at most 8 digits and a unit (gRPC over HTTP/2 spec).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99999999))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Sending with what the gateway knows: the messaging window is checked
+//! before Graph is called, Graph's own window refusals are remembered, and a
+//! `request_id` makes a send happen at most once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::clock::{UnixMs, rfc3339};
+use crate::conversation::inbox::Inbox;
+use crate::graph;
+use crate::model::error::{FieldViolation, Reason, SendError};
+use crate::model::message::{OutgoingAction, OutgoingMessage, Recipient, RequestId, Sent};
+use crate::model::window::{Decision, WindowPolicy};
+use crate::send::budget::{Budget, CallStart};
+use crate::store::{Claim, RecordedOutcome, Store, StoreError};
+
+/// The account a send goes out as, as the guard sees it. The account
+/// entry (`accounts::AccountEntry`) implements it around its deliverer, and
+/// records what each result says of its token.
+pub trait Outlet: Send + Sync {
+    fn id(&self) -> &str;
+    /// A full queue refuses at once, before any claim or check.
+    fn refuse_if_full(&self) -> Option<SendError>;
+    fn send_message(
+        &self,
+        message: &OutgoingMessage,
+        budget: Budget,
+    ) -> impl Future<Output = Result<Sent, SendError>> + Send;
+    fn send_action(
+        &self,
+        action: &OutgoingAction,
+        budget: Budget,
+    ) -> impl Future<Output = Result<Sent, SendError>> + Send;
+    /// Counts and logs a send the guard refused before it started.
+    fn refused(&self, kind: &str, recipient: &str, error: &SendError);
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardPolicy {
+    pub window: WindowPolicy,
+    /// Between 24 hours and 7 days, send with the HUMAN_AGENT tag instead of
+    /// refusing (needs Meta's App Review of that permission).
+    pub auto_human_agent: bool,
+    /// A send with less of its deadline left is not started.
+    pub min_send_budget: std::time::Duration,
+}
+
+type Outcome = Option<Result<Sent, SendError>>;
+
+/// How long after its claim a `request_id` on a shared store may still be
+/// settling on another replica (a send within any caller's deadline): a
+/// repeat in that time waits for the outcome.
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often such a repeat looks again.
+const SETTLING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A send under a `request_id` that is under way in this process.
+struct Pending {
+    fingerprint: String,
+    done: watch::Receiver<Outcome>,
+}
+
+/// Guards each send with what the gateway knows: the window check,
+/// remembered Graph refusals and `request_id`s, in front of the account's
+/// [`Outlet`].
+pub struct Guard {
+    /// Where `request_id` claims and window refusals are kept.
+    store: Arc<dyn Store>,
+    /// The windows, and the clock.
+    inbox: Arc<Inbox>,
+    policy: GuardPolicy,
+    /// Keyed by the caller's scope, the account and the `request_id`.
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl From<StoreError> for SendError {
+    fn from(e: StoreError) -> Self {
+        SendError::Store(e.to_string())
+    }
+}
+
+impl Guard {
+    pub fn new(store: Arc<dyn Store>, inbox: Arc<Inbox>, policy: GuardPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            inbox,
+            policy,
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Refuses at once, as not sent, a send with too little of its deadline
+    /// left to be started at all.
+    pub fn budget_refusal(&self, budget: &Budget) -> Option<SendError> {
+        budget
+            .too_short(self.policy.min_send_budget)
+            .map(SendError::not_sent)
+    }
+
+    pub async fn send_action(
+        &self,
+        account: &impl Outlet,
+        action: &OutgoingAction,
+        budget: impl Into<Budget>,
+    ) -> Result<Sent, SendError> {
+        account.send_action(action, budget.into()).await
+    }
+
+    /// Sends `message` as `account`; with a `request_id` (and the scope of
+    /// the caller that gave it, so two callers never share one) at most
+    /// once per account.
+    pub async fn send_message(
+        &self,
+        account: &impl Outlet,
+        message: OutgoingMessage,
+        request_id: Option<(String, RequestId)>,
+        budget: impl Into<Budget>,
+    ) -> Result<Sent, SendError> {
+        let deadline = budget.into();
+        if let Some(full) = account.refuse_if_full() {
+            return Err(full);
+        }
+        let Some((scope, id)) = request_id else {
+            return self.send_checked(account, message, deadline).await;
+        };
+        // A request_id is printable ASCII, so a control character keeps
+        // the scope, the account and the id apart.
+        let id = format!("{scope}\u{1f}{}\u{1f}{}", account.id(), id.as_str());
+        let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
+        let done = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(first) = pending.get(&id) {
+                if first.fingerprint != fingerprint {
+                    return Err(conflict());
+                }
+                Err(first.done.clone())
+            } else {
+                let (tx, rx) = watch::channel(None);
+                pending.insert(
+                    id.clone(),
+                    Pending {
+                        fingerprint: fingerprint.clone(),
+                        done: rx,
+                    },
+                );
+                Ok(tx)
+            }
+        };
+        match done {
+            // A repeat while the first is under way here: wait for it.
+            Err(mut first) => match first.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone().expect("waited for Some"),
+                Err(_) => Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id stopped before it finished; it may have been delivered".into(),
+                )),
+            },
+            Ok(tx) => {
+                let _forget = Forget(&self.pending, &id);
+                // Boxed: only sends with a request_id pay for its state.
+                let result =
+                    Box::pin(self.send_once(account, &id, &fingerprint, message, deadline)).await;
+                tx.send_replace(Some(result.clone()));
+                result
+            }
+        }
+    }
+
+    /// Claims `id` in the store. On a shared store, a claim another replica
+    /// made moments ago is a send under way there: this one waits (within
+    /// its own deadline) for that send's outcome, so the callers of both
+    /// get one answer from one Graph call.
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        budget: &Budget,
+    ) -> Result<Claim, StoreError> {
+        let store = &self.store;
+        loop {
+            let now = self.inbox.now_ms();
+            // Alone on its store, a claim whose call never started was left
+            // by a gateway that stopped: taken over at once. On a shared
+            // store it may wait on another replica: taken over once it has
+            // waited longer than a send settles.
+            let take_over_before = if store.is_shared() {
+                now - SETTLING.as_millis() as i64
+            } else {
+                now
+            };
+            let claim = store
+                .claim_request(id, fingerprint, now, take_over_before)
+                .await?;
+            let Claim::Unsettled { claimed_ms } = claim else {
+                return Ok(claim);
+            };
+            let settling =
+                store.is_shared() && now.saturating_sub(claimed_ms) < SETTLING.as_millis() as i64;
+            let in_time = budget
+                .deadline
+                .is_none_or(|d| Instant::now() + SETTLING_POLL < d);
+            if !settling || !in_time || budget.cancelled.is_cancelled() {
+                return Ok(claim);
+            }
+            tokio::time::sleep(SETTLING_POLL).await;
+        }
+    }
+
+    /// Claims `id` in the store, sends, and records the outcome there.
+    async fn send_once(
+        &self,
+        account: &impl Outlet,
+        id: &str,
+        fingerprint: &str,
+        message: OutgoingMessage,
+        deadline: Budget,
+    ) -> Result<Sent, SendError> {
+        let store = &self.store;
+        let token = match self.claim(id, fingerprint, &deadline).await? {
+            Claim::Claimed { token } => token,
+            Claim::Conflict => return Err(conflict()),
+            Claim::Recorded(RecordedOutcome::Sent(sent)) => return Ok(sent),
+            Claim::Recorded(RecordedOutcome::MaybeDelivered) => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id reached Graph with no answer; it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+            Claim::Unsettled { .. } if store.is_shared() => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id is still under way or was interrupted; it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+            Claim::Unsettled { .. } => {
+                return Err(SendError::MaybeDeliveredBefore(
+                    "the first send under this request_id was interrupted (the gateway stopped) after its Graph call began; it may have been delivered, so it is not sent again".into(),
+                ));
+            }
+        };
+        let mut deadline = deadline;
+        deadline.start = Some(Arc::new(RequestStart {
+            store: store.clone(),
+            id: id.to_owned(),
+            token,
+            started: AtomicBool::new(false),
+        }));
+        let result = self.send_checked(account, message, deadline).await;
+        let outcome = match &result {
+            Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
+            Err(e) if e.reason() == Reason::DeliveryUnknown => {
+                Some(RecordedOutcome::MaybeDelivered)
+            }
+            // Nothing reached the person: the id may be used again.
+            Err(_) => None,
+        };
+        if let Err(e) = store.settle_request(id, token, outcome).await {
+            // The claim stays unsettled, so a repeat is refused, never resent.
+            tracing::error!(request_id = id, error = %e, "could not record a send's outcome");
+        }
+        result
+    }
+
+    /// The window check, the send, and remembering a window refusal.
+    async fn send_checked(
+        &self,
+        account: &impl Outlet,
+        mut message: OutgoingMessage,
+        deadline: Budget,
+    ) -> Result<Sent, SendError> {
+        let Recipient::User(user) = &message.recipient else {
+            // Private replies follow the comment's own 7-day rule, which
+            // Graph enforces.
+            return account.send_message(&message, deadline).await;
+        };
+        let user = user.as_str().to_owned();
+        let now = self.inbox.now_ms();
+        let window = self.inbox.window(account.id(), &user).await?;
+        match window.decide(
+            message.human_agent,
+            self.policy.window,
+            self.policy.auto_human_agent,
+            now,
+        ) {
+            Decision::Send => {}
+            Decision::SendWithHumanAgent => message.human_agent = true,
+            Decision::Refuse { closed_at } => {
+                let detail = match closed_at {
+                    Some(at) => format!(
+                        "outside the messaging window: it closed at {} ({} after the person's last message); nothing was sent",
+                        rfc3339(at),
+                        if message.human_agent { "7 days" } else { "24 hours" }
+                    ),
+                    None => "outside the messaging window: this person has never written to the account (--window-policy strict); nothing was sent".to_owned(),
+                };
+                let error = SendError::OutsideWindow {
+                    closed_at_ms: closed_at,
+                    detail,
+                };
+                account.refused("message", &user, &error);
+                return Err(error);
+            }
+        }
+        let result = account.send_message(&message, deadline).await;
+        if let Err(e) = &result
+            && e.reason() == Reason::OutsideMessagingWindow
+            && let Err(e) = self
+                .store
+                .window_refused(account.id(), &user, now, message.human_agent)
+                .await
+        {
+            tracing::warn!(error = %e, "could not remember a window refusal");
+        }
+        result
+    }
+}
+
+fn conflict() -> SendError {
+    SendError::InvalidRequest(vec![FieldViolation::new(
+        "request_id",
+        "was already used within 24 hours for a different message",
+    )])
+}
+
+/// Removes a finished send from the in-process table, even if its task is
+/// cancelled.
+struct Forget<'a>(&'a Mutex<HashMap<String, Pending>>, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}
+
+/// Marks a send's `request_id` as started, durably, just before its first
+/// Graph call: a claim whose call never started is released by a restart
+/// (taken over by the retry), so only a call that began can leave a send's
+/// fate unknown.
+struct RequestStart {
+    store: Arc<dyn Store>,
+    id: String,
+    token: UnixMs,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for RequestStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStart")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl CallStart for RequestStart {
+    async fn start(&self) -> Result<(), String> {
+        // A retry's later attempts are under the same start.
+        if self.started.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.store.start_request(&self.id, self.token).await {
+            Ok(true) => {
+                self.started.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(false) => Err(
+                "another send under this request_id took it over; retry to learn its outcome"
+                    .into(),
+            ),
+            Err(e) => Err(format!(
+                "the request_id could not be marked as started: {e}"
+            )),
+        }
+    }
+}
