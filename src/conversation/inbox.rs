@@ -501,7 +501,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::conversation::payload::parse_delivery;
-    use crate::store::SqliteStore;
+    use crate::store::{EventLog, ReplicaSet, RequestLog, SqliteStore, TokenStore, WindowStore};
 
     fn message(mid: &str) -> Vec<InboundEvent> {
         vec![crate::store::contract::message(mid, 1)]
@@ -546,8 +546,9 @@ mod tests {
         stale_bounds: bool,
     }
 
+    /// The event log is the one under test; the other roles pass through.
     #[async_trait::async_trait]
-    impl Store for HandFed {
+    impl EventLog for HandFed {
         async fn ingest(&self, e: Vec<InboundEvent>, at: UnixMs) -> Result<Ingested, StoreError> {
             self.inner.ingest(e, at).await
         }
@@ -561,6 +562,10 @@ mod tests {
             let (head, pruned) = self.inner.bounds().await?;
             Ok((head, if self.stale_bounds { 0 } else { pruned }))
         }
+    }
+
+    #[async_trait::async_trait]
+    impl WindowStore for HandFed {
         async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
             self.inner.windows(user).await
         }
@@ -573,6 +578,10 @@ mod tests {
         ) -> Result<(), StoreError> {
             self.inner.window_refused(a, u, at, h).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl RequestLog for HandFed {
         async fn claim_request(
             &self,
             id: &str,
@@ -593,18 +602,28 @@ mod tests {
         ) -> Result<(), StoreError> {
             self.inner.settle_request(id, token, o).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl TokenStore for HandFed {
+        async fn save_token(&self, r: crate::store::TokenRecord) -> Result<(), StoreError> {
+            self.inner.save_token(r).await
+        }
+        async fn tokens(&self) -> Result<Vec<crate::store::TokenRecord>, StoreError> {
+            self.inner.tokens().await
+        }
+    }
+
+    impl ReplicaSet for HandFed {}
+
+    #[async_trait::async_trait]
+    impl Store for HandFed {
         async fn prune(
             &self,
             now: UnixMs,
             before: UnixMs,
         ) -> Result<crate::store::Pruned, StoreError> {
             self.inner.prune(now, before).await
-        }
-        async fn save_token(&self, r: crate::store::TokenRecord) -> Result<(), StoreError> {
-            self.inner.save_token(r).await
-        }
-        async fn tokens(&self) -> Result<Vec<crate::store::TokenRecord>, StoreError> {
-            self.inner.tokens().await
         }
     }
 

@@ -1,6 +1,9 @@
-//! What the gateway remembers: inbound events (with their sequence numbers),
-//! each conversation's window, and idempotency keys. Behind a small trait so
-//! a store shared by several replicas can follow the embedded one.
+//! What the gateway remembers, behind the [`Store`] trait and its five
+//! roles: inbound events with their sequence numbers ([`EventLog`]), each
+//! conversation's window ([`WindowStore`]), `request_id` claims
+//! ([`RequestLog`]), refreshed tokens and refresh leases ([`TokenStore`]),
+//! and the replicas sharing it ([`ReplicaSet`]). [`SqliteStore`] is the
+//! embedded one; [`PgStore`] is shared by replicas.
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -95,8 +98,9 @@ pub const DEDUP_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// How long a `request_id` is remembered (AIP-155 suggests at least a day).
 pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The inbound events, numbered in commit order: what `Subscribe` streams.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// Durably records new events (skipping ones already kept, by
     /// [`InboundEvent::dedup_key`]) and the windows they open, in one step.
     /// Event times are taken as given: the core caps them before.
@@ -115,7 +119,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest sequence number stored, and the highest pruned (0: none).
     async fn bounds(&self) -> Result<(u64, u64), StoreError>;
+}
 
+/// What is known of each conversation's messaging window.
+#[async_trait::async_trait]
+pub trait WindowStore: Send + Sync + 'static {
     /// What is known of the window between `user` and each account that
     /// has one with them.
     async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError>;
@@ -128,12 +136,17 @@ pub trait Store: Send + Sync + 'static {
         at: UnixMs,
         human_agent: bool,
     ) -> Result<(), StoreError>;
+}
 
+/// `request_id` claims: at most one Graph call per id, its outcome kept
+/// for repeats.
+#[async_trait::async_trait]
+pub trait RequestLog: Send + Sync + 'static {
     /// Durably claims `id` for a send whose content hashes to `fingerprint`.
     /// A claim made at or before `take_over_before` whose Graph call never
     /// started (its process stopped while it waited, or it still waits on
     /// another replica) is taken over: the old holder's
-    /// [`Store::start_request`] then fails, so one call is made. A later
+    /// [`RequestLog::start_request`] then fails, so one call is made. A later
     /// one is `Unsettled`, like a call under way.
     async fn claim_request(
         &self,
@@ -156,37 +169,17 @@ pub trait Store: Send + Sync + 'static {
         token: UnixMs,
         outcome: Option<RecordedOutcome>,
     ) -> Result<(), StoreError>;
+}
 
-    /// Drops events received before `events_before`, request ids claimed
-    /// before `now - REQUEST_ID_TTL`, and windows closed for good.
-    async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError>;
-
+/// Refreshed tokens, and the lease that lets one replica at a time
+/// refresh an account's token.
+#[async_trait::async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Keeps an account's refreshed token, replacing the one kept before.
     async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError>;
 
     /// Every refreshed token kept.
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
-
-    /// Whether other processes (replicas) share this store: then an
-    /// unsettled `request_id` may be a send under way elsewhere, not one a
-    /// stopped process left behind.
-    fn is_shared(&self) -> bool {
-        false
-    }
-
-    /// Says replica `me` is alive at `now`, and answers how many replicas
-    /// are (seen within [`REPLICA_TTL`]; this one included). One for a
-    /// store no other process shares.
-    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
-        let _ = (me, now);
-        Ok(1)
-    }
-
-    /// Whether the store answers, now and as it changes. An embedded store
-    /// always does.
-    fn reachable(&self) -> watch::Receiver<bool> {
-        watch::channel(true).1
-    }
 
     /// Changes whenever another process may have kept a refreshed token.
     /// Never, for a store no other process shares.
@@ -210,6 +203,41 @@ pub trait Store: Send + Sync + 'static {
     async fn release_refresh(&self, account: &str) -> Result<(), StoreError> {
         let _ = account;
         Ok(())
+    }
+}
+
+/// The replicas sharing the store, as each says it is alive.
+#[async_trait::async_trait]
+pub trait ReplicaSet: Send + Sync + 'static {
+    /// Says replica `me` is alive at `now`, and answers how many replicas
+    /// are (seen within [`REPLICA_TTL`]; this one included). One for a
+    /// store no other process shares.
+    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
+        let _ = (me, now);
+        Ok(1)
+    }
+}
+
+/// The whole store, in five roles (each with its part of the contract
+/// suite, both backends implementing all), plus what spans them: pruning,
+/// and whether it is shared and reachable. Consumers hold `Arc<dyn Store>`.
+#[async_trait::async_trait]
+pub trait Store: EventLog + WindowStore + RequestLog + TokenStore + ReplicaSet {
+    /// Drops events received before `events_before`, request ids claimed
+    /// before `now - REQUEST_ID_TTL`, and windows closed for good.
+    async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError>;
+
+    /// Whether other processes (replicas) share this store: then an
+    /// unsettled `request_id` may be a send under way elsewhere, not one a
+    /// stopped process left behind.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Whether the store answers, now and as it changes. An embedded store
+    /// always does.
+    fn reachable(&self) -> watch::Receiver<bool> {
+        watch::channel(true).1
     }
 }
 

@@ -10,7 +10,9 @@
 
 mod connect;
 mod listen;
+mod requests;
 mod schema;
+mod tokens;
 mod windows;
 mod writer;
 
@@ -21,8 +23,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::{
-    Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent, TokenRecord,
+    Claim, DEDUP_TTL, EventLog, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome,
+    ReplicaSet, RequestLog, Store, StoreError, StoredEvent, TokenRecord, TokenStore, WindowStore,
 };
 use crate::clock::UnixMs;
 use crate::model::event::InboundEvent;
@@ -263,7 +265,7 @@ async fn events_after(
 }
 
 #[async_trait::async_trait]
-impl Store for PgStore {
+impl EventLog for PgStore {
     async fn ingest(
         &self,
         events: Vec<InboundEvent>,
@@ -300,7 +302,10 @@ impl Store for PgStore {
             .await?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }
+}
 
+#[async_trait::async_trait]
+impl WindowStore for PgStore {
     async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
         // From this replica's mirror: sends go on while the database is
         // away, on what was last known.
@@ -347,137 +352,33 @@ impl Store for PgStore {
         self.shared.put_windows(vec![row]);
         Ok(())
     }
+}
 
-    async fn claim_request(
-        &self,
-        id: &str,
-        fingerprint: &str,
-        now: UnixMs,
-        take_over_before: UnixMs,
-    ) -> Result<Claim, StoreError> {
-        let mut client = self.shared.pool.get().await?;
-        // Three tries at most: a claim released by another replica between our
-        // insert and our read is gone, and the next insert takes it.
-        let mut attempts = 0;
-        let (tx, row) = loop {
-            attempts += 1;
-            let tx = client.transaction().await?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-                    &[&id, &fingerprint, &now, &QUEUED],
-                )
-                .await?;
-            if inserted == 1 {
-                tx.commit().await?;
-                return Ok(Claim::Claimed { token: now });
-            }
-            // Held by another claim: read it under a lock, so two replicas
-            // reclaiming an expired id cannot both win.
-            let row = tx
-                .query_opt(
-                    "SELECT fingerprint, claimed_ms, outcome FROM request_ids WHERE id = $1 FOR UPDATE",
-                    &[&id],
-                )
-                .await?;
-            match row {
-                Some(row) => break (tx, row),
-                None if attempts < 3 => continue,
-                None => {
-                    return Err(StoreError::Backend(
-                        "a request id kept changing hands".into(),
-                    ));
-                }
-            }
-        };
-        let (fp, claimed, outcome): (String, i64, Option<String>) =
-            (row.get(0), row.get(1), row.get(2));
-        let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
-        // Expired, or never started (taken over, under a token of its own).
-        let reclaim = if claimed < live_since {
-            Some(now)
-        } else if fp == fingerprint
-            && outcome.as_deref() == Some(QUEUED)
-            && claimed <= take_over_before
-        {
-            Some(now.max(claimed + 1))
-        } else {
-            None
-        };
-        if let Some(token) = reclaim {
-            tx.execute(
-                "UPDATE request_ids SET fingerprint = $2, claimed_ms = $3, outcome = $4
-                 WHERE id = $1",
-                &[&id, &fingerprint, &token, &QUEUED],
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Claim::Claimed { token });
-        }
-        let claim = if fp != fingerprint {
-            Claim::Conflict
-        } else {
-            match outcome {
-                // Under way, or waiting for its call on another replica.
-                None => Claim::Unsettled {
-                    claimed_ms: claimed,
-                },
-                Some(q) if q == QUEUED => Claim::Unsettled {
-                    claimed_ms: claimed,
-                },
-                Some(outcome) => Claim::Recorded(
-                    serde_json::from_str(&outcome)
-                        .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?,
-                ),
-            }
-        };
-        tx.commit().await?;
-        Ok(claim)
-    }
-
-    async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
+#[async_trait::async_trait]
+impl ReplicaSet for PgStore {
+    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
         let client = self.shared.pool.get().await?;
-        let started = client
+        client
             .execute(
-                "UPDATE request_ids SET outcome = NULL
-                 WHERE id = $1 AND claimed_ms = $2 AND outcome = $3",
-                &[&id, &token, &QUEUED],
+                "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET seen_ms = GREATEST(replicas.seen_ms, $2)",
+                &[&me, &now],
             )
             .await?;
-        Ok(started == 1)
+        let since = now - super::REPLICA_TTL.as_millis() as i64;
+        client
+            .execute("DELETE FROM replicas WHERE seen_ms < $1", &[&since])
+            .await?;
+        let alive: i64 = client
+            .query_one("SELECT count(*) FROM replicas", &[])
+            .await?
+            .get(0);
+        Ok(alive.max(1) as u32)
     }
+}
 
-    async fn settle_request(
-        &self,
-        id: &str,
-        token: UnixMs,
-        outcome: Option<RecordedOutcome>,
-    ) -> Result<(), StoreError> {
-        let client = self.shared.pool.get().await?;
-        match outcome {
-            Some(outcome) => {
-                let json = serde_json::to_string(&outcome)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                client
-                    .execute(
-                        "UPDATE request_ids SET outcome = $3 WHERE id = $1 AND claimed_ms = $2",
-                        &[&id, &token, &json],
-                    )
-                    .await?;
-            }
-            None => {
-                client
-                    .execute(
-                        "DELETE FROM request_ids WHERE id = $1 AND claimed_ms = $2",
-                        &[&id, &token],
-                    )
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
+#[async_trait::async_trait]
+impl Store for PgStore {
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
         let mut client = self.shared.pool.get().await?;
         let tx = client.transaction().await?;
@@ -538,117 +439,11 @@ impl Store for PgStore {
         Ok(pruned)
     }
 
-    async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        let mut client = self.shared.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (account) DO UPDATE SET configured_sha256 = $2, sealed_token = $3,
-                 expires_ms = $4, refreshed_ms = $5
-             -- A refresh whose lease lapsed never puts an older token back.
-             WHERE tokens.configured_sha256 <> $2 OR tokens.refreshed_ms <= $5",
-            &[
-                &record.account,
-                &record.configured_sha256,
-                &record.sealed_token,
-                &record.expires_ms,
-                &record.refreshed_ms,
-            ],
-        )
-        .await?;
-        // Every replica puts the new token in use.
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&TOKENS_CHANNEL, &record.account],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    fn token_updates(&self) -> watch::Receiver<u64> {
-        self.shared.tokens.subscribe()
-    }
-
-    async fn lease_refresh(
-        &self,
-        account: &str,
-        now: UnixMs,
-        until: UnixMs,
-    ) -> Result<bool, StoreError> {
-        let client = self.shared.pool.get().await?;
-        // The database's clock decides, so replicas' clocks need not agree.
-        let taken = client
-            .execute(
-                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms)
-                 INSERT INTO refresh_leases (account, holder, until_ms)
-                 SELECT $1, $2, ms + $3 FROM now
-                 ON CONFLICT (account) DO UPDATE SET holder = $2, until_ms = excluded.until_ms
-                 WHERE refresh_leases.until_ms < (SELECT ms FROM now)
-                    OR refresh_leases.holder = $2",
-                &[&account, &self.me, &(until - now).max(0)],
-            )
-            .await?;
-        Ok(taken == 1)
-    }
-
-    async fn release_refresh(&self, account: &str) -> Result<(), StoreError> {
-        let client = self.shared.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM refresh_leases WHERE account = $1 AND holder = $2",
-                &[&account, &self.me],
-            )
-            .await?;
-        Ok(())
-    }
-
-    fn reachable(&self) -> watch::Receiver<bool> {
-        self.shared.reachable.subscribe()
-    }
-
     fn is_shared(&self) -> bool {
         true
     }
 
-    async fn replicas_alive(&self, me: &str, now: UnixMs) -> Result<u32, StoreError> {
-        let client = self.shared.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO replicas (id, seen_ms) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET seen_ms = GREATEST(replicas.seen_ms, $2)",
-                &[&me, &now],
-            )
-            .await?;
-        let since = now - super::REPLICA_TTL.as_millis() as i64;
-        client
-            .execute("DELETE FROM replicas WHERE seen_ms < $1", &[&since])
-            .await?;
-        let alive: i64 = client
-            .query_one("SELECT count(*) FROM replicas", &[])
-            .await?
-            .get(0);
-        Ok(alive.max(1) as u32)
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let client = self.shared.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT account, configured_sha256, sealed_token, expires_ms, refreshed_ms FROM tokens",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| TokenRecord {
-                account: row.get(0),
-                configured_sha256: row.get(1),
-                sealed_token: row.get(2),
-                expires_ms: row.get(3),
-                refreshed_ms: row.get(4),
-            })
-            .collect())
+    fn reachable(&self) -> watch::Receiver<bool> {
+        self.shared.reachable.subscribe()
     }
 }

@@ -18,14 +18,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    Claim, DEDUP_TTL, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome, Store, StoreError,
-    StoredEvent, TokenRecord, opened_at,
+    Claim, DEDUP_TTL, EventLog, Ingested, Pruned, QUEUED, REQUEST_ID_TTL, RecordedOutcome,
+    ReplicaSet, RequestLog, Store, StoreError, StoredEvent, TokenRecord, TokenStore, WindowStore,
+    opened_at,
 };
 use crate::clock::UnixMs;
 use crate::model::event::InboundEvent;
 use crate::model::window::{HUMAN_AGENT_MS, WindowFacts};
 
+mod requests;
 mod schema;
+mod tokens;
 mod windows;
 mod writer;
 
@@ -172,7 +175,7 @@ fn decode_event(seq: i64, received_ms: i64, body: &str) -> Result<StoredEvent, S
 }
 
 #[async_trait::async_trait]
-impl Store for SqliteStore {
+impl EventLog for SqliteStore {
     async fn ingest(
         &self,
         events: Vec<InboundEvent>,
@@ -253,6 +256,10 @@ impl Store for SqliteStore {
         .map(|(done, _)| done)
     }
 
+    fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.feed.subscribe()
+    }
+
     async fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -275,17 +282,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn committed(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
-        self.feed.subscribe()
-    }
-
     async fn bounds(&self) -> Result<(u64, u64), StoreError> {
         Ok((
             self.bounds.head.load(Ordering::SeqCst),
             self.bounds.pruned_through.load(Ordering::SeqCst),
         ))
     }
+}
 
+#[async_trait::async_trait]
+impl WindowStore for SqliteStore {
     async fn windows(&self, user: &str) -> Result<Vec<(String, WindowFacts)>, StoreError> {
         let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
         Ok(windows.get(user).cloned().unwrap_or_default())
@@ -321,164 +327,13 @@ impl Store for SqliteStore {
         .await
         .map(|_| ())
     }
+}
 
-    async fn claim_request(
-        &self,
-        id: &str,
-        fingerprint: &str,
-        now: UnixMs,
-        take_over_before: UnixMs,
-    ) -> Result<Claim, StoreError> {
-        let (id, fingerprint) = (id.to_owned(), fingerprint.to_owned());
-        self.write(move |conn| {
-            let existing = conn
-                .prepare_cached(
-                    "SELECT fingerprint, claimed_ms, outcome FROM request_ids WHERE id = ?1",
-                )?
-                .query_row(params![id], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                    ))
-                })
-                .optional()?;
-            let live_since = now - REQUEST_ID_TTL.as_millis() as i64;
-            let mut token = now;
-            match existing {
-                Some((fp, claimed, _)) if claimed >= live_since && fp != fingerprint => {
-                    return Ok(Claim::Conflict);
-                }
-                // Never started: taken over, under a token of its own.
-                Some((_, claimed, Some(q)))
-                    if claimed >= live_since && q == QUEUED && claimed <= take_over_before =>
-                {
-                    token = now.max(claimed + 1);
-                }
-                Some((_, claimed, Some(q))) if claimed >= live_since && q == QUEUED => {
-                    return Ok(Claim::Unsettled {
-                        claimed_ms: claimed,
-                    });
-                }
-                Some((_, claimed, None)) if claimed >= live_since => {
-                    return Ok(Claim::Unsettled {
-                        claimed_ms: claimed,
-                    });
-                }
-                Some((_, claimed, Some(outcome))) if claimed >= live_since => {
-                    let outcome: RecordedOutcome = serde_json::from_str(&outcome)
-                        .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?;
-                    return Ok(Claim::Recorded(outcome));
-                }
-                _ => {}
-            }
-            conn.prepare_cached(
-                "INSERT INTO request_ids (id, fingerprint, claimed_ms, outcome) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint,
-                   claimed_ms = excluded.claimed_ms, outcome = excluded.outcome",
-            )?
-            .execute(params![id, fingerprint, token, QUEUED])?;
-            Ok(Claim::Claimed { token })
-        })
-        .await
-    }
+#[async_trait::async_trait]
+impl ReplicaSet for SqliteStore {}
 
-    async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            let started = conn
-                .prepare_cached(
-                    "UPDATE request_ids SET outcome = NULL
-                     WHERE id = ?1 AND claimed_ms = ?2 AND outcome = ?3",
-                )?
-                .execute(params![id, token, QUEUED])?;
-            Ok(started == 1)
-        })
-        .await
-    }
-
-    async fn settle_request(
-        &self,
-        id: &str,
-        token: UnixMs,
-        outcome: Option<RecordedOutcome>,
-    ) -> Result<(), StoreError> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            match outcome {
-                Some(outcome) => {
-                    let json = serde_json::to_string(&outcome)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    conn.prepare_cached(
-                        "UPDATE request_ids SET outcome = ?3 WHERE id = ?1 AND claimed_ms = ?2",
-                    )?
-                    .execute(params![id, token, json])?;
-                }
-                None => {
-                    conn.prepare_cached(
-                        "DELETE FROM request_ids WHERE id = ?1 AND claimed_ms = ?2",
-                    )?
-                    .execute(params![id, token])?;
-                }
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn save_token(&self, record: TokenRecord) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO tokens (account, configured_sha256, sealed_token, expires_ms, refreshed_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (account) DO UPDATE SET configured_sha256 = ?2, sealed_token = ?3,
-                     expires_ms = ?4, refreshed_ms = ?5",
-            )?
-            .execute(params![
-                record.account,
-                record.configured_sha256,
-                record.sealed_token,
-                record.expires_ms,
-                record.refreshed_ms
-            ])?;
-            Ok(())
-        })
-        .await?;
-        // The page that held the token before is still in the database
-        // file (the new one is in the journal): copied over, and the
-        // journal emptied, now. Rare: a token is saved hourly at most.
-        // The token is kept either way; only the clean-up may wait.
-        let checkpoint = self
-            .read(|conn| {
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = checkpoint {
-            tracing::warn!(error = %e, "could not empty the journal after keeping a token; the next checkpoint will");
-        }
-        Ok(())
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT account, configured_sha256, sealed_token, expires_ms, refreshed_ms FROM tokens",
-            )?;
-            let rows = statement.query_map([], |row| {
-                Ok(TokenRecord {
-                    account: row.get(0)?,
-                    configured_sha256: row.get(1)?,
-                    sealed_token: row.get(2)?,
-                    expires_ms: row.get(3)?,
-                    refreshed_ms: row.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
+#[async_trait::async_trait]
+impl Store for SqliteStore {
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError> {
         let windows = self.windows.clone();
         let bounds = self.bounds.clone();
