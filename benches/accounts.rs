@@ -122,7 +122,7 @@ impl Gateway {
             .arg(data.path())
             .arg("--accounts")
             .arg(&file);
-        for name in messenger_gateway::accounts::config::VARIABLES {
+        for name in messenger_gateway::accounts::env::VARIABLES {
             cmd.env_remove(name);
         }
         cmd.env_remove("RUST_LOG")

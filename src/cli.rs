@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use humantime::Duration;
 
 use crate::accounts::AccountSpec;
-use crate::accounts::config::{self, ConfigError};
+use crate::accounts::env::{self, ConfigError};
+use crate::accounts::file;
 use crate::accounts::tokens::TokenPolicy;
 use crate::app::banner::announce;
 use crate::app::{Application, DEFAULT_EVENT_RETENTION, Settings, StartError, Upstream};
@@ -253,33 +254,34 @@ impl ServeArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
         let mut webhook_apps = Vec::new();
-        let account = if self.sandbox {
-            None
-        } else if let Some(file) = &self.accounts {
-            let set: Vec<&str> = config::VARIABLES
-                .into_iter()
-                .filter(|name| env(name).is_some_and(|v| !v.is_empty()))
-                .collect();
-            if !set.is_empty() {
-                return Err(ConfigError {
-                    problems: vec![format!(
-                        "--accounts {} and {} are both set: configure accounts in one place",
-                        file.display(),
-                        set.join(", ")
-                    )],
-                });
-            }
-            let config = config::read_accounts_file(file, &env, self.allow_insecure_graph)
-                .map_err(|e| ConfigError {
-                    problems: vec![e.to_string()],
-                })?;
-            webhook_apps = config.apps;
-            Some(config.accounts)
-        } else {
-            config::account_from_env(&env, self.allow_insecure_graph)?
-                .map(|a| vec![AccountSpec::new(a)])
-        };
-        let webhook_secrets = config::webhook_secrets_from_env(&env)?;
+        let account =
+            if self.sandbox {
+                None
+            } else if let Some(file) = &self.accounts {
+                let set: Vec<&str> = env::VARIABLES
+                    .into_iter()
+                    .filter(|name| env(name).is_some_and(|v| !v.is_empty()))
+                    .collect();
+                if !set.is_empty() {
+                    return Err(ConfigError {
+                        problems: vec![format!(
+                            "--accounts {} and {} are both set: configure accounts in one place",
+                            file.display(),
+                            set.join(", ")
+                        )],
+                    });
+                }
+                let config = file::read_accounts_file(file, &env, self.allow_insecure_graph)
+                    .map_err(|e| ConfigError {
+                        problems: vec![e.to_string()],
+                    })?;
+                webhook_apps = config.apps;
+                Some(config.accounts)
+            } else {
+                env::account_from_env(&env, self.allow_insecure_graph)?
+                    .map(|a| vec![AccountSpec::new(a)])
+            };
+        let webhook_secrets = env::webhook_secrets_from_env(&env)?;
         if account.is_none() && !self.sandbox && webhook_secrets.is_some() {
             return Err(ConfigError {
                 problems: vec!["INSTAGRAM_APP_SECRET and INSTAGRAM_VERIFY_TOKEN are set but no account is: set INSTAGRAM_ACCESS_TOKEN and INSTAGRAM_ACCOUNT_ID or INSTAGRAM_USER_ID (the sandbox is used only when no INSTAGRAM_* variable is set, or with --sandbox)".into()],

@@ -1,9 +1,12 @@
 //! The accounts the gateway sends as: the [`registry`] (each account's
 //! entry, looked up by id or alias, swapped whole on reload), their
-//! configuration from the environment or the accounts file ([`config`]),
+//! configuration from the variables ([`env`]) or the accounts file
+//! ([`file`]), the Meta [`apps`] whose webhooks it takes,
 //! and the [`tokens`] keeper.
 
-pub mod config;
+pub mod apps;
+pub mod env;
+pub mod file;
 pub mod registry;
 pub mod tokens;
 

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 pub use settings::*;
 
-use crate::accounts::config::WebhookSecrets;
+use crate::accounts::apps::WebhookSecrets;
 use crate::accounts::tokens::{Sealer, TokenKeeper};
 use crate::accounts::{AccountSpec, Registry};
 use crate::conversation::inbox::Inbox;

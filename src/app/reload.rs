@@ -65,7 +65,7 @@ impl Reloader {
 
 impl AccountsFile {
     fn reload(&self) {
-        let read = crate::accounts::config::read_accounts_file(
+        let read = crate::accounts::file::read_accounts_file(
             &self.file,
             |name| std::env::var(name).ok(),
             self.allow_insecure_graph,

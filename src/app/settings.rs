@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accounts::AccountSpec;
-use crate::accounts::config::{WebhookApp, WebhookSecrets};
+use crate::accounts::apps::{WebhookApp, WebhookSecrets};
 use crate::accounts::tokens::TokenPolicy;
 use crate::clock::{Clock, SystemClock};
 use crate::conversation::inbox::Inbox;

@@ -13,7 +13,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::accounts::config::{FileError, line_of};
+use crate::accounts::file::{FileError, line_of};
 use crate::accounts::{is_account_id, is_alias};
 
 /// What a key may be allowed to do, as named in the keys file.

@@ -17,7 +17,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::accounts::Registry;
-use crate::accounts::config::WebhookSecrets;
+use crate::accounts::apps::WebhookSecrets;
 use crate::conversation::inbox::Inbox;
 use crate::edge::admin::{self, Admin};
 use crate::edge::auth::Keys;

@@ -16,7 +16,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::accounts::Registry;
-use crate::accounts::config::WebhookSecrets;
+use crate::accounts::apps::WebhookSecrets;
 use crate::conversation::inbox::Inbox;
 use crate::conversation::payload::{PayloadError, parse_delivery};
 use crate::metrics::Metrics;

@@ -503,8 +503,8 @@ async fn a_reload_under_load_adds_removes_and_rotates_without_failing_a_send() {
 
 #[tokio::test]
 async fn each_meta_app_has_its_own_webhook_path_and_secret() {
-    use messenger_gateway::accounts::config::WebhookApp;
-    use messenger_gateway::accounts::config::WebhookSecrets;
+    use messenger_gateway::accounts::apps::WebhookApp;
+    use messenger_gateway::accounts::apps::WebhookSecrets;
     use messenger_gateway::edge::webhook;
 
     // Support is tied to brand-b: only brand-b's webhooks carry its events.

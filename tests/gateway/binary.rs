@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 pub fn gateway(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
-    for name in messenger_gateway::accounts::config::VARIABLES {
+    for name in messenger_gateway::accounts::env::VARIABLES {
         cmd.env_remove(name);
     }
     for name in ["INSTAGRAM_APP_SECRET", "INSTAGRAM_VERIFY_TOKEN"] {

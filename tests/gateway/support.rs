@@ -4,8 +4,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use messenger_gateway::accounts::AccountSpec;
-use messenger_gateway::accounts::config;
-use messenger_gateway::accounts::config::WebhookSecrets;
+use messenger_gateway::accounts::apps::WebhookSecrets;
+use messenger_gateway::accounts::file;
 use messenger_gateway::accounts::tokens::TokenKeeper;
 use messenger_gateway::app::reload::Reloader;
 use messenger_gateway::app::{Application, Settings, Upstream};
@@ -169,7 +169,7 @@ impl Builder {
         let accounts_file = data.path().join("accounts.toml");
         if let Some(text) = &self.accounts_file {
             std::fs::write(&accounts_file, text).unwrap();
-            accounts = config::read_accounts_file(&accounts_file, |_| None, false)
+            accounts = file::read_accounts_file(&accounts_file, |_| None, false)
                 .unwrap()
                 .accounts;
         }
