@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 
 use crate::graph::{Account, GraphClient};
 use crate::metrics::Metrics;
@@ -258,9 +259,10 @@ impl Outlet for AccountEntry {
     async fn send_message(
         &self,
         message: &OutgoingMessage,
+        body: Bytes,
         budget: Budget,
     ) -> Result<Sent, SendError> {
-        let result = self.deliverer.send_message(message, budget).await;
+        let result = self.deliverer.send_message(message, body, budget).await;
         self.note_token(&result);
         result
     }

@@ -187,9 +187,9 @@ impl Deliverer {
     pub async fn send_message(
         &self,
         message: &OutgoingMessage,
+        body: Bytes,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        let body = graph::encode_message(message);
         let tier = Tier::of(message);
         self.send_logged(
             "message",

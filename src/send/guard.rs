@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -26,9 +27,11 @@ pub trait Outlet: Send + Sync {
     fn id(&self) -> &str;
     /// A full queue refuses at once, before any claim or check.
     fn refuse_if_full(&self) -> Option<SendError>;
+    /// Sends `message`, whose Graph body is `body`.
     fn send_message(
         &self,
         message: &OutgoingMessage,
+        body: Bytes,
         budget: Budget,
     ) -> impl Future<Output = Result<Sent, SendError>> + Send;
     fn send_action(
@@ -126,12 +129,15 @@ impl Guard {
             return Err(full);
         }
         let Some((scope, id)) = request_id else {
-            return self.send_checked(account, message, deadline).await;
+            return self
+                .send_checked(account, Encoded::new(message), deadline)
+                .await;
         };
         // A request_id is printable ASCII, so a control character keeps
         // the scope, the account and the id apart.
         let id = format!("{scope}\u{1f}{}\u{1f}{}", account.id(), id.as_str());
-        let fingerprint = hex::encode(Sha256::digest(graph::encode_message(&message)));
+        let message = Encoded::new(message);
+        let fingerprint = hex::encode(Sha256::digest(&message.body));
         let done = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(first) = pending.get(&id) {
@@ -216,7 +222,7 @@ impl Guard {
         account: &impl Outlet,
         id: &str,
         fingerprint: &str,
-        message: OutgoingMessage,
+        message: Encoded,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let store = &self.store;
@@ -267,13 +273,17 @@ impl Guard {
     async fn send_checked(
         &self,
         account: &impl Outlet,
-        mut message: OutgoingMessage,
+        message: Encoded,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
+        let Encoded {
+            mut message,
+            mut body,
+        } = message;
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
-            return account.send_message(&message, deadline).await;
+            return account.send_message(&message, body, deadline).await;
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
@@ -285,7 +295,11 @@ impl Guard {
             now,
         ) {
             Decision::Send => {}
-            Decision::SendWithHumanAgent => message.human_agent = true,
+            Decision::SendWithHumanAgent => {
+                // The tag is part of the body.
+                message.human_agent = true;
+                body = graph::encode_message(&message);
+            }
             Decision::Refuse { closed_at } => {
                 let detail = match closed_at {
                     Some(at) => format!(
@@ -303,7 +317,7 @@ impl Guard {
                 return Err(error);
             }
         }
-        let result = account.send_message(&message, deadline).await;
+        let result = account.send_message(&message, body, deadline).await;
         if let Err(e) = &result
             && e.reason() == Reason::OutsideMessagingWindow
             && let Err(e) = self
@@ -314,6 +328,20 @@ impl Guard {
             tracing::warn!(error = %e, "could not remember a window refusal");
         }
         result
+    }
+}
+
+/// A message with its Graph body, encoded once per send: the bytes its
+/// `request_id` is fingerprinted by are the bytes posted.
+struct Encoded {
+    message: OutgoingMessage,
+    body: Bytes,
+}
+
+impl Encoded {
+    fn new(message: OutgoingMessage) -> Self {
+        let body = graph::encode_message(&message);
+        Self { message, body }
     }
 }
 

@@ -62,10 +62,9 @@ async fn the_sandbox_checks_shape_and_text_length_then_records_what_it_accepts()
         reply_to: None,
         human_agent: false,
     };
-    let sent = deliverer
-        .send_message(&to("hello sandbox"), None)
-        .await
-        .unwrap();
+    let message = to("hello sandbox");
+    let body = messenger_gateway::graph::encode_message(&message);
+    let sent = deliverer.send_message(&message, body, None).await.unwrap();
     assert!(
         sent.message_id.unwrap().starts_with("aWdf"),
         "Graph-shaped id"
