@@ -17,7 +17,7 @@
 //! default 500).
 
 #[allow(dead_code)]
-#[path = "../tests/gateway/cluster.rs"]
+#[path = "../tests/gateway/support/cluster.rs"]
 mod cluster;
 mod support;
 

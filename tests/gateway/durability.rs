@@ -9,9 +9,6 @@ use tonic::Code;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 
-use crate::binary::{
-    KillOnDrop, banner_value, gateway, listening_addr, sigterm, wait_with_timeout,
-};
 use crate::support::*;
 
 struct Running {
@@ -68,7 +65,7 @@ async fn subscribe_all(
         .await
         .unwrap()
         .into_inner();
-    crate::inbound::next_events(&mut stream, n).await
+    crate::support::next_events(&mut stream, n).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,49 +4,12 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tonic::Streaming;
 
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::inbound_event::Event;
 use messenger_gateway::edge::webhook;
 
 use crate::support::*;
-
-/// Subscribes after `after`.
-pub async fn subscribe(gw: &TestGateway, after: u64) -> Streaming<pb::InboundEvent> {
-    gw.client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// The next `n` events, failing if they do not come within 10 s.
-pub async fn next_events(
-    stream: &mut Streaming<pb::InboundEvent>,
-    n: usize,
-) -> Vec<pb::InboundEvent> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("an event within 10 s")
-            .unwrap()
-            .expect("the stream stays open");
-        events.push(next);
-    }
-    events
-}
-
-/// Asserts nothing more arrives for a moment.
-pub async fn assert_quiet(stream: &mut Streaming<pb::InboundEvent>) {
-    let more = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
-    assert!(more.is_err(), "unexpected event: {more:?}");
-}
 
 fn texts(events: &[pb::InboundEvent]) -> Vec<String> {
     events

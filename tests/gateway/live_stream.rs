@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::inbound_event::Event;
 
-use crate::inbound::{next_events, subscribe};
 use crate::support::*;
 
 /// A second account, not configured: its events are stored all the same.
@@ -223,8 +222,8 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
     let got = next_events(&mut live, n).await;
     let mut replay = subscribe(gw, 0).await;
     let stored = next_events(&mut replay, n).await;
-    crate::inbound::assert_quiet(&mut replay).await;
-    crate::inbound::assert_quiet(&mut live).await;
+    crate::support::assert_quiet(&mut replay).await;
+    crate::support::assert_quiet(&mut live).await;
 
     let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=n as u64).collect::<Vec<_>>(), "seed {seed}");
@@ -241,7 +240,7 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
         let mut resumed = subscribe(gw, k as u64).await;
         let tail = next_events(&mut resumed, n - k).await;
         assert_eq!(tail, stored[k..], "seed {seed}: resumed after {k}");
-        crate::inbound::assert_quiet(&mut resumed).await;
+        crate::support::assert_quiet(&mut resumed).await;
     }
 }
 

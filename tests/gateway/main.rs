@@ -4,14 +4,12 @@
 mod accounts;
 mod auth;
 mod binary;
-mod cluster;
 mod concurrency;
 mod durability;
 mod errors;
 mod hostile;
 mod idempotency;
 mod inbound;
-mod invariants;
 mod live_stream;
 mod metrics;
 mod pacing;

@@ -1,121 +1,18 @@
 //! Sending at Instagram's pace: against a fake Graph that answers 613 to
 //! any send beyond N in a second, as Meta's rate limit does.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
+use wiremock::Mock;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::send::delivery::DeliveryPolicy;
 use messenger_gateway::send::pacing::{PaceLimits, Rate};
 
 use crate::support::*;
-
-/// Answers 613 to a send when `limit` were accepted in the second before
-/// it; records when each was accepted.
-#[derive(Clone)]
-pub(crate) struct MetaRateLimit {
-    limit: usize,
-    accepted: Arc<Mutex<VecDeque<Instant>>>,
-    /// The text of each accepted send, in the same order.
-    texts: Arc<Mutex<Vec<String>>>,
-    refused: Arc<Mutex<usize>>,
-    /// Sent on every answer.
-    usage_percent: Arc<Mutex<u32>>,
-    /// In `X-Business-Use-Case-Usage` rather than `X-App-Usage`.
-    business_usage: bool,
-}
-
-impl MetaRateLimit {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            accepted: Arc::default(),
-            texts: Arc::default(),
-            refused: Arc::default(),
-            usage_percent: Arc::default(),
-            business_usage: false,
-        }
-    }
-
-    /// The usage header this fake sends, and its value now.
-    fn usage_header(&self) -> (&'static str, String) {
-        let percent = *self.usage_percent.lock().unwrap();
-        if self.business_usage {
-            (
-                "x-business-use-case-usage",
-                format!(
-                    r#"{{"{ACCOUNT}":[{{"type":"messenger","call_count":{percent},"total_cputime":1,"total_time":1,"estimated_time_to_regain_access":0}}]}}"#
-                ),
-            )
-        } else {
-            (
-                "x-app-usage",
-                format!(r#"{{"call_count":{percent},"total_cputime":1,"total_time":1}}"#),
-            )
-        }
-    }
-
-    pub(crate) fn refused(&self) -> usize {
-        *self.refused.lock().unwrap()
-    }
-
-    /// The texts of the sends accepted so far, in order.
-    pub(crate) fn texts(&self) -> Vec<String> {
-        self.texts.lock().unwrap().clone()
-    }
-
-    pub(crate) fn accepted(&self) -> Vec<Instant> {
-        self.accepted.lock().unwrap().iter().copied().collect()
-    }
-}
-
-impl Respond for MetaRateLimit {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let now = Instant::now();
-        let (usage_header, usage) = self.usage_header();
-        let mut accepted = self.accepted.lock().unwrap();
-        // Per second, counted from the first send, as Graph counts calls.
-        let in_this_second = match accepted.front() {
-            None => 0,
-            Some(first) => {
-                let second = now.duration_since(*first).as_secs();
-                accepted
-                    .iter()
-                    .rev()
-                    .take_while(|t| t.duration_since(*first).as_secs() == second)
-                    .count()
-            }
-        };
-        if in_this_second >= self.limit {
-            *self.refused.lock().unwrap() += 1;
-            return graph_error(
-                400,
-                613,
-                None,
-                "(#613) Calls to this api have exceeded the rate limit.",
-            )
-            .insert_header(usage_header, usage.as_str());
-        }
-        accepted.push_back(now);
-        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
-        let text = body["message"]["text"].as_str().unwrap_or_default();
-        self.texts.lock().unwrap().push(text.to_owned());
-        ok_reply().insert_header(usage_header, usage.as_str())
-    }
-}
-
-pub(crate) fn paced(limits: PaceLimits) -> DeliveryPolicy {
-    DeliveryPolicy {
-        pace: Some(limits),
-        max_queued_sends: 100_000,
-        ..quick_policy()
-    }
-}
 
 async fn gateway_with(limits: PaceLimits, graph: &MetaRateLimit) -> TestGateway {
     let gw = TestGateway::builder().delivery(paced(limits)).start().await;
@@ -125,27 +22,6 @@ async fn gateway_with(limits: PaceLimits, graph: &MetaRateLimit) -> TestGateway 
         .mount(&gw.graph)
         .await;
     gw
-}
-
-pub(crate) fn bulk(text: &str) -> pb::SendRequest {
-    pb::SendRequest {
-        priority: pb::Priority::Bulk as i32,
-        ..text_to(USER, text)
-    }
-}
-
-/// The most sends the fake accepted in one second, counted as it counts.
-pub(crate) fn busiest_second(accepted: &[Instant]) -> usize {
-    let Some(first) = accepted.first() else {
-        return 0;
-    };
-    let mut per_second = std::collections::HashMap::new();
-    for t in accepted {
-        *per_second
-            .entry(t.duration_since(*first).as_secs())
-            .or_insert(0) += 1;
-    }
-    per_second.into_values().max().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

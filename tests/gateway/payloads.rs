@@ -14,7 +14,6 @@ use serde_json::Value;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::inbound_event::Event;
 
-use crate::inbound::subscribe;
 use crate::support::*;
 
 /// 2010-01-01T00:00:00Z.

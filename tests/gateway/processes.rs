@@ -14,7 +14,6 @@ use tonic::transport::Channel;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::binary::{KillOnDrop, gateway, listening_addr};
 use crate::support::*;
 
 /// One gateway process on the shared store.
@@ -326,7 +325,6 @@ async fn three_replica_processes_behave_as_one_gateway() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replica_processes_keep_to_the_accounts_300_per_second_between_them() {
-    use crate::pacing::{MetaRateLimit, busiest_second};
     let Some(url) = fresh_pg_database().await else {
         return;
     };
@@ -461,7 +459,7 @@ async fn a_replica_killed_mid_load_loses_nothing_acknowledged_and_sends_nothing_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_stopped_and_started_mid_load_loses_nothing_and_needs_no_restart() {
-    let Some(cluster) = crate::cluster::Cluster::start(&[], &[]) else {
+    let Some(cluster) = crate::support::cluster::Cluster::start(&[], &[]) else {
         return;
     };
     let url = cluster.url();

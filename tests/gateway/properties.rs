@@ -4,7 +4,7 @@
 //! with bytes changed; and `SendRequest`s, decoded and as raw wire bytes.
 //! The fuzz targets in `fuzz/` check the same invariants for longer.
 
-use crate::invariants;
+use crate::support::invariants;
 use messenger_gateway::edge::grpc::pb;
 use proptest::collection::vec;
 use proptest::prelude::*;

@@ -6,7 +6,6 @@ use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::model::window::WindowPolicy;
 use messenger_gateway::send::guard::GuardPolicy;
 
-use crate::inbound::next_events;
 use crate::support::*;
 
 /// A gateway on the shared store at `url`, refusing people who never wrote
@@ -130,7 +129,6 @@ async fn the_same_request_id_sent_to_three_replicas_at_once_makes_one_graph_call
 /// the one budget.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_split_an_accounts_budget_between_them() {
-    use crate::pacing::{MetaRateLimit, bulk, busiest_second, paced};
     use messenger_gateway::send::pacing::{PaceLimits, Rate};
     use wiremock::matchers::{method, path};
     use wiremock::{Mock, MockServer};
@@ -449,7 +447,7 @@ async fn a_store_asked_for_with_sslmode_require_is_reached_over_tls_and_its_cert
     let (ca, cert, key) = certificates();
     let (other_ca, _, _) = certificates();
     // The server takes TLS connections only.
-    let Some(cluster) = crate::cluster::Cluster::start(
+    let Some(cluster) = crate::support::cluster::Cluster::start(
         &[
             ("server.crt", cert.as_bytes()),
             ("server.key", key.as_bytes()),

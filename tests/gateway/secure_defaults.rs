@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::binary::{KillOnDrop, gateway, listening_addr, sigterm, wait_with_timeout};
+use crate::support::*;
 
 /// Runs the binary expecting it to stop by itself (within 10 s).
 fn stderr_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {

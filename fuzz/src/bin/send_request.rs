@@ -1,7 +1,7 @@
 //! A `Send`'s bytes as a caller may put them on the wire.
 // Each target uses half of the shared checks.
 #[allow(dead_code)]
-#[path = "../../../tests/gateway/invariants.rs"]
+#[path = "../../../tests/gateway/support/invariants.rs"]
 mod invariants;
 
 fn main() {

@@ -1,7 +1,7 @@
 //! A webhook body, as Meta (or anyone who holds the secret) might send it.
 // Each target uses half of the shared checks.
 #[allow(dead_code)]
-#[path = "../../../tests/gateway/invariants.rs"]
+#[path = "../../../tests/gateway/support/invariants.rs"]
 mod invariants;
 
 fn main() {

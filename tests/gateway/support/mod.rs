@@ -1,3 +1,20 @@
+//! What the tests share, and nothing else: no test file imports another.
+//! `TestGateway` (a gateway built in-process on loopback ports), request
+//! and key builders, `eventually`/`within`; [`graph`]: Graph stand-ins;
+//! [`process`]: the real binary as a child; [`stream`]: reading
+//! `Subscribe`; [`cluster`]: a PostgreSQL of a test's own; [`invariants`]:
+//! the parsers' promises (also checked by the fuzz targets).
+
+pub mod cluster;
+pub mod graph;
+pub mod invariants;
+pub mod process;
+pub mod stream;
+
+pub use graph::*;
+pub use process::*;
+pub use stream::*;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,6 +35,7 @@ use messenger_gateway::edge::webhook;
 use messenger_gateway::graph::{AccessToken, Account};
 use messenger_gateway::send::delivery::DeliveryPolicy;
 use messenger_gateway::send::guard::GuardPolicy;
+use messenger_gateway::send::pacing::PaceLimits;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -471,147 +489,6 @@ pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what}: nothing within 30 s"))
 }
 
-/// What a held Graph call carried.
-#[derive(Clone, Debug)]
-pub struct HeldCall {
-    pub path: String,
-    pub authorization: String,
-    pub body: Value,
-}
-
-#[derive(Default)]
-struct HeldState {
-    calls: std::sync::Mutex<Vec<HeldCall>>,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-/// A Graph stand-in that holds every send until the test releases it, so
-/// a premise like "these sends are under way" is made by construction,
-/// not by a delay that a slow machine outlasts. Once released it answers
-/// every send at once.
-pub struct HeldGraph {
-    pub url: String,
-    state: Arc<HeldState>,
-    released: tokio::sync::watch::Sender<bool>,
-}
-
-impl HeldGraph {
-    /// A gateway's calls to it never time out, however slow the machine:
-    /// they end when the test releases them.
-    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
-
-    pub async fn start() -> Self {
-        use axum::extract::State;
-        let state = Arc::new(HeldState::default());
-        let released = tokio::sync::watch::Sender::new(false);
-        type Shared = (Arc<HeldState>, tokio::sync::watch::Receiver<bool>);
-        async fn hold(
-            State((state, mut released)): State<Shared>,
-            uri: axum::http::Uri,
-            headers: axum::http::HeaderMap,
-            body: axum::body::Bytes,
-        ) -> axum::Json<Value> {
-            let authorization = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let n = {
-                let mut calls = state.calls.lock().unwrap();
-                calls.push(HeldCall {
-                    path: uri.path().to_owned(),
-                    authorization,
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                });
-                calls.len()
-            };
-            // Counted while held, also when the gateway gives up the call.
-            struct Held(Arc<HeldState>);
-            impl Drop for Held {
-                fn drop(&mut self) {
-                    self.0
-                        .waiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-            state
-                .waiting
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _held = Held(state.clone());
-            let _ = released.wait_for(|r| *r).await;
-            axum::Json(json!({"recipient_id": USER, "message_id": format!("mid.held.{n}")}))
-        }
-        let app = axum::Router::new()
-            .route("/{*path}", axum::routing::post(hold))
-            .with_state((state.clone(), released.subscribe()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            url,
-            state,
-            released,
-        }
-    }
-
-    /// Sends that reached Graph and are held there now.
-    pub fn waiting(&self) -> usize {
-        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Answers every held send, and every later one at once.
-    pub fn release(&self) {
-        self.released.send_replace(true);
-    }
-
-    /// Holds sends again from now on.
-    pub fn hold(&self) {
-        self.released.send_replace(false);
-    }
-
-    /// Every call received, in order of arrival.
-    pub fn calls(&self) -> Vec<HeldCall> {
-        self.state.calls.lock().unwrap().clone()
-    }
-
-    /// The text of every send received, in order of arrival.
-    pub fn texts(&self) -> Vec<Value> {
-        self.calls()
-            .iter()
-            .map(|c| c.body["message"]["text"].clone())
-            .collect()
-    }
-
-    /// Waits until exactly `n` sends are held here.
-    pub async fn until_waiting(&self, n: usize) {
-        eventually(Duration::from_secs(60), "sends held at Graph", || async {
-            match self.waiting() {
-                held if held == n => Ok(()),
-                held => Err(format!("{held} held, waiting for {n}")),
-            }
-        })
-        .await
-    }
-}
-
-pub fn ok_reply() -> ResponseTemplate {
-    ResponseTemplate::new(200)
-        .set_body_json(json!({"recipient_id": USER, "message_id": "aWdfbWlkLTE"}))
-}
-
-pub fn graph_error(
-    status: u16,
-    code: i64,
-    subcode: Option<i64>,
-    message: &str,
-) -> ResponseTemplate {
-    let mut error = json!({"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AZtrace123"});
-    if let Some(s) = subcode {
-        error["error_subcode"] = json!(s);
-    }
-    ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
-}
-
 /// `request`, sent as `account` (an id or alias).
 pub fn from_account(account: &str, request: pb::SendRequest) -> pb::SendRequest {
     pb::SendRequest {
@@ -762,4 +639,19 @@ pub async fn fresh_pg_database() -> Option<String> {
         .unwrap();
     let base = admin.rsplit_once('/').expect("a URL with a database").0;
     Some(format!("{base}/{name}"))
+}
+
+pub fn bulk(text: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        priority: pb::Priority::Bulk as i32,
+        ..text_to(USER, text)
+    }
+}
+
+pub fn paced(limits: PaceLimits) -> DeliveryPolicy {
+    DeliveryPolicy {
+        pace: Some(limits),
+        max_queued_sends: 100_000,
+        ..quick_policy()
+    }
 }
