@@ -32,6 +32,7 @@ use tokio::sync::Mutex;
 use crate::accounts::AccountSpec;
 use crate::clock::{Clock, SystemClock};
 use crate::graph::{AccessToken, Account};
+use crate::model::error::Reason;
 use crate::model::message::limits;
 use crate::model::window::{HUMAN_AGENT_MS, STANDARD_MS};
 
@@ -53,7 +54,9 @@ const KEEP: usize = 1000;
 /// A recipient id that makes the sandbox fail the way Graph does.
 pub struct Scenario {
     pub recipient_id: &'static str,
-    pub outcome: &'static str,
+    /// What the gateway makes of Graph's answer: a test runs every
+    /// scenario through the classifier.
+    pub outcome: Reason,
     http_status: u16,
     code: i64,
     subcode: Option<i64>,
@@ -66,7 +69,7 @@ pub struct Scenario {
 pub const SCENARIOS: [Scenario; 9] = [
     Scenario {
         recipient_id: "10000000000000001",
-        outcome: "OUTSIDE_MESSAGING_WINDOW",
+        outcome: Reason::OutsideMessagingWindow,
         http_status: 400,
         code: 10,
         subcode: Some(2534022),
@@ -76,7 +79,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000002",
-        outcome: "RECIPIENT_UNAVAILABLE",
+        outcome: Reason::RecipientUnavailable,
         http_status: 400,
         code: 551,
         subcode: Some(1545041),
@@ -86,7 +89,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000003",
-        outcome: "RECIPIENT_NOT_FOUND",
+        outcome: Reason::RecipientNotFound,
         http_status: 400,
         code: 100,
         subcode: Some(2534014),
@@ -96,7 +99,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000004",
-        outcome: "RATE_LIMITED",
+        outcome: Reason::RateLimited,
         http_status: 400,
         code: 613,
         subcode: None,
@@ -106,7 +109,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000005",
-        outcome: "ACCESS_TOKEN_INVALID",
+        outcome: Reason::AccessTokenInvalid,
         http_status: 400,
         code: 190,
         subcode: Some(463),
@@ -116,7 +119,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000006",
-        outcome: "PERMISSION_MISSING",
+        outcome: Reason::PermissionMissing,
         http_status: 403,
         code: 10,
         subcode: None,
@@ -126,7 +129,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000007",
-        outcome: "REJECTED_BY_GRAPH",
+        outcome: Reason::RejectedByGraph,
         http_status: 400,
         code: 100,
         subcode: Some(2018047),
@@ -136,7 +139,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000008",
-        outcome: "UPSTREAM_UNAVAILABLE",
+        outcome: Reason::UpstreamUnavailable,
         http_status: 500,
         code: 2,
         subcode: None,
@@ -146,7 +149,7 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
     Scenario {
         recipient_id: "10000000000000011",
-        outcome: "GRAPH_ERROR",
+        outcome: Reason::GraphError,
         http_status: 400,
         code: 1609005,
         subcode: None,
@@ -660,7 +663,7 @@ async fn recipients() -> Json<Value> {
         json!({"recipient_id": "any other", "outcome": "OUTSIDE_MESSAGING_WINDOW until they write: POST /sandbox/inbound"}),
     ];
     list.extend(SCENARIOS.iter().map(|s| {
-        json!({"recipient_id": s.recipient_id, "outcome": s.outcome, "graph_code": s.code, "graph_subcode": s.subcode})
+        json!({"recipient_id": s.recipient_id, "outcome": s.outcome.as_str(), "graph_code": s.code, "graph_subcode": s.subcode})
     }));
     list.push(
         json!({"recipient_id": FLAKY_RECIPIENT, "outcome": "OK after one retry (graph_calls: 2)"}),

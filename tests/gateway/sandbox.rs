@@ -166,3 +166,38 @@ async fn the_sandbox_plays_two_accounts_and_graphs_token_endpoints() {
     let refused = graph.refresh(&forged, timeout).await.unwrap_err();
     assert_eq!(refused.failure.graph_error().unwrap().code, Some(190));
 }
+
+/// Every failing recipient the sandbox offers answers as Graph does for
+/// its case: the gateway's own client and classifier read each answer as
+/// the scenario's `Reason`, and only the transient one as retryable.
+#[tokio::test]
+async fn every_sandbox_scenario_is_classified_as_the_reason_it_names() {
+    use messenger_gateway::graph::GraphClient;
+    use messenger_gateway::model::error::Reason;
+    let (running, _) = start().await;
+    let client = GraphClient::new(std::time::Duration::from_secs(1));
+    for scenario in &sandbox::SCENARIOS {
+        let body = json!({"recipient": {"id": scenario.recipient_id}, "message": {"text": "hi"}});
+        let refused = client
+            .post_messages(
+                &running.accounts[0].account,
+                serde_json::to_vec(&body).unwrap().into(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .expect_err("a scenario recipient fails");
+        assert_eq!(
+            refused.failure.reason(),
+            scenario.outcome,
+            "recipient {}: {:?}",
+            scenario.recipient_id,
+            refused.failure
+        );
+        assert_eq!(
+            refused.failure.is_retryable(),
+            scenario.outcome == Reason::UpstreamUnavailable,
+            "{}",
+            scenario.recipient_id
+        );
+    }
+}
