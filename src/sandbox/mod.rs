@@ -36,6 +36,13 @@ use crate::model::error::Reason;
 use crate::model::message::limits;
 use crate::model::window::{HUMAN_AGENT_MS, STANDARD_MS};
 
+mod scenarios;
+mod user;
+
+use scenarios::*;
+pub use scenarios::{FLAKY_RECIPIENT, SCENARIOS, SLOW_RECIPIENT, Scenario};
+use user::inbound;
+
 /// The sandbox's first account (`shop`); `me` works too, with its token.
 pub const ACCOUNT_ID: &str = "17841400000000001";
 /// The sandbox's second account (`support`).
@@ -50,125 +57,6 @@ pub const VERSION: &str = "v25.0";
 pub const DEMO_RECIPIENT: &str = "17841400000000000";
 /// How many received requests the sandbox keeps for inspection.
 const KEEP: usize = 1000;
-
-/// A recipient id that makes the sandbox fail the way Graph does.
-pub struct Scenario {
-    pub recipient_id: &'static str,
-    /// What the gateway makes of Graph's answer: a test runs every
-    /// scenario through the classifier.
-    pub outcome: Reason,
-    http_status: u16,
-    code: i64,
-    subcode: Option<i64>,
-    kind: &'static str,
-    message: &'static str,
-    is_transient: bool,
-}
-
-/// Recipients that fail on purpose: each answers like Graph for that case.
-pub const SCENARIOS: [Scenario; 9] = [
-    Scenario {
-        recipient_id: "10000000000000001",
-        outcome: Reason::OutsideMessagingWindow,
-        http_status: 400,
-        code: 10,
-        subcode: Some(2534022),
-        kind: "OAuthException",
-        message: "(#10) This message is sent outside of allowed window.",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000002",
-        outcome: Reason::RecipientUnavailable,
-        http_status: 400,
-        code: 551,
-        subcode: Some(1545041),
-        kind: "OAuthException",
-        message: "(#551) This person isn't available right now.",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000003",
-        outcome: Reason::RecipientNotFound,
-        http_status: 400,
-        code: 100,
-        subcode: Some(2534014),
-        kind: "IGApiException",
-        message: "No matching user found",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000004",
-        outcome: Reason::RateLimited,
-        http_status: 400,
-        code: 613,
-        subcode: None,
-        kind: "OAuthException",
-        message: "(#613) Calls to this api have exceeded the rate limit.",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000005",
-        outcome: Reason::AccessTokenInvalid,
-        http_status: 400,
-        code: 190,
-        subcode: Some(463),
-        kind: "OAuthException",
-        message: "Error validating access token: Session has expired.",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000006",
-        outcome: Reason::PermissionMissing,
-        http_status: 403,
-        code: 10,
-        subcode: None,
-        kind: "OAuthException",
-        message: "(#10) Application does not have permission for this action",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000007",
-        outcome: Reason::RejectedByGraph,
-        http_status: 400,
-        code: 100,
-        subcode: Some(2018047),
-        kind: "OAuthException",
-        message: "(#100) Upload attachment failure.",
-        is_transient: false,
-    },
-    Scenario {
-        recipient_id: "10000000000000008",
-        outcome: Reason::UpstreamUnavailable,
-        http_status: 500,
-        code: 2,
-        subcode: None,
-        kind: "OAuthException",
-        message: "An unexpected error has occurred. Please retry your request later.",
-        is_transient: true,
-    },
-    Scenario {
-        recipient_id: "10000000000000011",
-        outcome: Reason::GraphError,
-        http_status: 400,
-        code: 1609005,
-        subcode: None,
-        kind: "OAuthException",
-        message: "(#1609005) Error posting message.",
-        is_transient: false,
-    },
-];
-
-/// What the rate-limited recipient's answers ask to wait.
-const RATE_LIMIT_PAUSE_SECONDS: &str = "1";
-
-/// Fails every other call with a transient error, so a send succeeds on its
-/// second Graph call (`graph_calls: 2`).
-pub const FLAKY_RECIPIENT: &str = "10000000000000009";
-/// Answers only after this long: a caller's deadline, or the upstream
-/// timeout, runs out first (`DELIVERY_UNKNOWN`).
-pub const SLOW_RECIPIENT: &str = "10000000000000010";
-const SLOW_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Store {
@@ -285,155 +173,6 @@ fn router(tokens: HashMap<String, String>, webhook: Option<WebhookTarget>) -> Ro
 
 fn now_ms() -> i64 {
     SystemClock.now_ms()
-}
-
-#[derive(serde::Deserialize)]
-struct InboundRequest {
-    /// Who writes; the demo recipient by default.
-    #[serde(default)]
-    sender_id: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    /// Back-dates the message, such as "25h" or "8d".
-    #[serde(default)]
-    age: Option<String>,
-    /// The account written to, by id or alias; `shop` by default.
-    #[serde(default)]
-    account: Option<String>,
-}
-
-/// Plays the Instagram user: records their message (opening their window as
-/// Graph would) and delivers it to the gateway as a signed webhook.
-async fn inbound(State(sandbox): State<Arc<Sandbox>>, body: Bytes) -> Response {
-    let request: InboundRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"sender_id\",\"text\",\"age\",\"account\"}}: {e}"),
-            )
-                .into_response();
-        }
-    };
-    let sender = request
-        .sender_id
-        .unwrap_or_else(|| DEMO_RECIPIENT.to_owned());
-    if sender.is_empty() || !sender.bytes().all(|b| b.is_ascii_digit()) {
-        return (
-            StatusCode::BAD_REQUEST,
-            "sender_id must be digits (an IGSID)",
-        )
-            .into_response();
-    }
-    let age = match request.age.as_deref().map(humantime::parse_duration) {
-        None => Duration::ZERO,
-        Some(Ok(age)) => age,
-        Some(Err(e)) => {
-            return (StatusCode::BAD_REQUEST, format!("age: {e}")).into_response();
-        }
-    };
-    let given = request.account.as_deref().unwrap_or("shop");
-    let Some((account_id, _)) = ACCOUNTS
-        .iter()
-        .find(|(id, name)| *id == given || *name == given)
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("account must be one of the sandbox's: {ACCOUNT_ID} (shop), {SUPPORT_ACCOUNT_ID} (support)"),
-        )
-            .into_response();
-    };
-    let timestamp = now_ms() - age.as_millis() as i64;
-    let serial = sandbox.next_id.fetch_add(1, Ordering::Relaxed);
-    let mid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
-        "ig_message_item:1:IGMessageThread:{account_id}:{sender}:in{serial}"
-    ));
-    {
-        let mut store = sandbox.store.lock().await;
-        let last = store
-            .last_inbound_ms
-            .entry(((*account_id).to_owned(), sender.clone()))
-            .or_insert(timestamp);
-        *last = (*last).max(timestamp);
-    }
-    let delivery = json!({
-        "object": "instagram",
-        "entry": [{
-            "id": account_id,
-            "time": now_ms(),
-            "messaging": [{
-                "sender": {"id": sender},
-                "recipient": {"id": account_id},
-                "timestamp": timestamp,
-                "message": {"mid": mid, "text": request.text.unwrap_or_else(|| "Hi!".to_owned())},
-            }],
-        }],
-    });
-    let Some(target) = &sandbox.webhook else {
-        return (
-            StatusCode::CONFLICT,
-            "the gateway's webhooks are off, so the message was recorded but not delivered",
-        )
-            .into_response();
-    };
-    let body = serde_json::to_vec(&delivery).expect("JSON values serialize");
-    let signature = crate::edge::webhook::sign(&target.app_secret, &body);
-    let answer = sandbox
-        .http
-        .post(&target.url)
-        .header("content-type", "application/json")
-        .header(crate::edge::webhook::SIGNATURE_HEADER, signature)
-        .body(body)
-        .send()
-        .await;
-    match answer {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            Json(json!({"mid": mid, "sender_id": sender, "account_id": account_id, "timestamp_ms": timestamp, "webhook_status": status}))
-                .into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            format!("the webhook could not be delivered: {e}"),
-        )
-            .into_response(),
-    }
-}
-
-fn graph_error(
-    status: u16,
-    code: i64,
-    subcode: Option<i64>,
-    kind: &str,
-    message: &str,
-) -> Response {
-    graph_error_with(status, code, subcode, kind, message, false)
-}
-
-fn graph_error_with(
-    status: u16,
-    code: i64,
-    subcode: Option<i64>,
-    kind: &str,
-    message: &str,
-    is_transient: bool,
-) -> Response {
-    let mut error = json!({
-        "message": message,
-        "type": kind,
-        "code": code,
-        "is_transient": is_transient,
-        "fbtrace_id": format!("Sbx{:x}", rand::random::<u64>()),
-    });
-    if let Some(subcode) = subcode {
-        error["error_subcode"] = json!(subcode);
-    }
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    (status, Json(json!({ "error": error }))).into_response()
-}
-
-fn invalid_parameter(message: &str) -> Response {
-    graph_error(400, 100, None, "OAuthException", message)
 }
 
 async fn send(
@@ -655,21 +394,4 @@ async fn clear(State(sandbox): State<Arc<Sandbox>>) -> StatusCode {
     store.received.clear();
     store.calls_by_recipient.clear();
     StatusCode::NO_CONTENT
-}
-
-async fn recipients() -> Json<Value> {
-    let mut list: Vec<Value> = vec![
-        json!({"recipient_id": DEMO_RECIPIENT, "outcome": "OK (wrote when the sandbox started)"}),
-        json!({"recipient_id": "any other", "outcome": "OUTSIDE_MESSAGING_WINDOW until they write: POST /sandbox/inbound"}),
-    ];
-    list.extend(SCENARIOS.iter().map(|s| {
-        json!({"recipient_id": s.recipient_id, "outcome": s.outcome.as_str(), "graph_code": s.code, "graph_subcode": s.subcode})
-    }));
-    list.push(
-        json!({"recipient_id": FLAKY_RECIPIENT, "outcome": "OK after one retry (graph_calls: 2)"}),
-    );
-    list.push(
-        json!({"recipient_id": SLOW_RECIPIENT, "outcome": "DELIVERY_UNKNOWN (answers after 30 s)"}),
-    );
-    Json(json!({ "recipients": list }))
 }

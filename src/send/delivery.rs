@@ -15,8 +15,8 @@ use crate::graph::{self, Account, GraphClient};
 use crate::metrics::{AccountSeries, Metrics};
 use crate::model::error::{Failure, Reason, SendError};
 use crate::model::message::{OutgoingAction, OutgoingMessage, Sent};
-use crate::refusals::shown_within;
 use crate::send::budget::Budget;
+use crate::send::log::{log_outcome, log_refusal, log_send, outcome_of};
 use crate::send::pacing::{PaceLimits, PaceRefusal, Pacer, Tier};
 
 /// Rate-limit answers one send may wait out before it fails as rate
@@ -469,82 +469,6 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What of a caller's input a log line repeats, at most: a line stays
-/// under 2 KiB whatever was sent.
-const LOGGED_RECIPIENT_BYTES: usize = 64;
-const LOGGED_ERROR_BYTES: usize = 1024;
-
-/// `OK`, or the failure's reason: the `outcome` of logs and metrics.
-fn outcome_of(result: Result<&Sent, &SendError>) -> &'static str {
-    match result {
-        Ok(_) => "OK",
-        Err(e) => e.reason().as_str(),
-    }
-}
-
-/// Counts a send `account` answered, and logs its one line.
-fn log_outcome(
-    metrics: &Metrics,
-    account: &str,
-    kind: &str,
-    recipient: &str,
-    started: Instant,
-    result: Result<&Sent, &SendError>,
-) {
-    metrics.send_answered(account, kind, outcome_of(result));
-    log_send(kind, recipient, started, result);
-}
-
-/// Counts a send `account` refused before it started, and logs its line
-/// within `caller`'s share of refusal lines (a caller's flood of bad
-/// requests cannot flood the log).
-fn log_refusal(
-    metrics: &Metrics,
-    account: &str,
-    caller: &str,
-    kind: &str,
-    recipient: &str,
-    error: &SendError,
-) {
-    metrics.send_answered(account, kind, outcome_of(Err(error)));
-    crate::refusals::log_for(caller, || {
-        log_send(kind, recipient, Instant::now(), Err(error))
-    });
-}
-
-/// The one log line per send.
-fn log_send(kind: &str, recipient: &str, started: Instant, result: Result<&Sent, &SendError>) {
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
-    let recipient = shown_within(recipient, LOGGED_RECIPIENT_BYTES);
-    let recipient = recipient.as_str();
-    match result {
-        Ok(sent) => tracing::info!(
-            kind,
-            recipient,
-            outcome = "OK",
-            attempts = sent.graph_calls,
-            latency_ms,
-            message_id = sent.message_id.as_deref().unwrap_or(""),
-            "sent"
-        ),
-        Err(error) => {
-            let graph = error.failure().and_then(|f| f.graph_error());
-            tracing::warn!(
-                kind,
-                recipient,
-                outcome = error.reason().as_str(),
-                graph_code = graph.and_then(|g| g.code),
-                graph_subcode = graph.and_then(|g| g.subcode),
-                fbtrace_id = graph.and_then(|g| g.fbtrace_id.as_deref()),
-                attempts = error.attempts(),
-                latency_ms,
-                error = %shown_within(&error.to_string(), LOGGED_ERROR_BYTES),
-                "send failed"
-            )
-        }
     }
 }
 

@@ -5,13 +5,12 @@
 //! call still unanswered just before its deadline gets `DEADLINE_EXCEEDED`.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tonic::Status;
+use tonic::{Request, Status};
 use tower::Service;
 
 use super::status::failure_with_code;
-use super::{answer_margin, parse_grpc_timeout};
 use crate::model::error::{Reason, SendError};
 use crate::send::budget::too_little_left;
 
@@ -119,4 +118,56 @@ fn late(sending: bool) -> Status {
         None,
         &[],
     )
+}
+
+/// The caller's deadline, from `grpc-timeout`, a little early so that our
+/// own answer (with its details) beats tonic's bare timeout.
+pub(super) fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    let timeout = parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
+    Some(Instant::now() + timeout.saturating_sub(answer_margin(timeout)))
+}
+
+/// How much earlier than the caller's deadline the gateway answers, so its
+/// answer (with details) arrives first.
+pub(super) fn answer_margin(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
+/// `grpc-timeout` is at most 8 digits and a unit (gRPC over HTTP/2 spec).
+pub(super) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99999999))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
 }

@@ -1,27 +1,30 @@
 //! The tonic adapter: generated types, the `Messenger` service, and the
 //! conversions at its edge. Handlers only convert and delegate.
 
+mod authenticate;
 pub mod codec;
 pub mod deadline;
+mod stream;
+
+use deadline::deadline_of;
+use stream::STREAM_READ_AHEAD;
 pub mod from_pb;
 pub mod status;
 pub mod to_pb;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::service::{Interceptor, interceptor::InterceptedService};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::accounts::{self, AccountEntry, AccountError, Registry};
 use crate::conversation::inbox::Inbox;
 use crate::edge::auth::{AuthError, Caller, Keys, Operation};
-use crate::edge::net::ConnInfo;
 use crate::model::error::{FieldViolation, SendError};
 use crate::model::event::InboundEvent;
 use crate::model::message::Priority;
@@ -39,6 +42,7 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/messenger_descriptor.bin"));
 }
 
+pub use authenticate::Authenticate;
 pub use pb::messenger_server::MessengerServer;
 
 /// The largest request any valid one can be, rounded up: a generic template
@@ -184,81 +188,6 @@ impl MessengerService {
         })
     }
 
-    /// Runs one `SendStream`: reads at most `STREAM_READ_AHEAD` messages
-    /// ahead of their results, sends each as `Send` would (bulk unless it
-    /// says otherwise), and answers each as it finishes. When the caller
-    /// goes, every send still waiting is dropped unsent.
-    async fn broadcast(
-        self,
-        caller: Caller,
-        deadline: Option<Instant>,
-        mut inbound: Streaming<pb::SendRequest>,
-        results: tokio::sync::mpsc::Sender<Result<pb::SendResult, Status>>,
-    ) {
-        use futures_util::stream::FuturesUnordered;
-        let stream_gone = CancellationToken::new();
-        let _on_end = stream_gone.clone().drop_guard();
-        let keys = self.keys.clone();
-        let revoked_caller = caller.clone();
-        let revoked = keys.revoked(&revoked_caller);
-        tokio::pin!(revoked);
-        let mut running = FuturesUnordered::new();
-        let mut index = 0u64;
-        let mut reading = true;
-        // Why the caller's stream broke, told after what is under way.
-        let mut broken: Option<Status> = None;
-        loop {
-            if !reading && running.is_empty() {
-                if let Some(status) = broken {
-                    let _ = results.send(Err(status)).await;
-                }
-                return;
-            }
-            tokio::select! {
-                // A key revoked mid-stream: nothing more goes out for it.
-                () = &mut revoked => {
-                    let _ = results
-                        .send(Err(AuthError::InvalidKey.into()))
-                        .await;
-                    return;
-                }
-                next = inbound.next(), if reading && running.len() < STREAM_READ_AHEAD => match next {
-                    Some(Ok(request)) => {
-                        let (i, request_id) = (index, request.request_id.clone());
-                        index += 1;
-                        let budget = Budget {
-                            deadline: Some(deadline.unwrap_or_else(|| Instant::now() + self.default_timeout)),
-                            cancelled: stream_gone.child_token(),
-                            priority: Priority::Bulk,
-                            start: None,
-                        };
-                        match self.start_send(&caller, &request, budget, Priority::Bulk) {
-                            Ok(job) => running.push(async move { (i, request_id, job.await) }),
-                            Err(status) => {
-                                if results.send(Ok(send_result(i, request_id, Err(status)))).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    // The caller's stream broke: what is under way finishes,
-                    // then the caller learns why the rest was not read.
-                    Some(Err(status)) => {
-                        reading = false;
-                        broken = Some(status);
-                    }
-                    None => reading = false,
-                },
-                Some((i, request_id, outcome)) = running.next(), if !running.is_empty() => {
-                    if results.send(Ok(send_result(i, request_id, outcome))).await.is_err() {
-                        return;
-                    }
-                }
-                () = results.closed() => return,
-            }
-        }
-    }
-
     /// The account `given` names. A key limited to some accounts learns
     /// nothing of others: one it may not name is refused as not allowed,
     /// whether or not it is configured.
@@ -298,42 +227,6 @@ impl MessengerService {
     /// The caller's deadline, or the default one: no send waits forever.
     fn budget_of<T>(&self, request: &Request<T>) -> Budget {
         Some(deadline_of(request).unwrap_or_else(|| Instant::now() + self.default_timeout)).into()
-    }
-}
-
-/// Finds the caller's key from `authorization: Bearer …` or a client
-/// certificate, and hands it to the handler; refuses unknown callers.
-#[derive(Clone)]
-pub struct Authenticate(Arc<Keys>);
-
-impl Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let conn = request.extensions().get::<ConnInfo>();
-        let identities = conn.map(|c| c.identities.0.clone()).unwrap_or_default();
-        match self.0.authenticate(bearer, &identities) {
-            Ok(caller) => {
-                // Written once: a store on every call would bounce the
-                // cache line between the worker threads.
-                if let Some(c) = conn.filter(|c| !c.authenticated.load(Relaxed)) {
-                    c.authenticated.store(true, Relaxed);
-                }
-                request.extensions_mut().insert(caller);
-                Ok(request)
-            }
-            Err(e) => {
-                refusals::note("call without a valid API key");
-                Err(e.into())
-            }
-        }
     }
 }
 
@@ -526,38 +419,6 @@ impl pb::messenger_server::Messenger for MessengerService {
     }
 }
 
-/// Messages of one `SendStream` under way at once: the gateway reads no
-/// further ahead, so HTTP/2 flow control holds the rest in the caller.
-const STREAM_READ_AHEAD: usize = 64;
-
-/// One message's outcome in a `SendStream`: its response, or the status
-/// `Send` would have answered, details and all.
-fn send_result(
-    index: u64,
-    request_id: String,
-    outcome: Result<pb::SendResponse, Status>,
-) -> pb::SendResult {
-    let result = match outcome {
-        Ok(response) => pb::send_result::Result::Response(response),
-        Err(status) => {
-            let rpc = <tonic_types::pb::Status as prost::Message>::decode(status.details())
-                .ok()
-                .filter(|s| s.code != 0)
-                .unwrap_or_else(|| tonic_types::pb::Status {
-                    code: status.code() as i32,
-                    message: status.message().to_owned(),
-                    details: Vec::new(),
-                });
-            pb::send_result::Result::Error(rpc)
-        }
-    };
-    pb::SendResult {
-        index,
-        request_id,
-        result: Some(result),
-    }
-}
-
 /// The most accounts one `Subscribe` may name.
 const MAX_ACCOUNT_FILTER: usize = 1000;
 
@@ -615,58 +476,6 @@ fn finish_detached(
         match task.await {
             Ok(result) => result.map_err(Status::from),
             Err(_) => Err(Status::internal("the send task failed")),
-        }
-    }
-}
-
-/// The caller's deadline, from `grpc-timeout`, a little early so that our
-/// own answer (with its details) beats tonic's bare timeout.
-fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
-    let timeout = parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)?;
-    Some(Instant::now() + timeout.saturating_sub(answer_margin(timeout)))
-}
-
-/// How much earlier than the caller's deadline the gateway answers, so its
-/// answer (with details) arrives first.
-fn answer_margin(timeout: Duration) -> Duration {
-    (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(50))
-}
-
-/// `grpc-timeout` is at most 8 digits and a unit (gRPC over HTTP/2 spec).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_grpc_timeout("10S"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99999999))
-        );
-        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
-        for bad in ["", "S", "10", "10x", "123456789S", "-1S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }
 }
