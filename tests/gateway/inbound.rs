@@ -65,7 +65,7 @@ async fn deliveries_with_forged_or_missing_signatures_are_refused_and_not_record
     // Nothing was kept: the first event anyone sees is the genuine one.
     let genuine = messages_from_user(&[("m2", "genuine", T0)]);
     assert_eq!(gw.deliver(&genuine).await, 200);
-    let mut events = subscribe(&gw, 0).await;
+    let mut events = gw.events_after(0).await;
     let got = next_events(&mut events, 1).await;
     assert_eq!((got[0].seq, texts(&got)), (1, vec!["genuine".to_owned()]));
     assert_quiet(&mut events).await;
@@ -85,7 +85,7 @@ async fn bodies_over_one_mebibyte_or_not_json_are_refused() {
     assert_eq!(status, 413);
     assert_eq!(gw.deliver(b"<html>not json</html>").await, 400);
     assert_eq!(gw.deliver(br#"{"object":"instagram"}"#).await, 400);
-    let mut events = subscribe(&gw, 0).await;
+    let mut events = gw.events_after(0).await;
     assert_quiet(&mut events).await;
 }
 
@@ -104,7 +104,7 @@ async fn a_batch_is_stored_once_in_time_order_and_redeliveries_add_nothing() {
     let overlap = messages_from_user(&[("m2", "second", T0 + 2000), ("m4", "fourth", T0 + 4000)]);
     assert_eq!(gw.deliver(&overlap).await, 200);
 
-    let mut events = subscribe(&gw, 0).await;
+    let mut events = gw.events_after(0).await;
     let got = next_events(&mut events, 4).await;
     assert_eq!(texts(&got), ["first", "second", "third", "fourth"]);
     let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
@@ -133,7 +133,7 @@ async fn every_event_kind_reaches_subscribers_typed_and_unknown_kinds_raw() {
     ]}, {"id":ACCOUNT,"time":T0 + 9,"changes":[{"field":"comments","value":{"id":"c1","text":"nice"}}]}]}))
     .unwrap();
     assert_eq!(gw.deliver(&body).await, 200);
-    let mut events = subscribe(&gw, 0).await;
+    let mut events = gw.events_after(0).await;
     let got = next_events(&mut events, 9).await;
     let kinds: Vec<&Event> = got.iter().map(|e| e.event.as_ref().unwrap()).collect();
     assert!(
@@ -163,13 +163,13 @@ async fn subscribers_resume_after_a_seq_with_no_gap_and_no_duplicate() {
         .collect();
     assert_eq!(gw.deliver(&messages_from_user(&items)).await, 200);
 
-    let mut first = subscribe(&gw, 0).await;
+    let mut first = gw.events_after(0).await;
     let got = next_events(&mut first, 3).await;
     let last_handled = got[2].seq;
     drop(first); // the caller disconnects after handling three
 
-    let mut resumed = subscribe(&gw, last_handled).await;
-    let mut other = subscribe(&gw, 0).await;
+    let mut resumed = gw.events_after(last_handled).await;
+    let mut other = gw.events_after(0).await;
     assert_eq!(texts(&next_events(&mut resumed, 2).await), ["t4", "t5"]);
     assert_eq!(
         gw.deliver(&messages_from_user(&[("m6", "t6", T0 + 6)]))
@@ -186,8 +186,8 @@ async fn subscribers_resume_after_a_seq_with_no_gap_and_no_duplicate() {
 #[tokio::test]
 async fn a_subscriber_that_never_reads_blocks_neither_intake_nor_others() {
     let gw = TestGateway::start().await;
-    let _stalled = subscribe(&gw, 0).await; // never read
-    let mut reader = subscribe(&gw, 0).await;
+    let _stalled = gw.events_after(0).await; // never read
+    let mut reader = gw.events_after(0).await;
     const N: usize = 2000;
     for chunk in 0..(N / 100) {
         let batch: Vec<(String, String, i64)> = (0..100)

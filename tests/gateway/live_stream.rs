@@ -217,10 +217,10 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
     let n = model.items.len();
     assert_eq!(expected.len(), n, "seed {seed}: the model made a duplicate");
 
-    let mut live = subscribe(gw, 0).await;
+    let mut live = gw.events_after(0).await;
     post_concurrently(gw, bodies).await;
     let got = next_events(&mut live, n).await;
-    let mut replay = subscribe(gw, 0).await;
+    let mut replay = gw.events_after(0).await;
     let stored = next_events(&mut replay, n).await;
     crate::support::assert_quiet(&mut replay).await;
     crate::support::assert_quiet(&mut live).await;
@@ -237,7 +237,7 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     for _ in 0..3 {
         let k = rng.random_range(0..n);
-        let mut resumed = subscribe(gw, k as u64).await;
+        let mut resumed = gw.events_after(k as u64).await;
         let tail = next_events(&mut resumed, n - k).await;
         assert_eq!(tail, stored[k..], "seed {seed}: resumed after {k}");
         crate::support::assert_quiet(&mut resumed).await;

@@ -43,7 +43,7 @@ async fn all_events(gw: &TestGateway) -> Vec<pb::InboundEvent> {
             .await,
         200
     );
-    let mut stream = subscribe(gw, 0).await;
+    let mut stream = gw.events_after(0).await;
     let mut events = Vec::new();
     loop {
         let next = tokio::time::timeout(Duration::from_secs(30), stream.message())

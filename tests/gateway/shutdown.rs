@@ -129,7 +129,7 @@ async fn shutdown_ends_open_subscriptions_instead_of_waiting_out_the_grace() {
         ..ServeOptions::default()
     };
     let mut gw = TestGateway::builder().serve(options).start().await;
-    let mut events = crate::support::subscribe(&gw, 0).await;
+    let mut events = gw.events_after(0).await;
     let started = Instant::now();
     gw.begin_shutdown();
     let ended = tokio::time::timeout(Duration::from_secs(5), events.message())

@@ -6,21 +6,6 @@ use tonic::Streaming;
 
 use messenger_gateway::edge::grpc::pb;
 
-use super::TestGateway;
-
-/// Subscribes after `after`.
-pub async fn subscribe(gw: &TestGateway, after: u64) -> Streaming<pb::InboundEvent> {
-    gw.client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// The next `n` events, failing if they do not come within 10 s.
 pub async fn next_events(
     stream: &mut Streaming<pb::InboundEvent>,
