@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -25,9 +24,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::Launched;
@@ -48,49 +44,23 @@ fn account(i: usize) -> (String, String) {
 /// A Graph stand-in: `/me` answers the token's account, a refresh gives
 /// the same token back for 60 days, and every send succeeds.
 async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let query = req.uri().query().unwrap_or("").to_owned();
-                    let token = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .unwrap_or("")
-                        .to_owned();
-                    let _ = req.into_body().collect().await;
-                    let body = if path.ends_with("/me") {
-                        let id = token.strip_prefix("tok-").unwrap_or("");
-                        format!(r#"{{"user_id":"{id}","username":"u{id}"}}"#)
-                    } else if path == "/refresh_access_token" {
-                        let token = query
-                            .split('&')
-                            .find_map(|p| p.strip_prefix("access_token="))
-                            .unwrap_or("");
-                        format!(
-                            r#"{{"access_token":"{token}","token_type":"bearer","expires_in":5184000}}"#
-                        )
-                    } else {
-                        format!(r#"{{"recipient_id":"{USER}","message_id":"aWdfYmVuY2g"}}"#)
-                    };
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::graph_stand_in(|call: support::Call| async move {
+        let body = if call.path.ends_with("/me") {
+            let id = call.token.strip_prefix("tok-").unwrap_or("");
+            format!(r#"{{"user_id":"{id}","username":"u{id}"}}"#)
+        } else if call.path == "/refresh_access_token" {
+            let token = call
+                .query
+                .split('&')
+                .find_map(|p| p.strip_prefix("access_token="))
+                .unwrap_or("");
+            format!(r#"{{"access_token":"{token}","token_type":"bearer","expires_in":5184000}}"#)
+        } else {
+            format!(r#"{{"recipient_id":"{USER}","message_id":"aWdfYmVuY2g"}}"#)
+        };
+        (200, Bytes::from(body))
+    })
+    .await
 }
 
 /// The gateway process, and what the bench asks of it.

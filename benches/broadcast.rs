@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,9 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::Launched;
@@ -44,64 +40,39 @@ struct Seen {
 
 /// A Graph stand-in that allows `LIMIT` sends in any sliding second.
 async fn strict_graph(seen: Arc<Seen>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let recent = Arc::new(Mutex::new(VecDeque::<Instant>::new()));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+    support::graph_stand_in(move |call: support::Call| {
+        let (seen, recent) = (seen.clone(), recent.clone());
+        async move {
+            if !call.path.ends_with("/messages") {
+                // The token check at start: not a send, not counted.
+                return (200, Bytes::from_static(br#"{"id":"17841400000000001"}"#));
+            }
+            let allowed = {
+                let now = Instant::now();
+                let mut recent = recent.lock().await;
+                while recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    recent.pop_front();
+                }
+                let allowed = recent.len() < LIMIT;
+                if allowed {
+                    recent.push_back(now);
+                }
+                allowed
             };
-            let (seen, recent) = (seen.clone(), recent.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (seen, recent) = (seen.clone(), recent.clone());
-                    async move {
-                        let is_send = req.uri().path().ends_with("/messages");
-                        let _ = req.into_body().collect().await;
-                        if !is_send {
-                            // The token check at start: not a send, not counted.
-                            return Ok(hyper::Response::new(Full::new(Bytes::from_static(
-                                br#"{"id":"17841400000000001"}"#,
-                            ))));
-                        }
-                        let allowed = {
-                            let now = Instant::now();
-                            let mut recent = recent.lock().await;
-                            while recent
-                                .front()
-                                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-                            {
-                                recent.pop_front();
-                            }
-                            let allowed = recent.len() < LIMIT;
-                            if allowed {
-                                recent.push_back(now);
-                            }
-                            allowed
-                        };
-                        let (status, body) = if allowed {
-                            seen.ok.fetch_add(1, Ordering::Relaxed);
-                            (200, OK)
-                        } else {
-                            seen.rate_limited.fetch_add(1, Ordering::Relaxed);
-                            (400, RATE_LIMITED)
-                        };
-                        Ok::<_, Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            if allowed {
+                seen.ok.fetch_add(1, Ordering::Relaxed);
+                (200, Bytes::from_static(OK))
+            } else {
+                seen.rate_limited.fetch_add(1, Ordering::Relaxed);
+                (400, Bytes::from_static(RATE_LIMITED))
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// The release binary, its Graph at `upstream`.

@@ -24,9 +24,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -45,18 +45,9 @@ const SECRET: &str = "bench-app-secret";
 const KEY: &str = "mgw_bench_key_0123456789abcdefghijklmnopqrstuvwxyz0";
 const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
 
+/// The release binary, started and read by the benches' one launcher.
 struct Gateway {
-    child: Child,
-    grpc: String,
-    webhook_url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    process: support::Launched,
 }
 
 impl Gateway {
@@ -117,29 +108,13 @@ impl Gateway {
             .unwrap();
             cmd.arg("--api-keys").arg(file);
         }
-        let child = cmd.spawn().expect("the gateway starts");
-        let mut gateway = Gateway {
-            child,
-            grpc: String::new(),
-            webhook_url: String::new(),
-            _data: data,
-        };
-        let mut lines = BufReader::new(gateway.child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("a banner").unwrap();
-            if let Some(url) = line.strip_prefix("webhooks at ") {
-                gateway.webhook_url = url.trim().to_owned();
-            }
-            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-                gateway.grpc = rest.split_whitespace().next().unwrap().to_owned();
-                std::thread::spawn(move || for _ in lines {});
-                return gateway;
-            }
+        Gateway {
+            process: support::Launched::start(&mut cmd, data),
         }
     }
 
     async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.grpc))
+        Endpoint::from_shared(format!("http://{}", self.process.grpc))
             .unwrap()
             .tcp_nodelay(true)
             .connect()
@@ -148,7 +123,7 @@ impl Gateway {
     }
 
     fn status_field(&self, name: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))
             .unwrap_or_default();
         status
             .lines()
@@ -163,7 +138,7 @@ impl Gateway {
     /// at each clock tick, which over a round of ~1 s of CPU is ~100
     /// samples and a few per cent of noise by itself.
     fn cpu(&self) -> Duration {
-        support::cpu_of(self.child.id())
+        support::cpu_of(self.process.child.id())
     }
 }
 
@@ -268,10 +243,10 @@ async fn callgrind_total(upstream: SocketAddr, keyed: bool, n: usize) -> (u64, u
     drop(channel);
     // SIGTERM, so callgrind writes its totals on the way out.
     Command::new("kill")
-        .args(["-TERM", &gateway.child.id().to_string()])
+        .args(["-TERM", &gateway.process.child.id().to_string()])
         .status()
         .unwrap();
-    gateway.child.wait().unwrap();
+    gateway.process.child.wait().unwrap();
     let total = support::callgrind_total(&out);
     let annotated = Command::new("callgrind_annotate")
         .arg("--inclusive=no")
@@ -461,7 +436,7 @@ async fn many_subscribers(upstream: SocketAddr) {
     for seq in 1..=EVENTS {
         let posted = Instant::now();
         assert_eq!(
-            post(&http, &gateway.webhook_url, delivery(&serial)).await,
+            post(&http, &gateway.process.webhook_url, delivery(&serial)).await,
             200
         );
         let acknowledged = Instant::now();
@@ -506,7 +481,7 @@ async fn stalled_connections(upstream: SocketAddr) {
     // The stalled connections all come from this one address here; in the
     // field they come from many, so the per-address cap is lifted.
     let gateway = Gateway::start(upstream, false, &["--max-connections-per-ip", "4096"]);
-    let url = gateway.webhook_url.clone();
+    let url = gateway.process.webhook_url.clone();
     let addr = url
         .trim_start_matches("http://")
         .trim_end_matches(webhook::PATH)

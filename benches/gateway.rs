@@ -20,7 +20,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,10 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use tonic::transport::{Channel, Endpoint};
@@ -67,38 +62,23 @@ async fn serve_upstream(delay: Duration) {
     let listener = socket.listen(16_384).unwrap();
     println!("{}", listener.local_addr().unwrap());
     let gauge = Arc::new(Gauge::default());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+    support::serve_graph(listener, move |call: support::Call| {
         let g = gauge.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let g = g.clone();
-                async move {
-                    if req.uri().path() == "/peak" {
-                        let peak = g.peak.load(Ordering::SeqCst).to_string();
-                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(peak))));
-                    }
-                    let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
-                    g.peak.fetch_max(n, Ordering::SeqCst);
-                    let _ = req.into_body().collect().await;
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    g.now.fetch_sub(1, Ordering::SeqCst);
-                    Ok(Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(REPLY)))
-                        .unwrap())
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move {
+            if call.path == "/peak" {
+                let peak = g.peak.load(Ordering::SeqCst).to_string();
+                return (200, Bytes::from(peak));
+            }
+            let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
+            g.peak.fetch_max(n, Ordering::SeqCst);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            g.now.fetch_sub(1, Ordering::SeqCst);
+            (200, Bytes::from_static(REPLY))
+        }
+    })
+    .await
 }
 
 /// The upstream runs in its own process, as Graph would: sharing the load

@@ -1,5 +1,6 @@
-//! What the benches share: knobs, medians, a process's CPU time, and a
-//! fixed-answer Graph stand-in. Each bench uses some of it.
+//! What the benches share: knobs, medians, a process's CPU time, the one
+//! Graph stand-in (`serve_graph`), the gateway launcher (`Launched`) and
+//! the baseline servers. Each bench uses some of it.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -64,33 +65,76 @@ pub fn callgrind_total(out: &std::path::Path) -> u64 {
         .expect("callgrind wrote its totals")
 }
 
-/// A Graph stand-in on this process's runtime that answers every request
-/// with `reply`.
-pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
+/// One call as the bench Graph stand-in saw it (its body already read).
+pub struct Call {
+    pub path: String,
+    pub query: String,
+    /// The bearer token, if any.
+    pub token: String,
+}
+
+/// The benches' one Graph stand-in: HTTP/1.1 on `listener`, on this
+/// process's runtime; each call's body is read, then `answer` gives the
+/// status and JSON body. Runs until the runtime ends.
+pub async fn serve_graph<F, Fut>(listener: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (u16, Bytes)> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let answer = answer.clone();
+                async move {
+                    let call = Call {
+                        path: req.uri().path().to_owned(),
+                        query: req.uri().query().unwrap_or("").to_owned(),
+                        token: req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .unwrap_or("")
+                            .to_owned(),
+                    };
+                    let _ = req.into_body().collect().await;
+                    let (status, body) = answer(call).await;
+                    Ok::<_, Infallible>(
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                            .unwrap(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// [`serve_graph`] on a fresh loopback port, in the background.
+pub async fn graph_stand_in<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (u16, Bytes)> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            reply,
-                        ))))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_graph(listener, answer));
     addr
+}
+
+/// The stand-in answering every call with `reply`.
+pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
+    graph_stand_in(move |_| async move { (200, Bytes::from_static(reply)) }).await
 }
 
 /// The baseline servers: with `post`, a minimal handler (it builds a
