@@ -335,8 +335,6 @@ impl ServeArgs {
             guard: GuardPolicy {
                 window: self.window_policy,
                 auto_human_agent: self.auto_human_agent,
-                // Set from `delivery` when the guard is built.
-                ..GuardPolicy::default()
             },
             serve: ServeOptions {
                 shutdown_grace: self.shutdown_grace.into(),

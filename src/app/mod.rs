@@ -26,7 +26,7 @@ use crate::edge::webhook;
 use crate::graph::GraphClient;
 use crate::metrics::Metrics;
 use crate::sandbox::{self, RunningSandbox};
-use crate::send::guard::{Guard, GuardPolicy};
+use crate::send::guard::Guard;
 use crate::store::{PgStore, SqliteStore, Store};
 use background::{count_stored_events, share_the_pace};
 use banner::reachable;
@@ -104,11 +104,8 @@ impl Application {
         let guard = Guard::new(
             store.clone(),
             inbox.clone(),
-            GuardPolicy {
-                // One figure for the guard and each account's deliverer.
-                min_send_budget: settings.delivery.min_send_budget,
-                ..settings.guard
-            },
+            settings.guard,
+            accounts.min_send_budget(),
         );
         let reloader = Arc::new(Reloader {
             keys: keys.clone(),

@@ -166,11 +166,6 @@ impl Deliverer {
         }
     }
 
-    /// The least of its deadline a send must have left to be started.
-    pub fn min_send_budget(&self) -> Duration {
-        self.policy.min_send_budget
-    }
-
     /// Sends under way or waiting for a call slot.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)

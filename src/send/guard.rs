@@ -49,8 +49,6 @@ pub struct GuardPolicy {
     /// Between 24 hours and 7 days, send with the HUMAN_AGENT tag instead of
     /// refusing (needs Meta's App Review of that permission).
     pub auto_human_agent: bool,
-    /// A send with less of its deadline left is not started.
-    pub min_send_budget: std::time::Duration,
 }
 
 type Outcome = Option<Result<Sent, SendError>>;
@@ -77,6 +75,9 @@ pub struct Guard {
     /// The windows, and the clock.
     inbox: Arc<Inbox>,
     policy: GuardPolicy,
+    /// A send with less of its deadline left is not started: the figure
+    /// each account's deliverer checks again before its Graph call.
+    min_send_budget: std::time::Duration,
     /// Keyed by the caller's scope, the account and the `request_id`.
     pending: Mutex<HashMap<String, Pending>>,
 }
@@ -88,11 +89,17 @@ impl From<StoreError> for SendError {
 }
 
 impl Guard {
-    pub fn new(store: Arc<dyn Store>, inbox: Arc<Inbox>, policy: GuardPolicy) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        inbox: Arc<Inbox>,
+        policy: GuardPolicy,
+        min_send_budget: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             inbox,
             policy,
+            min_send_budget,
             pending: Mutex::new(HashMap::new()),
         })
     }
@@ -101,7 +108,7 @@ impl Guard {
     /// left to be started at all.
     pub fn budget_refusal(&self, budget: &Budget) -> Option<SendError> {
         budget
-            .too_short(self.policy.min_send_budget)
+            .too_short(self.min_send_budget)
             .map(SendError::not_sent)
     }
 
