@@ -16,6 +16,8 @@
 
 mod support;
 
+use support::BIN;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -23,13 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::Launched;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const USER: &str = "17841400000000000";
 const FIRST_ID: u64 = 17_841_400_000_000_000;
 const CALLERS: usize = 64;
@@ -46,7 +46,7 @@ fn account(i: usize) -> (String, String) {
 async fn upstream() -> SocketAddr {
     support::graph_stand_in(|call: support::Call| async move {
         let body = if call.path.ends_with("/me") {
-            let id = call.token.strip_prefix("tok-").unwrap_or("");
+            let id = call.token().strip_prefix("tok-").unwrap_or("");
             format!(r#"{{"user_id":"{id}","username":"u{id}"}}"#)
         } else if call.path == "/refresh_access_token" {
             let token = call
@@ -58,7 +58,7 @@ async fn upstream() -> SocketAddr {
         } else {
             format!(r#"{{"recipient_id":"{USER}","message_id":"aWdfYmVuY2g"}}"#)
         };
-        (200, Bytes::from(body))
+        support::Reply::new(200, body)
     })
     .await
 }
@@ -104,17 +104,12 @@ impl Gateway {
     }
 
     async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.process.grpc))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap()
+        support::channel(&self.process.addr).await
     }
 
     /// The process's user+system CPU time, from the scheduler's clock.
     fn cpu(&self) -> Duration {
-        support::cpu_of(self.process.child.id())
+        self.process.cpu()
     }
 
     /// Waits until every account's token has been checked: the keeper's

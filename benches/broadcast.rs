@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::BIN;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -20,10 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
-use support::Launched;
+use support::{Launched, Reply};
 use tokio::sync::Mutex;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const ACCOUNT: &str = "17841400000000001";
 const USER: &str = "17841400000000000";
 /// What Graph allows the account in any one second.
@@ -46,7 +47,7 @@ async fn strict_graph(seen: Arc<Seen>) -> SocketAddr {
         async move {
             if !call.path.ends_with("/messages") {
                 // The token check at start: not a send, not counted.
-                return (200, Bytes::from_static(br#"{"id":"17841400000000001"}"#));
+                return Reply::new(200, Bytes::from_static(br#"{"id":"17841400000000001"}"#));
             }
             let allowed = {
                 let now = Instant::now();
@@ -65,10 +66,10 @@ async fn strict_graph(seen: Arc<Seen>) -> SocketAddr {
             };
             if allowed {
                 seen.ok.fetch_add(1, Ordering::Relaxed);
-                (200, Bytes::from_static(OK))
+                Reply::new(200, Bytes::from_static(OK))
             } else {
                 seen.rate_limited.fetch_add(1, Ordering::Relaxed);
-                (400, Bytes::from_static(RATE_LIMITED))
+                Reply::new(400, Bytes::from_static(RATE_LIMITED))
             }
         }
     })
@@ -101,7 +102,7 @@ fn main() {
         let seen = Arc::new(Seen::default());
         let upstream = strict_graph(seen.clone()).await;
         let gateway = Arc::new(start_gateway(upstream));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.grpc))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gateway.addr))
             .unwrap()
             .connect()
             .await

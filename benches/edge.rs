@@ -24,6 +24,8 @@
 
 mod support;
 
+use support::BIN;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -36,9 +38,8 @@ use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use messenger_gateway::edge::webhook;
 use sha2::Digest;
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const ACCOUNT: &str = "17841400000000001";
 const USER: &str = "17841400000000000";
 const SECRET: &str = "bench-app-secret";
@@ -114,12 +115,7 @@ impl Gateway {
     }
 
     async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.process.grpc))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap()
+        support::channel(&self.process.addr).await
     }
 
     fn status_field(&self, name: &str) -> u64 {
@@ -138,7 +134,7 @@ impl Gateway {
     /// at each clock tick, which over a round of ~1 s of CPU is ~100
     /// samples and a few per cent of noise by itself.
     fn cpu(&self) -> Duration {
-        support::cpu_of(self.process.child.id())
+        self.process.cpu()
     }
 }
 

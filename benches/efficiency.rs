@@ -17,21 +17,19 @@
 
 mod support;
 
-use support::Baseline;
+use support::{BIN, Baseline, LISTENING, Launched};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
-use messenger_gateway::edge::grpc::pb::messenger_server::MessengerServer;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const ROLE: &str = "BENCH_EFFICIENCY_ROLE";
 const UPSTREAM: &str = "BENCH_EFFICIENCY_UPSTREAM";
 const ACCOUNT: &str = "17841400000000001";
@@ -139,92 +137,13 @@ fn run_role(role: &str) {
             post,
             hold: Duration::ZERO,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("listening on {}", listener.local_addr().unwrap());
-        // Ends on SIGTERM, so callgrind (when it runs us) writes its totals.
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        tonic::transport::Server::builder()
-            .add_service(MessengerServer::new(baseline))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move {
-                    term.recv().await;
-                },
-            )
-            .await
-            .unwrap();
+        baseline.serve().await;
     });
 }
 
-struct Process {
-    child: Child,
-    addr: String,
-    /// What the process prints after its banner, when kept.
-    lines: Option<std::io::Lines<BufReader<std::process::ChildStdout>>>,
-    _data: Option<tempfile::TempDir>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn start(mut cmd: Command, data: Option<tempfile::TempDir>, marker: &str) -> Self {
-        let mut process = Self::start_keeping(cmd_with_pipes(&mut cmd), data, marker);
-        let lines = process.lines.take().unwrap();
-        std::thread::spawn(move || for _ in lines {});
-        process
-    }
-
-    /// As `start`, keeping what it prints next for the caller to read.
-    fn start_keeping(cmd: &mut Command, data: Option<tempfile::TempDir>, marker: &str) -> Self {
-        let child = cmd.spawn().unwrap();
-        let mut process = Process {
-            child,
-            addr: String::new(),
-            lines: None,
-            _data: data,
-        };
-        let mut lines = BufReader::new(process.child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("a banner").unwrap();
-            if let Some(rest) = line.strip_prefix(marker) {
-                process.addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                process.lines = Some(lines);
-                return process;
-            }
-        }
-    }
-
-    fn cpu(&self) -> Duration {
-        support::cpu_of(self.child.id())
-    }
-
-    /// Ends the process with SIGTERM, as an operator would, and reads the
-    /// instruction total callgrind wrote to `out` on its way out.
-    fn stop_for_totals(mut self, out: &std::path::Path) -> u64 {
-        // SAFETY: a plain signal to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.child.wait().unwrap();
-        support::callgrind_total(out)
-    }
-
-    async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap()
-    }
-}
-
-fn cmd_with_pipes(cmd: &mut Command) -> &mut Command {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null())
+/// A baseline role, past its banner.
+fn start_role(mut cmd: Command) -> Launched {
+    Launched::start_until(cmd.stderr(Stdio::null()), None, LISTENING, false)
 }
 
 fn role(name: &str, upstream: SocketAddr, callgrind_out: Option<&std::path::Path>) -> Command {
@@ -277,38 +196,34 @@ fn main() {
             (
                 "gateway",
                 {
-                    let (cmd, data) = gateway(upstream, None);
-                    Process::start(cmd, Some(data), GATEWAY_BANNER)
+                    let (mut cmd, data) = gateway(upstream, None);
+                    Launched::start(cmd.stderr(Stdio::null()), data)
                 },
             ),
             (
                 "minimal handler",
-                Process::start(role("minimal", upstream, None), None, "listening on "),
+                start_role(role("minimal", upstream, None)),
             ),
             (
                 "answer at once",
-                Process::start(role("answer", upstream, None), None, "listening on "),
+                start_role(role("answer", upstream, None)),
             ),
             (
                 "minimal handler on mimalloc",
-                Process::start(
-                    role("minimal-mimalloc", upstream, None),
-                    None,
-                    "listening on ",
-                ),
+                start_role(role("minimal-mimalloc", upstream, None)),
             ),
         ];
         let mut poster_cmd = role("poster", upstream, None);
         poster_cmd.stdin(Stdio::piped());
-        let mut poster = Process::start_keeping(cmd_with_pipes(&mut poster_cmd), None, "ready");
+        poster_cmd.stderr(Stdio::null());
+        let mut poster = Launched::start_until(&mut poster_cmd, None, "ready", true);
         let mut poster_in = poster.child.stdin.take().unwrap();
-        let mut poster_out = poster.lines.take().unwrap();
 
         let channels = [
-            servers[0].1.channel().await,
-            servers[1].1.channel().await,
-            servers[2].1.channel().await,
-            servers[3].1.channel().await,
+            support::channel(&servers[0].1.addr).await,
+            support::channel(&servers[1].1.addr).await,
+            support::channel(&servers[2].1.addr).await,
+            support::channel(&servers[3].1.addr).await,
         ];
         for channel in &channels {
             sends(channel, 4000).await;
@@ -332,8 +247,8 @@ fn main() {
             let before = poster.cpu();
             writeln!(poster_in, "{total}").unwrap();
             poster_in.flush().unwrap();
-            let done = tokio::task::block_in_place(|| poster_out.next());
-            assert_eq!(done.unwrap().unwrap(), "done");
+            let done = tokio::task::block_in_place(|| poster.next_line());
+            assert_eq!(done.as_deref(), Some("done"));
             let us = (poster.cpu() - before).as_secs_f64() * 1e6 / total as f64;
             per_send[4].push(us);
             println!("{line} one reqwest POST {us:.1} µs");
@@ -359,8 +274,6 @@ fn main() {
         }
     });
 }
-
-const GATEWAY_BANNER: &str = "messenger-gateway listening on ";
 
 /// `program`, or valgrind's callgrind running it and writing to `out`.
 fn command(program: &std::path::Path, callgrind_out: Option<&std::path::Path>) -> Command {
@@ -423,17 +336,19 @@ async fn instructions(upstream: SocketAddr) {
         let mut totals = Vec::new();
         for n in [short, long] {
             let out = dir.join(format!("callgrind.{name}.{n}"));
-            let process = match name {
+            let mut process = match name {
                 "gateway" => {
-                    let (cmd, data) = gateway(upstream, Some(&out));
-                    Process::start(cmd, Some(data), GATEWAY_BANNER)
+                    let (mut cmd, data) = gateway(upstream, Some(&out));
+                    Launched::start(cmd.stderr(Stdio::null()), data)
                 }
-                _ => Process::start(role(name, upstream, Some(&out)), None, "listening on "),
+                _ => start_role(role(name, upstream, Some(&out))),
             };
-            let channel = process.channel().await;
+            let channel = support::channel(&process.addr).await;
             sends(&channel, n).await;
             drop(channel);
-            totals.push(process.stop_for_totals(&out));
+            // SIGTERM, so callgrind writes its totals on the way out.
+            process.terminate(Duration::from_secs(600));
+            totals.push(support::callgrind_total(&out));
         }
         let more = totals[1]
             .checked_sub(totals[0])

@@ -20,8 +20,10 @@
 
 mod support;
 
+use support::{BIN, LISTENING, Launched};
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,16 +31,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
-use tonic::transport::{Channel, Endpoint};
-
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
+use tonic::transport::Channel;
 
 /// The gateway's allocator, for the bare tonic server and the load alike.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Set (to a delay in ms) when this binary runs as the upstream.
 const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_DELAY_MS";
-/// Set ("ADDR MS") when this binary runs as the bare tonic server.
+/// Set (to a hold in ms) when this binary runs as the bare tonic server.
 const HOLD_ROLE: &str = "BENCH_HOLD_SERVER";
 const ACCOUNT: &str = "17841400000000001";
 const TOKEN: &str = "bench-token";
@@ -60,14 +60,14 @@ async fn serve_upstream(delay: Duration) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(16_384).unwrap();
-    println!("{}", listener.local_addr().unwrap());
+    println!("{LISTENING}{}", listener.local_addr().unwrap());
     let gauge = Arc::new(Gauge::default());
     support::serve_graph(listener, move |call: support::Call| {
         let g = gauge.clone();
         async move {
             if call.path == "/peak" {
                 let peak = g.peak.load(Ordering::SeqCst).to_string();
-                return (200, Bytes::from(peak));
+                return support::Reply::new(200, peak);
             }
             let n = g.now.fetch_add(1, Ordering::SeqCst) + 1;
             g.peak.fetch_max(n, Ordering::SeqCst);
@@ -75,7 +75,7 @@ async fn serve_upstream(delay: Duration) {
                 tokio::time::sleep(delay).await;
             }
             g.now.fetch_sub(1, Ordering::SeqCst);
-            (200, Bytes::from_static(REPLY))
+            support::Reply::new(200, Bytes::from_static(REPLY))
         }
     })
     .await
@@ -84,29 +84,25 @@ async fn serve_upstream(delay: Duration) {
 /// The upstream runs in its own process, as Graph would: sharing the load
 /// generator's runtime would let the direct baseline skip a process hop.
 struct Upstream {
-    child: Child,
+    /// Kept for its life: dropping it ends the process.
+    _process: Launched,
     addr: SocketAddr,
 }
 
 impl Upstream {
     fn start(delay: Duration) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(UPSTREAM_ROLE, delay.as_millis().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the upstream starts");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let addr = line
-            .trim()
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(UPSTREAM_ROLE, delay.as_millis().to_string())
+            .stdin(Stdio::null());
+        let process = Launched::start_until(&mut cmd, None, LISTENING, false);
+        let addr = process
+            .addr
             .parse()
-            .expect("the upstream prints its address");
-        Self { child, addr }
+            .expect("the upstream names its address");
+        Self {
+            _process: process,
+            addr,
+        }
     }
 
     async fn peak(&self) -> String {
@@ -115,49 +111,24 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Gateway {
-    child: Child,
-    addr: String,
-    /// Its store, fresh for each run.
-    _data: tempfile::TempDir,
+    process: Launched,
 }
 
 impl Gateway {
     /// Not the gateway: this binary as a bare tonic server that answers
     /// every `Send` after `hold`, on the gateway's allocator.
     fn hold(hold: Duration) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(std::env::current_exe().unwrap())
-            .env(HOLD_ROLE, format!("{addr} {}", hold.as_millis()))
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(HOLD_ROLE, hold.as_millis().to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the bench binary starts");
+            .stderr(Stdio::null());
         Self {
-            child,
-            addr,
-            _data: tempfile::tempdir().unwrap(),
+            process: Launched::start_until(&mut cmd, None, LISTENING, false),
         }
     }
 
     fn start(upstream: SocketAddr) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr = format!("127.0.0.1:{port}");
         let data = tempfile::tempdir().unwrap();
         let mut cmd = match std::env::var("BENCH_GATEWAY_WRAPPER") {
             Ok(w) => {
@@ -168,8 +139,7 @@ impl Gateway {
             }
             Err(_) => Command::new(BIN),
         };
-        let child = cmd
-            .args(["serve", "--listen", &addr, "--pace", "off"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
             .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
             .arg(data.path())
@@ -180,36 +150,20 @@ impl Gateway {
             .envs(std::env::var("BENCH_GATEWAY_RUST_LOG").map(|v| ("RUST_LOG", v)))
             .envs(std::env::var("BENCH_GATEWAY_WORKERS").map(|v| ("TOKIO_WORKER_THREADS", v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             // Default logging stays on, as in production; it costs what it costs.
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the gateway binary starts");
+            .stderr(Stdio::null());
         Self {
-            child,
-            addr,
-            _data: data,
+            process: Launched::start(&mut cmd, data),
         }
     }
 
     async fn channel(&self) -> Channel {
-        for _ in 0..200 {
-            if let Ok(ch) = Endpoint::from_shared(format!("http://{}", self.addr))
-                .unwrap()
-                .tcp_nodelay(true)
-                .connect()
-                .await
-            {
-                return ch;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the gateway did not come up");
+        support::channel(&self.process.addr).await
     }
 
     /// (VmRSS, VmHWM) in KiB, from /proc.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))
             .unwrap_or_default();
         let field = |name: &str| {
             status
@@ -225,18 +179,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     /// SIGTERM first, as an operator would (a wrapper such as valgrind then
-    /// writes its report), then SIGKILL if it is still there after 30 s.
+    /// writes its report).
     fn drop(&mut self) {
-        // SAFETY: a plain signal to our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate(Duration::from_secs(30));
     }
 }
 
@@ -347,19 +292,12 @@ where
 }
 
 fn main() {
-    if let Ok(role) = std::env::var(HOLD_ROLE) {
-        let (addr, ms) = role.split_once(' ').unwrap();
+    if let Ok(ms) = std::env::var(HOLD_ROLE) {
         let baseline = support::Baseline {
             post: None,
             hold: Duration::from_millis(ms.parse().unwrap()),
         };
-        return runtime(true).block_on(async {
-            tonic::transport::Server::builder()
-                .add_service(pb::messenger_server::MessengerServer::new(baseline))
-                .serve(addr.parse().unwrap())
-                .await
-                .unwrap()
-        });
+        return runtime(true).block_on(baseline.serve());
     }
     if let Ok(ms) = std::env::var(UPSTREAM_ROLE) {
         let delay = Duration::from_millis(ms.parse().unwrap());

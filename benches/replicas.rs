@@ -21,6 +21,8 @@
 mod cluster;
 mod support;
 
+use support::BIN;
+
 use support::Launched;
 
 use std::net::SocketAddr;
@@ -35,7 +37,6 @@ use messenger_gateway::edge::webhook;
 use serde_json::json;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const SECRET: &str = "bench-app-secret";
 const ACCOUNT: &str = "17841400000000001";
 
@@ -209,7 +210,7 @@ async fn added_by_request_id(grpc: &str, sends: usize) -> (f64, f64) {
 /// for a person who never wrote before; median and max over `n`, in ms.
 async fn window_reach(a: &Launched, b: &Launched, n: usize) -> (f64, f64) {
     let http = reqwest::Client::new();
-    let mut client = MessengerClient::connect(format!("http://{}", b.grpc))
+    let mut client = MessengerClient::connect(format!("http://{}", b.addr))
         .await
         .unwrap();
     let serial = AtomicU64::new(1_000_000);
@@ -271,15 +272,15 @@ fn main() {
         let url = postgres.url();
 
         let sqlite = start_gateway(None, upstream);
-        let seen = subscriber(&sqlite.grpc).await;
+        let seen = subscriber(&sqlite.addr).await;
         let (sqlite_rate, sqlite_busy) = intake(std::slice::from_ref(&sqlite.webhook_url), posters, window, &seen).await;
-        let (sqlite_plain, sqlite_with_id) = added_by_request_id(&sqlite.grpc, sends).await;
+        let (sqlite_plain, sqlite_with_id) = added_by_request_id(&sqlite.addr, sends).await;
         drop(sqlite);
 
         let a = start_gateway(Some(&url), upstream);
-        let seen = subscriber(&a.grpc).await;
+        let seen = subscriber(&a.addr).await;
         let (pg_rate, pg_busy) = intake(std::slice::from_ref(&a.webhook_url), posters, window, &seen).await;
-        let (pg_plain, pg_with_id) = added_by_request_id(&a.grpc, sends).await;
+        let (pg_plain, pg_with_id) = added_by_request_id(&a.addr, sends).await;
 
         let b = start_gateway(Some(&url), upstream);
         let both = [a.webhook_url.clone(), b.webhook_url.clone()];

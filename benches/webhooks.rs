@@ -17,6 +17,8 @@
 
 mod support;
 
+use support::BIN;
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,7 +31,6 @@ use messenger_gateway::edge::webhook;
 use serde_json::json;
 use support::Launched;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messenger-gateway");
 const SECRET: &str = "bench-app-secret";
 const ACCOUNT: &str = "17841400000000001";
 
@@ -182,7 +183,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let seen = Arc::new(Seen::default());
-        subscribe(&gateway.grpc, seen.clone()).await;
+        subscribe(&gateway.addr, seen.clone()).await;
         let serial = Arc::new(AtomicU64::new(0));
         let url = gateway.webhook_url.clone();
 

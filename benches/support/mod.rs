@@ -1,16 +1,26 @@
-//! What the benches share: knobs, medians, a process's CPU time, the one
-//! Graph stand-in (`serve_graph`), the gateway launcher (`Launched`) and
-//! the baseline servers. Each bench uses some of it.
+//! What the benches share: knobs, medians, a process's CPU time and the
+//! baseline servers; the Graph stand-in ([`graph`]) and the process
+//! launcher ([`process`]) are the tests' own, included by path. Each bench
+//! uses some of it.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+#[path = "../../tests/gateway/support/graph.rs"]
+pub mod graph;
+#[path = "../../tests/gateway/support/process.rs"]
+pub mod process;
+
+// Each bench uses some of these.
+#[allow(unused_imports)]
+pub use graph::{Call, Reply, fixed_upstream, graph_stand_in, serve_graph};
+#[allow(unused_imports)]
+pub use process::{BIN, GATEWAY_BANNER, Launched, cpu_of};
+
+/// What a bench's own role process prints before the address it serves
+/// on, for [`Launched::start_until`].
+pub const LISTENING: &str = "listening on ";
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use messenger_gateway::edge::grpc::pb;
 use messenger_gateway::edge::grpc::pb::messenger_server::Messenger;
 use std::pin::Pin;
@@ -30,21 +40,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Process `pid`'s CPU time, user and system, as the scheduler counts it
-/// to the nanosecond: `/proc/PID/stat`'s utime and stime are sampled at
-/// each clock tick, a few per cent of noise over a round by themselves.
-pub fn cpu_of(pid: u32) -> Duration {
-    let mut clock: libc::clockid_t = 0;
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: both pointers are to live locals of the right types.
-    unsafe {
-        assert_eq!(libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock), 0);
-        assert_eq!(libc::clock_gettime(clock, &mut now), 0);
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+/// A tonic channel to `addr` (`host:port`), Nagle off as the gateway has it.
+pub async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// Whether valgrind is here, to count instructions with callgrind.
@@ -63,78 +66,6 @@ pub fn callgrind_total(out: &std::path::Path) -> u64 {
         .find_map(|l| l.strip_prefix("totals: "))
         .and_then(|t| t.trim().parse().ok())
         .expect("callgrind wrote its totals")
-}
-
-/// One call as the bench Graph stand-in saw it (its body already read).
-pub struct Call {
-    pub path: String,
-    pub query: String,
-    /// The bearer token, if any.
-    pub token: String,
-}
-
-/// The benches' one Graph stand-in: HTTP/1.1 on `listener`, on this
-/// process's runtime; each call's body is read, then `answer` gives the
-/// status and JSON body. Runs until the runtime ends.
-pub async fn serve_graph<F, Fut>(listener: tokio::net::TcpListener, answer: F)
-where
-    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (u16, Bytes)> + Send + 'static,
-{
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let answer = answer.clone();
-                async move {
-                    let call = Call {
-                        path: req.uri().path().to_owned(),
-                        query: req.uri().query().unwrap_or("").to_owned(),
-                        token: req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("Bearer "))
-                            .unwrap_or("")
-                            .to_owned(),
-                    };
-                    let _ = req.into_body().collect().await;
-                    let (status, body) = answer(call).await;
-                    Ok::<_, Infallible>(
-                        hyper::Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(body))
-                            .unwrap(),
-                    )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// [`serve_graph`] on a fresh loopback port, in the background.
-pub async fn graph_stand_in<F, Fut>(answer: F) -> SocketAddr
-where
-    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (u16, Bytes)> + Send + 'static,
-{
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_graph(listener, answer));
-    addr
-}
-
-/// The stand-in answering every call with `reply`.
-pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
-    graph_stand_in(move |_| async move { (200, Bytes::from_static(reply)) }).await
 }
 
 /// The baseline servers: with `post`, a minimal handler (it builds a
@@ -222,64 +153,24 @@ impl Messenger for Baseline {
     }
 }
 
-/// A gateway process a bench started, once its banner named the gRPC
-/// address; killed when dropped, and its data directory removed.
-pub struct Launched {
-    pub child: std::process::Child,
-    /// `host:port`.
-    pub grpc: String,
-    /// From the banner's `webhooks at` line; empty without a webhook port.
-    pub webhook_url: String,
-    /// From the spawn to the banner's last line.
-    pub started_in: Duration,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Launched {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Launched {
-    /// Spawns `cmd` (its stdout piped here) and reads its banner; what
-    /// it prints afterwards is read and dropped, so the pipe never fills.
-    pub fn start(cmd: &mut std::process::Command, data: tempfile::TempDir) -> Self {
-        use std::io::{BufRead, BufReader};
-        cmd.stdout(std::process::Stdio::piped());
-        let spawned = std::time::Instant::now();
-        let child = cmd.spawn().expect("the gateway starts");
-        // Owned (and killed on drop) before anything can fail.
-        let mut launched = Self {
-            child,
-            grpc: String::new(),
-            webhook_url: String::new(),
-            started_in: Duration::ZERO,
-            _data: data,
-        };
-        let mut lines = BufReader::new(launched.child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("a banner").unwrap();
-            if let Some(url) = line.strip_prefix("webhooks at ") {
-                launched.webhook_url = url.trim().to_owned();
-            }
-            if let Some(rest) = line.strip_prefix("messenger-gateway listening on ") {
-                launched.started_in = spawned.elapsed();
-                launched.grpc = rest.split_whitespace().next().unwrap().to_owned();
-                std::thread::spawn(move || for _ in lines {});
-                return launched;
-            }
-        }
-    }
-
-    /// Resident memory, KiB.
-    pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+impl Baseline {
+    /// Serves on a fresh loopback port, printing [`LISTENING`] and the
+    /// address; ends on SIGTERM, so callgrind (when it runs the process)
+    /// writes its totals.
+    pub async fn serve(self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{LISTENING}{}", listener.local_addr().unwrap());
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tonic::transport::Server::builder()
+            .add_service(pb::messenger_server::MessengerServer::new(self))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    term.recv().await;
+                },
+            )
+            .await
+            .unwrap();
     }
 }

@@ -105,7 +105,7 @@ async fn app_usage_at_90_percent_halves_the_pace_until_it_falls() {
 #[tokio::test]
 async fn business_use_case_usage_at_90_percent_halves_the_pace_until_it_falls() {
     let graph = MetaRateLimit {
-        business_usage: true,
+        business_usage: Some(ACCOUNT),
         ..MetaRateLimit::new(1000)
     };
     usage_at_90_percent_halves_the_pace_until_it_falls(graph).await;

@@ -1,15 +1,178 @@
-//! Graph stand-ins for tests: a wiremock answer or error as Graph words
-//! them, a Graph that holds each call until released, and one that
-//! rate-limits as Meta does.
+//! The one Graph stand-in of tests and benches (benches include this file
+//! by path, so it imports nothing from the tests): [`serve_graph`], an
+//! HTTP/1.1 server whose answers a test or bench gives as a function of
+//! each call; [`HeldGraph`], which holds every send until released; and
+//! Graph's own wording of a success and an error, as bodies and as wiremock
+//! answers ([`ok_reply`], [`graph_error`], [`MetaRateLimit`]), for tests
+//! that match requests with wiremock.
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use wiremock::{Request, Respond, ResponseTemplate};
 
-use super::{ACCOUNT, USER, eventually};
+/// The recipient every success names.
+pub const GRAPH_RECIPIENT: &str = "17841400000000000";
+
+/// One call as the stand-in saw it, its body read.
+pub struct Call {
+    pub method: hyper::Method,
+    pub path: String,
+    pub query: String,
+    /// The whole `Authorization` header, if any.
+    pub authorization: String,
+    pub body: Bytes,
+}
+
+impl Call {
+    /// The bearer token, if any.
+    pub fn token(&self) -> &str {
+        self.authorization
+            .strip_prefix("Bearer ")
+            .unwrap_or_default()
+    }
+
+    /// The body as JSON (`null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// What the stand-in answers a call.
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self::new(status, body.to_string())
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// HTTP/1.1 on `listener`, on the caller's runtime: each call's body is
+/// read, then `answer` gives the reply. Runs until the runtime ends.
+pub async fn serve_graph<F, Fut>(listener: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let answer = answer.clone();
+                async move {
+                    let method = req.method().clone();
+                    let path = req.uri().path().to_owned();
+                    let query = req.uri().query().unwrap_or("").to_owned();
+                    let authorization = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let body = match req.into_body().collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => Bytes::new(),
+                    };
+                    let call = Call {
+                        method,
+                        path,
+                        query,
+                        authorization,
+                        body,
+                    };
+                    let reply = answer(call).await;
+                    let mut response = hyper::Response::builder()
+                        .status(reply.status)
+                        .header("content-type", "application/json");
+                    for (name, value) in reply.headers {
+                        response = response.header(name, value);
+                    }
+                    Ok::<_, Infallible>(response.body(Full::new(reply.body)).unwrap())
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// [`serve_graph`] on a fresh loopback port, in the background.
+pub async fn graph_stand_in<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Call) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_graph(listener, answer));
+    addr
+}
+
+/// The stand-in answering every call with `reply`, status 200.
+pub async fn fixed_upstream(reply: &'static [u8]) -> SocketAddr {
+    graph_stand_in(move |_| async move { Reply::new(200, Bytes::from_static(reply)) }).await
+}
+
+/// Graph's answer to an accepted send.
+pub fn ok_body(message_id: &str) -> Value {
+    json!({"recipient_id": GRAPH_RECIPIENT, "message_id": message_id})
+}
+
+/// Graph's error envelope.
+pub fn error_body(code: i64, subcode: Option<i64>, message: &str) -> Value {
+    let mut error = json!({"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AZtrace123"});
+    if let Some(s) = subcode {
+        error["error_subcode"] = json!(s);
+    }
+    json!({ "error": error })
+}
+
+/// [`ok_body`] as a wiremock answer.
+pub fn ok_reply() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(ok_body("aWdfbWlkLTE"))
+}
+
+/// [`error_body`] as a wiremock answer.
+pub fn graph_error(
+    status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    message: &str,
+) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(error_body(code, subcode, message))
+}
 
 /// What a held Graph call carried.
 #[derive(Clone, Debug)]
@@ -21,8 +184,8 @@ pub struct HeldCall {
 
 #[derive(Default)]
 struct HeldState {
-    calls: std::sync::Mutex<Vec<HeldCall>>,
-    waiting: std::sync::atomic::AtomicUsize,
+    calls: Mutex<Vec<HeldCall>>,
+    waiting: AtomicUsize,
 }
 
 /// A Graph stand-in that holds every send until the test releases it, so
@@ -41,54 +204,41 @@ impl HeldGraph {
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(600);
 
     pub async fn start() -> Self {
-        use axum::extract::State;
         let state = Arc::new(HeldState::default());
         let released = tokio::sync::watch::Sender::new(false);
-        type Shared = (Arc<HeldState>, tokio::sync::watch::Receiver<bool>);
-        async fn hold(
-            State((state, mut released)): State<Shared>,
-            uri: axum::http::Uri,
-            headers: axum::http::HeaderMap,
-            body: axum::body::Bytes,
-        ) -> axum::Json<Value> {
-            let authorization = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let n = {
-                let mut calls = state.calls.lock().unwrap();
-                calls.push(HeldCall {
-                    path: uri.path().to_owned(),
-                    authorization,
-                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                });
-                calls.len()
-            };
-            // Counted while held, also when the gateway gives up the call.
-            struct Held(Arc<HeldState>);
-            impl Drop for Held {
-                fn drop(&mut self) {
-                    self.0
-                        .waiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let (shared, watch) = (state.clone(), released.subscribe());
+        let addr = graph_stand_in(move |call: Call| {
+            let (state, mut released) = (shared.clone(), watch.clone());
+            async move {
+                // Sends only: a token check is refused, not held.
+                if call.method != hyper::Method::POST {
+                    return Reply::new(405, "");
                 }
+                let n = {
+                    let mut calls = state.calls.lock().unwrap();
+                    calls.push(HeldCall {
+                        path: call.path.clone(),
+                        authorization: call.authorization.clone(),
+                        body: call.json(),
+                    });
+                    calls.len()
+                };
+                // Counted while held, also when the gateway gives up the call.
+                struct Held(Arc<HeldState>);
+                impl Drop for Held {
+                    fn drop(&mut self) {
+                        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                state.waiting.fetch_add(1, Ordering::SeqCst);
+                let _held = Held(state.clone());
+                let _ = released.wait_for(|r| *r).await;
+                Reply::json(200, &ok_body(&format!("mid.held.{n}")))
             }
-            state
-                .waiting
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _held = Held(state.clone());
-            let _ = released.wait_for(|r| *r).await;
-            axum::Json(json!({"recipient_id": USER, "message_id": format!("mid.held.{n}")}))
-        }
-        let app = axum::Router::new()
-            .route("/{*path}", axum::routing::post(hold))
-            .with_state((state.clone(), released.subscribe()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        })
+        .await;
         Self {
-            url,
+            url: format!("http://{addr}"),
             state,
             released,
         }
@@ -96,7 +246,7 @@ impl HeldGraph {
 
     /// Sends that reached Graph and are held there now.
     pub fn waiting(&self) -> usize {
-        self.state.waiting.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.waiting.load(Ordering::SeqCst)
     }
 
     /// Answers every held send, and every later one at once.
@@ -122,34 +272,21 @@ impl HeldGraph {
             .collect()
     }
 
-    /// Waits until exactly `n` sends are held here.
+    /// Waits (at most a minute) until exactly `n` sends are held here.
     pub async fn until_waiting(&self, n: usize) {
-        eventually(Duration::from_secs(60), "sends held at Graph", || async {
-            match self.waiting() {
-                held if held == n => Ok(()),
-                held => Err(format!("{held} held, waiting for {n}")),
+        let started = Instant::now();
+        loop {
+            let held = self.waiting();
+            if held == n {
+                return;
             }
-        })
-        .await
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "sends held at Graph: {held} held, waiting for {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-}
-
-pub fn ok_reply() -> ResponseTemplate {
-    ResponseTemplate::new(200)
-        .set_body_json(json!({"recipient_id": USER, "message_id": "aWdfbWlkLTE"}))
-}
-
-pub fn graph_error(
-    status: u16,
-    code: i64,
-    subcode: Option<i64>,
-    message: &str,
-) -> ResponseTemplate {
-    let mut error = json!({"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AZtrace123"});
-    if let Some(s) = subcode {
-        error["error_subcode"] = json!(s);
-    }
-    ResponseTemplate::new(status).set_body_json(json!({ "error": error }))
 }
 
 /// Answers 613 to a send when `limit` were accepted in the second before
@@ -163,8 +300,9 @@ pub struct MetaRateLimit {
     pub refused: Arc<Mutex<usize>>,
     /// Sent on every answer.
     pub usage_percent: Arc<Mutex<u32>>,
-    /// In `X-Business-Use-Case-Usage` rather than `X-App-Usage`.
-    pub business_usage: bool,
+    /// In `X-Business-Use-Case-Usage` (of `account`) rather than
+    /// `X-App-Usage`.
+    pub business_usage: Option<&'static str>,
 }
 
 impl MetaRateLimit {
@@ -175,25 +313,24 @@ impl MetaRateLimit {
             texts: Arc::default(),
             refused: Arc::default(),
             usage_percent: Arc::default(),
-            business_usage: false,
+            business_usage: None,
         }
     }
 
     /// The usage header this fake sends, and its value now.
     fn usage_header(&self) -> (&'static str, String) {
         let percent = *self.usage_percent.lock().unwrap();
-        if self.business_usage {
-            (
+        match self.business_usage {
+            Some(account) => (
                 "x-business-use-case-usage",
                 format!(
-                    r#"{{"{ACCOUNT}":[{{"type":"messenger","call_count":{percent},"total_cputime":1,"total_time":1,"estimated_time_to_regain_access":0}}]}}"#
+                    r#"{{"{account}":[{{"type":"messenger","call_count":{percent},"total_cputime":1,"total_time":1,"estimated_time_to_regain_access":0}}]}}"#
                 ),
-            )
-        } else {
-            (
+            ),
+            None => (
                 "x-app-usage",
                 format!(r#"{{"call_count":{percent},"total_cputime":1,"total_time":1}}"#),
-            )
+            ),
         }
     }
 
@@ -239,7 +376,7 @@ impl Respond for MetaRateLimit {
             .insert_header(usage_header, usage.as_str());
         }
         accepted.push_back(now);
-        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
         let text = body["message"]["text"].as_str().unwrap_or_default();
         self.texts.lock().unwrap().push(text.to_owned());
         ok_reply().insert_header(usage_header, usage.as_str())

@@ -46,7 +46,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub const TOKEN: &str = "test-token-7f3a9c";
 pub const ACCOUNT: &str = "17841400000000001";
-pub const USER: &str = "17841400000000000";
+/// The person every test writes to, whom the Graph stand-in names in each success.
+pub const USER: &str = GRAPH_RECIPIENT;
 pub const MESSAGES_PATH: &str = "/v25.0/17841400000000001/messages";
 
 pub const APP_SECRET: &str = "test-app-secret-5d1e";
