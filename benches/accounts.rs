@@ -21,8 +21,6 @@ use support::BIN;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use messenger_gateway::edge::grpc::pb;
@@ -139,30 +137,13 @@ impl Gateway {
 /// `n` sends from `CALLERS` callers; send `k` goes out as account
 /// `k % accounts`.
 async fn sends(channel: &Channel, accounts: usize, n: usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..CALLERS {
-        let mut client = MessengerClient::new(channel.clone());
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= n {
-                    break;
-                }
-                let request = pb::SendRequest {
-                    account_id: format!("a{}", k % accounts),
-                    recipient_id: USER.into(),
-                    text: "Hello from my app".into(),
-                    ..Default::default()
-                };
-                client.send(request).await.expect("the send succeeds");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    support::closed_loop(channel, CALLERS, n, move |k| pb::SendRequest {
+        account_id: format!("a{}", k % accounts),
+        recipient_id: USER.into(),
+        text: "Hello from my app".into(),
+        ..Default::default()
+    })
+    .await
 }
 
 async fn cpu_per_send(upstream: SocketAddr) {

@@ -10,11 +10,8 @@
 
 mod support;
 
-use support::BIN;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +22,6 @@ use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use support::{Launched, Reply};
 use tokio::sync::Mutex;
 
-const ACCOUNT: &str = "17841400000000001";
 const USER: &str = "17841400000000000";
 /// What Graph allows the account in any one second.
 const LIMIT: usize = 300;
@@ -78,17 +74,8 @@ async fn strict_graph(seen: Arc<Seen>) -> SocketAddr {
 
 /// The release binary, its Graph at `upstream`.
 fn start_gateway(upstream: SocketAddr) -> Launched {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null());
+    let (mut cmd, data) = support::gateway_command(upstream, &[]);
+    cmd.env("RUST_LOG", "warn");
     Launched::start(&mut cmd, data)
 }
 

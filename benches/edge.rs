@@ -24,11 +24,9 @@
 
 mod support;
 
-use support::BIN;
-
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +38,7 @@ use sha2::Digest;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-const ACCOUNT: &str = "17841400000000001";
+use support::ACCOUNT;
 const USER: &str = "17841400000000000";
 const SECRET: &str = "bench-app-secret";
 const KEY: &str = "mgw_bench_key_0123456789abcdefghijklmnopqrstuvwxyz0";
@@ -65,39 +63,12 @@ impl Gateway {
         extra: &[&str],
         callgrind_out: Option<&std::path::Path>,
     ) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut cmd = match callgrind_out {
-            None => Command::new(BIN),
-            Some(out) => {
-                let mut c = Command::new("valgrind");
-                c.arg("--tool=callgrind")
-                    .arg(format!("--callgrind-out-file={}", out.display()))
-                    .arg(BIN);
-                c
-            }
-        };
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook-listen",
-            "127.0.0.1:0",
-            "--pace",
-            "off",
-        ])
-        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(extra)
-        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
-        .env("INSTAGRAM_APP_SECRET", SECRET)
-        .env("INSTAGRAM_VERIFY_TOKEN", "bench")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let wrapper = callgrind_out.map(support::callgrind).unwrap_or_default();
+        let (mut cmd, data) = support::gateway_command(upstream, &wrapper);
+        cmd.args(["--webhook-listen", "127.0.0.1:0", "--pace", "off"])
+            .args(extra)
+            .env("INSTAGRAM_APP_SECRET", SECRET)
+            .env("INSTAGRAM_VERIFY_TOKEN", "bench");
         if keys {
             let file = data.path().join("keys.toml");
             let mut f = std::fs::File::create(&file).unwrap();
@@ -119,14 +90,7 @@ impl Gateway {
     }
 
     fn status_field(&self, name: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        self.process.status_figure(name)
     }
 
     /// The process's CPU time, user and system, as the scheduler counts
@@ -154,23 +118,7 @@ fn send_request(keyed: bool) -> tonic::Request<pb::SendRequest> {
 
 /// `n` sends from 16 callers.
 async fn sends(channel: &Channel, keyed: bool, n: usize) {
-    let left = Arc::new(AtomicUsize::new(n));
-    let mut callers = Vec::new();
-    for _ in 0..16 {
-        let mut client = MessengerClient::new(channel.clone());
-        let left = left.clone();
-        callers.push(tokio::spawn(async move {
-            while left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
-                .is_ok()
-            {
-                client.send(send_request(keyed)).await.expect("sent");
-            }
-        }));
-    }
-    for c in callers {
-        c.await.unwrap();
-    }
+    support::closed_loop(channel, 16, n, move |_| send_request(keyed)).await
 }
 
 fn delivery(serial: &AtomicU64) -> Vec<u8> {

@@ -17,7 +17,7 @@
 
 mod support;
 
-use support::{BIN, Baseline, LISTENING, Launched};
+use support::{Baseline, LISTENING, Launched};
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,12 +27,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use messenger_gateway::edge::grpc::pb;
-use messenger_gateway::edge::grpc::pb::messenger_client::MessengerClient;
 use tonic::transport::Channel;
 
 const ROLE: &str = "BENCH_EFFICIENCY_ROLE";
 const UPSTREAM: &str = "BENCH_EFFICIENCY_UPSTREAM";
-const ACCOUNT: &str = "17841400000000001";
+use support::ACCOUNT;
 const USER: &str = "17841400000000000";
 const CALLERS: usize = 64;
 const REPLY: &[u8] = br#"{"recipient_id":"17841400000000000","message_id":"aWdfYmVuY2g"}"#;
@@ -147,7 +146,16 @@ fn start_role(mut cmd: Command) -> Launched {
 }
 
 fn role(name: &str, upstream: SocketAddr, callgrind_out: Option<&std::path::Path>) -> Command {
-    let mut cmd = command(&std::env::current_exe().unwrap(), callgrind_out);
+    let program = std::env::current_exe().unwrap();
+    let mut cmd = match callgrind_out {
+        Some(out) => {
+            let wrapper = support::callgrind(out);
+            let mut c = Command::new(&wrapper[0]);
+            c.args(&wrapper[1..]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
     cmd.env(ROLE, name).env(UPSTREAM, upstream.to_string());
     if name.ends_with("mimalloc") {
         cmd.env("BENCH_MIMALLOC", "1");
@@ -158,25 +166,12 @@ fn role(name: &str, upstream: SocketAddr, callgrind_out: Option<&std::path::Path
 }
 
 async fn sends(channel: &Channel, n: usize) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..CALLERS {
-        let mut client = MessengerClient::new(channel.clone());
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                let request = pb::SendRequest {
-                    recipient_id: USER.into(),
-                    text: "Hello from my app".into(),
-                    ..Default::default()
-                };
-                client.send(request).await.expect("the send succeeds");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    support::closed_loop(channel, CALLERS, n, |_| pb::SendRequest {
+        recipient_id: USER.into(),
+        text: "Hello from my app".into(),
+        ..Default::default()
+    })
+    .await
 }
 
 fn main() {
@@ -275,36 +270,15 @@ fn main() {
     });
 }
 
-/// `program`, or valgrind's callgrind running it and writing to `out`.
-fn command(program: &std::path::Path, callgrind_out: Option<&std::path::Path>) -> Command {
-    match callgrind_out {
-        None => Command::new(program),
-        Some(out) => {
-            let mut c = Command::new("valgrind");
-            c.arg("--tool=callgrind")
-                .arg(format!("--callgrind-out-file={}", out.display()))
-                .arg(program);
-            c
-        }
-    }
-}
-
 /// The gateway (release binary, metrics on, pacing off) with its Graph at
 /// `upstream`, and the data directory it keeps.
 fn gateway(
     upstream: SocketAddr,
     callgrind_out: Option<&std::path::Path>,
 ) -> (Command, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = command(std::path::Path::new(BIN), callgrind_out);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
-        .env_remove("RUST_LOG");
+    let wrapper = callgrind_out.map(support::callgrind).unwrap_or_default();
+    let (mut cmd, data) = support::gateway_command(upstream, &wrapper);
+    cmd.args(["--pace", "off"]);
     // BENCH_GATEWAY_RUST_LOG=warn: the gateway without its line per send.
     if let Ok(level) = std::env::var("BENCH_GATEWAY_RUST_LOG") {
         cmd.env("RUST_LOG", level);

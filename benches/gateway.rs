@@ -20,7 +20,7 @@
 
 mod support;
 
-use support::{BIN, LISTENING, Launched};
+use support::{LISTENING, Launched};
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -40,7 +40,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const UPSTREAM_ROLE: &str = "BENCH_UPSTREAM_DELAY_MS";
 /// Set (to a hold in ms) when this binary runs as the bare tonic server.
 const HOLD_ROLE: &str = "BENCH_HOLD_SERVER";
-const ACCOUNT: &str = "17841400000000001";
+use support::ACCOUNT;
 const TOKEN: &str = "bench-token";
 const RECIPIENT: &str = "17841400000000000";
 const TEXT: &str = "Hello from my app";
@@ -129,29 +129,14 @@ impl Gateway {
     }
 
     fn start(upstream: SocketAddr) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut cmd = match std::env::var("BENCH_GATEWAY_WRAPPER") {
-            Ok(w) => {
-                let mut parts = w.split_whitespace();
-                let mut c = Command::new(parts.next().unwrap());
-                c.args(parts).arg(BIN);
-                c
-            }
-            Err(_) => Command::new(BIN),
-        };
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
-            .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-            .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-            .env("INSTAGRAM_ACCESS_TOKEN", TOKEN)
-            .env_remove("RUST_LOG")
+        let wrapper: Vec<String> = std::env::var("BENCH_GATEWAY_WRAPPER")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        // Default logging stays on, as in production; it costs what it costs.
+        let (mut cmd, data) = support::gateway_command(upstream, &wrapper);
+        cmd.args(["--pace", "off"])
             .envs(std::env::var("BENCH_GATEWAY_RUST_LOG").map(|v| ("RUST_LOG", v)))
-            .envs(std::env::var("BENCH_GATEWAY_WORKERS").map(|v| ("TOKIO_WORKER_THREADS", v)))
-            .stdin(Stdio::null())
-            // Default logging stays on, as in production; it costs what it costs.
-            .stderr(Stdio::null());
+            .envs(std::env::var("BENCH_GATEWAY_WORKERS").map(|v| ("TOKIO_WORKER_THREADS", v)));
         Self {
             process: Launched::start(&mut cmd, data),
         }
@@ -163,17 +148,10 @@ impl Gateway {
 
     /// (VmRSS, VmHWM) in KiB, from /proc.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        (
+            self.process.status_figure("VmRSS:"),
+            self.process.status_figure("VmHWM:"),
+        )
     }
 }
 

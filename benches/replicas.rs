@@ -21,12 +21,9 @@
 mod cluster;
 mod support;
 
-use support::BIN;
-
 use support::Launched;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -38,29 +35,17 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 const SECRET: &str = "bench-app-secret";
-const ACCOUNT: &str = "17841400000000001";
+use support::ACCOUNT;
 
 /// The release binary, pacing off, on `store` (`None`: SQLite in a fresh
 /// directory), with its Graph at `upstream`.
 fn start_gateway(store: Option<&str>, upstream: SocketAddr) -> Launched {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
-        .args(["--webhook-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
-        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+    let (mut cmd, data) = support::gateway_command(upstream, &[]);
+    cmd.args(["--pace", "off", "--webhook-listen", "127.0.0.1:0"])
         .env("INSTAGRAM_APP_SECRET", SECRET)
         .env("INSTAGRAM_VERIFY_TOKEN", "bench")
-        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
         // The fixed-answer Graph cannot answer the token keeper's checks.
-        .env("RUST_LOG", "error")
-        .env_remove("MESSENGER_GATEWAY_STORE")
-        .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
+        .env("RUST_LOG", "error");
     if let Some(url) = store {
         cmd.env("MESSENGER_GATEWAY_STORE", url);
     }

@@ -17,10 +17,7 @@
 
 mod support;
 
-use support::BIN;
-
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,26 +29,17 @@ use serde_json::json;
 use support::Launched;
 
 const SECRET: &str = "bench-app-secret";
-const ACCOUNT: &str = "17841400000000001";
+use support::ACCOUNT;
 
 fn start_gateway() -> Launched {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--pace", "off"])
-        .args(["--webhook-listen", "127.0.0.1:0"])
-        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(data.path())
-        // Sends are not measured here; the sandbox would sign with its own
-        // secret, so a Graph URL that is never called stands in.
-        .env("INSTAGRAM_API_URL", "http://127.0.0.1:9/v25.0")
-        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
-        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+    // Sends are not measured here; the sandbox would sign with its own
+    // secret, so a Graph URL that is never called stands in.
+    let never_called = "127.0.0.1:9".parse().unwrap();
+    let (mut cmd, data) = support::gateway_command(never_called, &[]);
+    cmd.args(["--pace", "off", "--webhook-listen", "127.0.0.1:0"])
         .env("INSTAGRAM_APP_SECRET", SECRET)
         .env("INSTAGRAM_VERIFY_TOKEN", "bench")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
+        .env("RUST_LOG", "warn");
     Launched::start(&mut cmd, data)
 }
 

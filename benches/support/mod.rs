@@ -19,6 +19,7 @@ pub use process::{BIN, GATEWAY_BANNER, Launched, cpu_of};
 /// on, for [`Launched::start_until`].
 pub const LISTENING: &str = "listening on ";
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use messenger_gateway::edge::grpc::pb;
@@ -38,6 +39,84 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// The account every bench gateway serves (but the accounts bench's).
+pub const ACCOUNT: &str = "17841400000000001";
+
+/// valgrind's callgrind, writing its profile to `out`: the prefix for
+/// [`gateway_command`] that counts instructions.
+pub fn callgrind(out: &std::path::Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={}", out.display()),
+    ]
+}
+
+/// The release gateway (run by `wrapper`, a program and its arguments, when
+/// not empty) serving [`ACCOUNT`] with its Graph at `upstream`: `serve` on
+/// loopback ports the system picks, a fresh data directory (returned, to
+/// keep while it runs), none of the caller's `RUST_LOG` or store settings,
+/// stdin and stderr closed. Each bench adds its own flags.
+pub fn gateway_command(
+    upstream: SocketAddr,
+    wrapper: &[String],
+) -> (std::process::Command, tempfile::TempDir) {
+    use std::process::{Command, Stdio};
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("INSTAGRAM_API_URL", format!("http://{upstream}/v25.0"))
+        .env("INSTAGRAM_ACCOUNT_ID", ACCOUNT)
+        .env("INSTAGRAM_ACCESS_TOKEN", "bench-token")
+        .env_remove("RUST_LOG")
+        .env_remove("MESSENGER_GATEWAY_STORE")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    (cmd, data)
+}
+
+/// `n` sends from `callers` callers over `channel`, taking turns; send `k`
+/// is `request(k)`, and each must succeed.
+pub async fn closed_loop<F, R>(
+    channel: &tonic::transport::Channel,
+    callers: usize,
+    n: usize,
+    request: F,
+) where
+    F: Fn(usize) -> R + Clone + Send + 'static,
+    R: tonic::IntoRequest<pb::SendRequest> + Send,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let mut client = pb::messenger_client::MessengerClient::new(channel.clone());
+        let (next, request) = (next.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= n {
+                    break;
+                }
+                client.send(request(k)).await.expect("the send succeeds");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// A tonic channel to `addr` (`host:port`), Nagle off as the gateway has it.

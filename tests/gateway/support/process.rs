@@ -177,14 +177,20 @@ impl Launched {
         cpu_of(self.child.id())
     }
 
-    /// Resident memory, KiB.
-    pub fn rss_kib(&self) -> u64 {
+    /// A `/proc/PID/status` figure (`VmRSS:` in KiB, `Threads:`…); 0 once
+    /// the process is gone.
+    pub fn status_figure(&self, field: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_figure("VmRSS:")
     }
 }
 
