@@ -200,6 +200,11 @@ pub struct ServeArgs {
     /// with the HUMAN_AGENT tag instead of refusing (needs Meta's App Review).
     #[arg(long, env = "MESSENGER_GATEWAY_AUTO_HUMAN_AGENT")]
     auto_human_agent: bool,
+    /// Record each message and reaction Graph accepted as an outbound event
+    /// (streamed to subscribers that ask for outbound events).
+    #[arg(long, env = "MESSENGER_GATEWAY_RECORD_SENT", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    record_sent: bool,
     /// How long inbound events are kept for Subscribe, such as 7d or 36h.
     #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION",
           default_value_t = DEFAULT_EVENT_RETENTION.into())]
@@ -335,6 +340,7 @@ impl ServeArgs {
             guard: GuardPolicy {
                 window: self.window_policy,
                 auto_human_agent: self.auto_human_agent,
+                record_sent: self.record_sent,
             },
             serve: ServeOptions {
                 shutdown_grace: self.shutdown_grace.into(),

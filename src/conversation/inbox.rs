@@ -210,6 +210,18 @@ impl Inbox {
         stored
     }
 
+    /// Records an event of the gateway's own (a message or reaction Graph
+    /// accepted) in the stream. Committed with whatever else is being
+    /// written (the store's group commit), before the send is answered: a
+    /// send acknowledged is in the record, ahead of any later event. A
+    /// failed write is logged, not the send's failure (Graph has it), and
+    /// not a reason to refuse webhooks (`/readyz` follows those writes).
+    pub async fn record(&self, event: InboundEvent) {
+        if let Err(e) = self.store.ingest(vec![event], self.clock.now_ms()).await {
+            tracing::error!(error = %e, "could not record a sent message");
+        }
+    }
+
     /// Whether the last write went through, or failed long enough ago to
     /// be worth trying again (a probe that stayed "not ready" would keep
     /// away the traffic that shows the store mended).

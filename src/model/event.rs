@@ -81,6 +81,20 @@ pub enum EventKind {
         text: String,
         num_edit: i64,
     },
+    /// A message this gateway sent and Graph accepted, recorded by the
+    /// gateway itself (no webhook carries it): streamed only to subscribers
+    /// that ask for outbound events.
+    Sent(SentMessage),
+    /// A reaction this gateway sent (`SendAction`), recorded likewise.
+    SentReaction {
+        /// The message reacted to.
+        mid: String,
+        /// `react` or `unreact`.
+        action: String,
+        reaction: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        key_id: String,
+    },
     /// Anything else, exactly as delivered; `field` says where it came from
     /// (`messaging`, `standby`, a `changes[].field` such as `comments`, or
     /// `entry` for a delivery of another `object`).
@@ -107,6 +121,24 @@ pub struct MessageEvent {
     /// some stickers and GIFs: the message exists but has no content here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsupported: bool,
+}
+
+/// What the gateway sent: Graph's id for it, who asked, and the body
+/// exactly as posted (never the token, which travels in a header).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SentMessage {
+    /// Graph's `message_id`.
+    pub mid: String,
+    /// The caller's `request_id`, if it gave one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// The API key of the caller (empty when keys are off).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    /// `interactive` or `bulk`.
+    pub priority: String,
+    /// The Graph request body as sent: `recipient`, `message`, any `tag`.
+    pub body_json: String,
 }
 
 /// A story a message answers: its id, and a URL that dies with the story.
@@ -141,7 +173,15 @@ impl EventKind {
             EventKind::Referral { .. } => "referral",
             EventKind::Edit { .. } => "edit",
             EventKind::Raw { .. } => "raw",
+            EventKind::Sent(_) => "sent",
+            EventKind::SentReaction { .. } => "sent_reaction",
         }
+    }
+
+    /// Recorded by the gateway of its own sends, not delivered by Meta:
+    /// streamed only to subscribers that ask for outbound events.
+    pub fn is_outbound(&self) -> bool {
+        matches!(self, EventKind::Sent(_) | EventKind::SentReaction { .. })
     }
 
     /// The message ids it names, to check their shape.
@@ -151,7 +191,9 @@ impl EventKind {
             EventKind::Reaction { mid, .. }
             | EventKind::Postback { mid, .. }
             | EventKind::Read { mid }
-            | EventKind::Edit { mid, .. } => vec![mid],
+            | EventKind::Edit { mid, .. }
+            | EventKind::SentReaction { mid, .. } => vec![mid],
+            EventKind::Sent(m) => vec![&m.mid],
             EventKind::Referral { .. } | EventKind::Raw { .. } => vec![],
         }
     }
@@ -198,7 +240,9 @@ impl InboundEvent {
     /// The user on the other side of the conversation.
     pub fn user_id(&self) -> &str {
         match self.kind {
-            EventKind::Echo(_) => &self.recipient_id,
+            EventKind::Echo(_) | EventKind::Sent(_) | EventKind::SentReaction { .. } => {
+                &self.recipient_id
+            }
             _ => &self.sender_id,
         }
     }
@@ -214,6 +258,7 @@ impl InboundEvent {
                 format!("{a}:{tag}:{}", m.mid)
             }
             EventKind::Echo(m) if !m.mid.is_empty() => format!("{a}:echo:{}", m.mid),
+            EventKind::Sent(m) if !m.mid.is_empty() => format!("{a}:sent:{}", m.mid),
             EventKind::Postback { mid, .. } if !mid.is_empty() => format!("{a}:postback:{mid}"),
             EventKind::Edit { mid, num_edit, .. } if !mid.is_empty() => {
                 format!("{a}:edit:{mid}:{num_edit}")

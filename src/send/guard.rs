@@ -15,7 +15,10 @@ use crate::clock::{UnixMs, rfc3339};
 use crate::conversation::inbox::Inbox;
 use crate::graph;
 use crate::model::error::{FieldViolation, Reason, SendError};
-use crate::model::message::{OutgoingAction, OutgoingMessage, Recipient, RequestId, Sent};
+use crate::model::event::{EventKind, InboundEvent, SentMessage};
+use crate::model::message::{
+    OutgoingAction, OutgoingMessage, Priority, Recipient, RequestId, SenderAction, Sent,
+};
 use crate::model::window::{Decision, WindowPolicy};
 use crate::send::budget::{Budget, CallStart};
 use crate::store::{Claim, RecordedOutcome, Store, StoreError};
@@ -43,15 +46,35 @@ pub trait Outlet: Send + Sync {
     fn refused(&self, kind: &str, recipient: &str, error: &SendError);
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct GuardPolicy {
     pub window: WindowPolicy,
     /// Between 24 hours and 7 days, send with the HUMAN_AGENT tag instead of
     /// refusing (needs Meta's App Review of that permission).
     pub auto_human_agent: bool,
+    /// Each message and reaction Graph accepted becomes an outbound event.
+    pub record_sent: bool,
+}
+
+impl Default for GuardPolicy {
+    fn default() -> Self {
+        Self {
+            window: WindowPolicy::default(),
+            auto_human_agent: false,
+            record_sent: true,
+        }
+    }
 }
 
 type Outcome = Option<Result<Sent, SendError>>;
+
+/// Who asked for a send: the caller's API key (empty when keys are off),
+/// which also scopes its `request_id`, so two callers never share one.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub key_id: String,
+    pub request_id: Option<RequestId>,
+}
 
 /// How long after its claim a `request_id` on a shared store may still be
 /// settling on another replica (a send within any caller's deadline): a
@@ -112,37 +135,70 @@ impl Guard {
             .map(SendError::not_sent)
     }
 
+    /// Sends `action` as `account`; a reaction Graph accepted is recorded
+    /// as an outbound event.
     pub async fn send_action(
         &self,
         account: &impl Outlet,
         action: &OutgoingAction,
+        key_id: &str,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
-        account.send_action(action, budget.into()).await
+        let sent = account.send_action(action, budget.into()).await?;
+        if !self.policy.record_sent {
+            return Ok(sent);
+        }
+        let (mid, kind, reaction) = match &action.action {
+            SenderAction::React {
+                message_id,
+                reaction,
+            } => (message_id, "react", reaction.as_str()),
+            SenderAction::Unreact { message_id } => (message_id, "unreact", ""),
+            _ => return Ok(sent),
+        };
+        let event = InboundEvent::new(
+            account.id(),
+            account.id(),
+            action.recipient.as_str(),
+            self.inbox.now_ms(),
+            EventKind::SentReaction {
+                mid: mid.as_str().to_owned(),
+                action: kind.to_owned(),
+                reaction: reaction.to_owned(),
+                key_id: key_id.to_owned(),
+            },
+        );
+        self.inbox.record(event).await;
+        Ok(sent)
     }
 
-    /// Sends `message` as `account`; with a `request_id` (and the scope of
-    /// the caller that gave it, so two callers never share one) at most
-    /// once per account.
+    /// Sends `message` as `account`; with a `request_id` at most once per
+    /// account and caller. What Graph accepts is recorded as an outbound
+    /// event.
     pub async fn send_message(
         &self,
         account: &impl Outlet,
         message: OutgoingMessage,
-        request_id: Option<(String, RequestId)>,
+        origin: Origin,
         budget: impl Into<Budget>,
     ) -> Result<Sent, SendError> {
         let deadline = budget.into();
         if let Some(full) = account.refuse_if_full() {
             return Err(full);
         }
-        let Some((scope, id)) = request_id else {
+        let Some(request_id) = &origin.request_id else {
             return self
-                .send_checked(account, Encoded::new(message), deadline)
+                .send_checked(account, Encoded::new(message), &origin, deadline)
                 .await;
         };
         // A request_id is printable ASCII, so a control character keeps
-        // the scope, the account and the id apart.
-        let id = format!("{scope}\u{1f}{}\u{1f}{}", account.id(), id.as_str());
+        // the caller, the account and the id apart.
+        let id = format!(
+            "{}\u{1f}{}\u{1f}{}",
+            origin.key_id,
+            account.id(),
+            request_id.as_str()
+        );
         let message = Encoded::new(message);
         let fingerprint = hex::encode(Sha256::digest(&message.body));
         let done = {
@@ -175,8 +231,15 @@ impl Guard {
             Ok(tx) => {
                 let _forget = Forget(&self.pending, &id);
                 // Boxed: only sends with a request_id pay for its state.
-                let result =
-                    Box::pin(self.send_once(account, &id, &fingerprint, message, deadline)).await;
+                let result = Box::pin(self.send_once(
+                    account,
+                    &id,
+                    &fingerprint,
+                    message,
+                    &origin,
+                    deadline,
+                ))
+                .await;
                 tx.send_replace(Some(result.clone()));
                 result
             }
@@ -230,6 +293,7 @@ impl Guard {
         id: &str,
         fingerprint: &str,
         message: Encoded,
+        origin: &Origin,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let store = &self.store;
@@ -260,7 +324,7 @@ impl Guard {
             token,
             started: AtomicBool::new(false),
         }));
-        let result = self.send_checked(account, message, deadline).await;
+        let result = self.send_checked(account, message, origin, deadline).await;
         let outcome = match &result {
             Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
             Err(e) if e.reason() == Reason::DeliveryUnknown => {
@@ -276,13 +340,64 @@ impl Guard {
         result
     }
 
-    /// The window check, the send, and remembering a window refusal.
+    /// The window check, the send, remembering a window refusal, and
+    /// recording what Graph accepted.
     async fn send_checked(
         &self,
         account: &impl Outlet,
         message: Encoded,
+        origin: &Origin,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
+        let priority = deadline.priority;
+        let result = self.window_checked(account, message, deadline).await;
+        if let Ok((sent, body)) = &result {
+            self.record_sent(account.id(), sent, body, origin, priority)
+                .await;
+        }
+        result.map(|(sent, _)| sent)
+    }
+
+    /// Records a sent message in the inbox's stream.
+    async fn record_sent(
+        &self,
+        account: &str,
+        sent: &Sent,
+        body: &Bytes,
+        origin: &Origin,
+        priority: Priority,
+    ) {
+        let Some(mid) = sent.message_id.as_ref().filter(|_| self.policy.record_sent) else {
+            return;
+        };
+        let event = InboundEvent::new(
+            account,
+            account,
+            &sent.recipient_id,
+            self.inbox.now_ms(),
+            EventKind::Sent(SentMessage {
+                mid: mid.clone(),
+                request_id: origin
+                    .request_id
+                    .as_ref()
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default(),
+                key_id: origin.key_id.clone(),
+                priority: priority.as_str().to_owned(),
+                body_json: String::from_utf8_lossy(body).into_owned(),
+            }),
+        );
+        self.inbox.record(event).await;
+    }
+
+    /// The window check, the send, and remembering a window refusal;
+    /// answers what Graph said and the body posted.
+    async fn window_checked(
+        &self,
+        account: &impl Outlet,
+        message: Encoded,
+        deadline: Budget,
+    ) -> Result<(Sent, Bytes), SendError> {
         let Encoded {
             mut message,
             mut body,
@@ -290,7 +405,10 @@ impl Guard {
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
-            return account.send_message(&message, body, deadline).await;
+            let sent = account
+                .send_message(&message, body.clone(), deadline)
+                .await?;
+            return Ok((sent, body));
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
@@ -324,7 +442,7 @@ impl Guard {
                 return Err(error);
             }
         }
-        let result = account.send_message(&message, body, deadline).await;
+        let result = account.send_message(&message, body.clone(), deadline).await;
         if let Err(e) = &result
             && e.reason() == Reason::OutsideMessagingWindow
             && let Err(e) = self
@@ -334,7 +452,7 @@ impl Guard {
         {
             tracing::warn!(error = %e, "could not remember a window refusal");
         }
-        result
+        result.map(|sent| (sent, body))
     }
 }
 

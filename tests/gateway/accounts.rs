@@ -168,6 +168,7 @@ async fn a_key_acts_only_for_its_accounts_named_by_id_or_alias() {
             pb::SubscribeRequest {
                 after: 0,
                 account_ids: vec![ACCOUNT.into()],
+                ..Default::default()
             },
             KEY,
         ))
@@ -213,6 +214,7 @@ async fn one_delivery_for_two_accounts_lands_under_each_and_subscribers_can_filt
         .subscribe(pb::SubscribeRequest {
             after: 0,
             account_ids: vec!["support".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -323,6 +323,7 @@ async fn a_key_scoped_to_me_sees_the_events_of_the_account_configured_as_me() {
                 pb::SubscribeRequest {
                     after: 0,
                     account_ids,
+                    ..Default::default()
                 },
                 MINE,
             ))

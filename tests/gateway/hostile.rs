@@ -437,6 +437,7 @@ async fn an_account_id_of_no_accounts_shape_is_refused_before_any_lookup_and_not
         .subscribe(pb::SubscribeRequest {
             after: 0,
             account_ids: vec![ACCOUNT.into(), "a\nline".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -161,7 +161,8 @@ async fn a_restart_remembers_request_ids_and_events() {
         .into_inner();
     assert_eq!(again, first);
     assert_eq!(after.graph_calls().await, 1);
+    // The send was recorded first (seq 1), then the message arrived.
     let mut events = after.events_after(0).await;
     let kept = crate::support::next_events(&mut events, 1).await;
-    assert_eq!(kept[0].seq, 1);
+    assert_eq!(kept[0].seq, 2);
 }

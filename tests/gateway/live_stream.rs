@@ -1,7 +1,8 @@
 //! The subscriber's promise, as a property: for random interleavings of
 //! deliveries (new and returning senders, echoes, reads, reactions,
 //! postbacks, redeliveries, several items and entries per delivery) posted
-//! by several posters at once, what a live subscriber got equals the
+//! by several posters at once, and sends the gateway records meanwhile
+//! (a subscriber that asks for outbound events), what a live subscriber got equals the
 //! store's replay event for event (seq and content), the seqs run 1..N
 //! with no gap, nothing acknowledged is missing, and a subscriber resuming
 //! with `after = k` gets exactly the tail. On SQLite and on PostgreSQL.
@@ -156,6 +157,7 @@ fn identity(e: &pb::InboundEvent) -> String {
         Some(Event::Postback(p)) => p.mid.clone(),
         Some(Event::Read(_)) => format!("read@{at:?}"),
         Some(Event::Reaction(_)) => format!("reaction@{at:?}"),
+        Some(Event::Sent(s)) => s.mid.clone(),
         other => format!("{other:?}"),
     }
 }
@@ -209,18 +211,59 @@ async fn post_concurrently(gw: &TestGateway, bodies: Vec<Vec<u8>>) {
     }
 }
 
+/// Graph accepting every send under a mid of its own.
+struct NumberedMids(std::sync::atomic::AtomicU64);
+
+impl wiremock::Respond for NumberedMids {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        wiremock::ResponseTemplate::new(200).set_body_json(ok_body(&format!("mid.sent.{n}")))
+    }
+}
+
+/// `n` sends, one after another, while the posters post.
+async fn send_meanwhile(gw: &TestGateway, n: usize) {
+    let mut client = gw.client().await;
+    for i in 0..n {
+        client
+            .send(text_to(USER, &format!("sent {i}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// Every event after `after`, the gateway's own sends too.
+async fn all_after(gw: &TestGateway, after: u64) -> tonic::Streaming<pb::InboundEvent> {
+    gw.client()
+        .await
+        .subscribe(pb::SubscribeRequest {
+            after,
+            include_outbound: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// One run of the property with `seed`, on the gateway `gw` (fresh store).
 async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: usize) {
     let mut model = Model::new(seed);
     let bodies: Vec<Vec<u8>> = (0..deliveries).map(|_| model.delivery()).collect();
-    let expected: HashSet<String> = model.items.iter().map(model_identity).collect();
-    let n = model.items.len();
+    let sends = deliveries / 4;
+    let mut expected: HashSet<String> = model.items.iter().map(model_identity).collect();
+    expected.extend((1..=sends).map(|i| format!("mid.sent.{i}")));
+    let n = model.items.len() + sends;
     assert_eq!(expected.len(), n, "seed {seed}: the model made a duplicate");
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(NumberedMids(Default::default()))
+        .mount(&gw.graph)
+        .await;
 
-    let mut live = gw.events_after(0).await;
-    post_concurrently(gw, bodies).await;
+    let mut live = all_after(gw, 0).await;
+    tokio::join!(post_concurrently(gw, bodies), send_meanwhile(gw, sends));
     let got = next_events(&mut live, n).await;
-    let mut replay = gw.events_after(0).await;
+    let mut replay = all_after(gw, 0).await;
     let stored = next_events(&mut replay, n).await;
     crate::support::assert_quiet(&mut replay).await;
     crate::support::assert_quiet(&mut live).await;
@@ -237,7 +280,7 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     for _ in 0..3 {
         let k = rng.random_range(0..n);
-        let mut resumed = gw.events_after(k as u64).await;
+        let mut resumed = all_after(gw, k as u64).await;
         let tail = next_events(&mut resumed, n - k).await;
         assert_eq!(tail, stored[k..], "seed {seed}: resumed after {k}");
         crate::support::assert_quiet(&mut resumed).await;

@@ -12,6 +12,7 @@ mod idempotency;
 mod inbound;
 mod live_stream;
 mod metrics;
+mod outbound;
 mod pacing;
 mod payloads;
 mod processes;

@@ -197,7 +197,9 @@ async fn subscribe_until(replicas: Vec<String>, count: usize) -> Vec<String> {
         let Ok(stream) = client
             .subscribe(pb::SubscribeRequest {
                 after: last,
-                account_ids: vec![],
+                // Everything, so the seqs have no gap.
+                include_outbound: true,
+                ..Default::default()
             })
             .await
         else {
@@ -210,6 +212,9 @@ async fn subscribe_until(replicas: Vec<String>, count: usize) -> Vec<String> {
                 Ok(Ok(Some(event))) => {
                     assert_eq!(event.seq, last + 1, "seq order with no gap");
                     last = event.seq;
+                    if let Some(pb::inbound_event::Event::Sent(_)) = event.event {
+                        continue;
+                    }
                     let Some(pb::inbound_event::Event::Message(m)) = event.event else {
                         panic!("not a message: {event:?}");
                     };

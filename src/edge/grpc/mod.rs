@@ -31,7 +31,7 @@ use crate::model::message::Priority;
 use crate::model::message::{Igsid, Sent};
 use crate::refusals;
 use crate::send::budget::Budget;
-use crate::send::guard::Guard;
+use crate::send::guard::{Guard, Origin};
 
 /// Code generated from `proto/messenger/v1/messenger.proto`.
 pub mod pb {
@@ -148,7 +148,7 @@ impl MessengerService {
     {
         let account = self.account_for(caller, Operation::Send, &request.account_id)?;
         let span = caller.span();
-        let scope = caller.request_scope().to_owned();
+        let key_id = caller.request_scope().to_owned();
         budget.priority = match request.priority() {
             pb::Priority::Bulk => Priority::Bulk,
             pb::Priority::Interactive => Priority::Interactive,
@@ -170,7 +170,7 @@ impl MessengerService {
         let sent = finish_detached(
             async move {
                 guard
-                    .send_message(&*account, message, request_id.map(|id| (scope, id)), budget)
+                    .send_message(&*account, message, Origin { key_id, request_id }, budget)
                     .await
             }
             .instrument(span),
@@ -300,8 +300,10 @@ impl pb::messenger_server::Messenger for MessengerService {
         let guard = self.guard.clone();
         let cancelled = budget.cancelled.clone();
         let account_id = account.id.clone();
+        let key_id = caller.request_scope().to_owned();
         let sent = finish_detached(
-            async move { guard.send_action(&*account, &action, budget).await }.instrument(span),
+            async move { guard.send_action(&*account, &action, &key_id, budget).await }
+                .instrument(span),
             cancelled,
         )
         .await?;
@@ -338,7 +340,11 @@ impl pb::messenger_server::Messenger for MessengerService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = self.authorize(&request, Operation::Subscribe)?.clone();
-        let pb::SubscribeRequest { after, account_ids } = request.into_inner();
+        let pb::SubscribeRequest {
+            after,
+            account_ids,
+            include_outbound,
+        } = request.into_inner();
         // Each named account must exist and be the caller's to see.
         let mut only = Vec::with_capacity(account_ids.len());
         for given in account_ids.iter().take(MAX_ACCOUNT_FILTER + 1) {
@@ -368,6 +374,9 @@ impl pb::messenger_server::Messenger for MessengerService {
         let accounts = self.accounts.clone();
         use crate::model::window::ME;
         let filter = Box::new(move |e: &InboundEvent| {
+            if !include_outbound && e.kind.is_outbound() {
+                return false;
+            }
             // An account configured as `me` answers for whichever id its
             // webhooks carry (one no other account has).
             let as_me = || accounts.by_id(&e.account_id).is_none();

@@ -3,7 +3,7 @@
 
 use crate::accounts::{AccountEntry, TokenState};
 use crate::clock::UnixMs;
-use crate::model::event::{EventKind, MessageEvent};
+use crate::model::event::{EventKind, MessageEvent, SentMessage};
 use crate::model::window::{Window, WindowState};
 use crate::store::StoredEvent;
 
@@ -83,6 +83,27 @@ fn message_to_pb(m: MessageEvent) -> pb::InboundMessage {
     }
 }
 
+fn sent_to_pb(m: SentMessage) -> pb::OutboundMessage {
+    let priority = match m.priority.as_str() {
+        "bulk" => pb::Priority::Bulk,
+        _ => pb::Priority::Interactive,
+    };
+    // The text is read back from the body: parsed here, for a subscriber
+    // that asked, not on the send path.
+    let text = serde_json::from_str::<serde_json::Value>(&m.body_json)
+        .ok()
+        .and_then(|b| b["message"]["text"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    pb::OutboundMessage {
+        mid: m.mid,
+        request_id: m.request_id,
+        key_id: m.key_id,
+        priority: priority as i32,
+        text,
+        body_json: m.body_json,
+    }
+}
+
 pub fn event_to_pb(stored: StoredEvent) -> pb::InboundEvent {
     use pb::inbound_event::Event;
     let e = stored.event;
@@ -129,6 +150,18 @@ pub fn event_to_pb(stored: StoredEvent) -> pb::InboundEvent {
         EventKind::Raw { field, json } => Event::Raw(pb::RawEvent {
             field,
             json: json.to_string(),
+        }),
+        EventKind::Sent(m) => Event::Sent(sent_to_pb(m)),
+        EventKind::SentReaction {
+            mid,
+            action,
+            reaction,
+            key_id,
+        } => Event::SentReaction(pb::OutboundReaction {
+            mid,
+            action,
+            reaction,
+            key_id,
         }),
     };
     pb::InboundEvent {

@@ -48,3 +48,36 @@ async fn events_are_numbered_in_order_deduplicated_and_open_windows() {
         assert!(store.windows("V").await.unwrap().is_empty(), "{}", b.name);
     }
 }
+
+#[tokio::test]
+async fn a_sent_message_is_kept_whole_in_the_stream_and_opens_no_window() {
+    use crate::model::event::SentMessage;
+    for b in backends().await {
+        let store = &*b.store;
+        let sent = InboundEvent::new(
+            "A",
+            "A",
+            "U",
+            10,
+            EventKind::Sent(SentMessage {
+                mid: "m.sent".into(),
+                request_id: "r-1".into(),
+                key_id: "crm".into(),
+                priority: "bulk".into(),
+                body_json: r#"{"recipient":{"id":"U"},"message":{"text":"hé \"quoted\""}}"#.into(),
+            }),
+        );
+        let stored = store
+            .ingest(vec![sent.clone(), message("m1", 20), sent.clone()], 100)
+            .await
+            .unwrap();
+        // The same mid sent twice is one event.
+        assert_eq!((stored.new_events, stored.duplicates), (2, 1), "{}", b.name);
+        let all = store.events_after(0, 10).await.unwrap();
+        assert_eq!(all[0].event, sent, "{}", b.name);
+        assert_eq!(all[0].event.user_id(), "U", "{}", b.name);
+        // Only the person's message opened the window.
+        let opened = facts(store, "A", "U").await.unwrap();
+        assert_eq!(opened.last_inbound_ms, Some(20), "{}", b.name);
+    }
+}
