@@ -3,7 +3,9 @@
 //!
 //! Three servers take the same `Send` load (64 callers, a zero-latency Graph
 //! stand-in), each in its own process, so each one's CPU time is its own:
-//! 1. the gateway (release binary, metrics on, `--pace off`);
+//! 1. the gateway (release binary, metrics on, `--pace off`), and beside
+//!    it the same with `--record-sent=false`, for what recording each send
+//!    as an outbound event costs;
 //! 2. a minimal handler: a tonic `Send` that builds a `serde_json::Value`
 //!    and posts it with a default `reqwest::Client`;
 //! 3. a server that answers `Send` at once (the gRPC hop alone).
@@ -196,6 +198,14 @@ fn main() {
                 },
             ),
             (
+                "gateway, recording off",
+                {
+                    let (mut cmd, data) = gateway(upstream, None);
+                    cmd.arg("--record-sent=false");
+                    Launched::start(cmd.stderr(Stdio::null()), data)
+                },
+            ),
+            (
                 "minimal handler",
                 start_role(role("minimal", upstream, None)),
             ),
@@ -219,6 +229,7 @@ fn main() {
             support::channel(&servers[1].1.addr).await,
             support::channel(&servers[2].1.addr).await,
             support::channel(&servers[3].1.addr).await,
+            support::channel(&servers[4].1.addr).await,
         ];
         for channel in &channels {
             sends(channel, 4000).await;
@@ -227,7 +238,7 @@ fn main() {
         println!(
             "CPU per send, {CALLERS} callers, {total} sends per server a round, zero-latency Graph stand-in"
         );
-        let mut per_send: [Vec<f64>; 5] = Default::default();
+        let mut per_send: [Vec<f64>; 6] = Default::default();
         for round in 1..=support::env_or("BENCH_ROUNDS", 3) {
             let mut line = format!("   round {round}:");
             for (i, ((name, process), channel)) in servers.iter().zip(&channels).enumerate() {
@@ -245,10 +256,10 @@ fn main() {
             let done = tokio::task::block_in_place(|| poster.next_line());
             assert_eq!(done.as_deref(), Some("done"));
             let us = (poster.cpu() - before).as_secs_f64() * 1e6 / total as f64;
-            per_send[4].push(us);
+            per_send[5].push(us);
             println!("{line} one reqwest POST {us:.1} µs");
         }
-        let [gw, minimal, answer, minimal_mi, post] = per_send.map(support::median);
+        let [gw, unrecorded, minimal, answer, minimal_mi, post] = per_send.map(support::median);
         let floor = answer + post;
         println!(
             "   medians: gateway {gw:.1} µs, minimal handler {minimal:.1} µs (on mimalloc {minimal_mi:.1} µs), answer at once {answer:.1} µs, one POST {post:.1} µs"
@@ -257,6 +268,10 @@ fn main() {
             "   gateway / minimal handler: {:.2} (aim: at most 1.0); / the same handler on the gateway's allocator: {:.2}",
             gw / minimal,
             gw / minimal_mi
+        );
+        println!(
+            "   recording each send as an outbound event: gateway / the gateway with --record-sent=false: {:.2} ({unrecorded:.1} µs off; aim: within 1.10)",
+            gw / unrecorded
         );
         println!(
             "   gateway / floor (answer at once + one POST = {floor:.1} µs): {:.2} (aim: at most 1.15)",
@@ -306,13 +321,22 @@ async fn instructions(upstream: SocketAddr) {
         .map(std::path::Path::new)
         .unwrap_or(dir.path());
     let mut per_send = Vec::new();
-    for name in ["gateway", "minimal", "answer", "minimal-mimalloc"] {
+    for name in [
+        "gateway",
+        "minimal",
+        "answer",
+        "minimal-mimalloc",
+        "gateway-unrecorded",
+    ] {
         let mut totals = Vec::new();
         for n in [short, long] {
             let out = dir.join(format!("callgrind.{name}.{n}"));
             let mut process = match name {
-                "gateway" => {
+                "gateway" | "gateway-unrecorded" => {
                     let (mut cmd, data) = gateway(upstream, Some(&out));
+                    if name == "gateway-unrecorded" {
+                        cmd.arg("--record-sent=false");
+                    }
                     Launched::start(cmd.stderr(Stdio::null()), data)
                 }
                 _ => start_role(role(name, upstream, Some(&out))),
@@ -329,7 +353,13 @@ async fn instructions(upstream: SocketAddr) {
             .expect("the long run costs more than the short one");
         per_send.push(more as f64 / (long - short) as f64);
     }
-    let [gw, minimal, answer, minimal_mi] = [per_send[0], per_send[1], per_send[2], per_send[3]];
+    let [gw, minimal, answer, minimal_mi, unrecorded] = [
+        per_send[0],
+        per_send[1],
+        per_send[2],
+        per_send[3],
+        per_send[4],
+    ];
     println!(
         "   instructions per send (callgrind, slope of {short} to {long} sends): gateway {gw:.0}, minimal handler {minimal:.0} (on mimalloc {minimal_mi:.0}), answer at once {answer:.0}"
     );
@@ -337,5 +367,9 @@ async fn instructions(upstream: SocketAddr) {
         "   gateway / minimal handler, instructions: {:.3} (aim: at most 1.0); / on the same allocator: {:.3}",
         gw / minimal,
         gw / minimal_mi
+    );
+    println!(
+        "   recording each send as an outbound event, instructions: gateway / --record-sent=false ({unrecorded:.0}): {:.3} (aim: within 1.10)",
+        gw / unrecorded
     );
 }

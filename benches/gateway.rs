@@ -15,6 +15,8 @@
 //! memory is its own. Knobs, for experiments:
 //! - `BENCH_SECONDS`: the throughput window (default 5);
 //! - `BENCH_SKIP_IN_FLIGHT`: stop after the throughput phase;
+//! - `BENCH_GATEWAY_ARGS`: more flags for the gateway (such as
+//!   `--record-sent=false`);
 //! - `BENCH_GATEWAY_RUST_LOG`, `BENCH_GATEWAY_WORKERS`: the gateway's
 //!   `RUST_LOG` and `TOKIO_WORKER_THREADS` (default: its own defaults).
 
@@ -135,6 +137,11 @@ impl Gateway {
         // Default logging stays on, as in production; it costs what it costs.
         let (mut cmd, data) = support::gateway_command(upstream, &wrapper);
         cmd.args(["--pace", "off"])
+            .args(
+                std::env::var("BENCH_GATEWAY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .envs(std::env::var("BENCH_GATEWAY_RUST_LOG").map(|v| ("RUST_LOG", v)))
             .envs(std::env::var("BENCH_GATEWAY_WORKERS").map(|v| ("TOKIO_WORKER_THREADS", v)));
         Self {

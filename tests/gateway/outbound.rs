@@ -183,3 +183,42 @@ async fn with_recording_off_nothing_sent_is_recorded() {
     gw.send_text().await.unwrap();
     assert_quiet(&mut both).await;
 }
+
+#[tokio::test]
+async fn a_key_scoped_to_another_account_sees_none_of_this_accounts_sends() {
+    const OTHER: &str = "mgw_other_secret_0123456789abcdefghijklmnopqrstuv";
+    let gw = TestGateway::builder()
+        .keys(
+            &(key_entry("crm", KEY, &["*"], &["send", "subscribe"])
+                + &key_entry("other", OTHER, &["17841400000000999"], &["subscribe"])),
+        )
+        .start()
+        .await;
+    gw.graph_answers(ok_reply()).await;
+    let gw = &gw;
+    let subscribe = |key: &'static str| async move {
+        gw.client()
+            .await
+            .subscribe(with_key(
+                pb::SubscribeRequest {
+                    include_outbound: true,
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let (mut mine, mut theirs) = (subscribe(KEY).await, subscribe(OTHER).await);
+    gw.client()
+        .await
+        .send(with_key(text_to(USER, "for the crm only"), KEY))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_events(&mut mine, 1).await[0].event,
+        Some(Event::Sent(_))
+    ));
+    assert_quiet(&mut theirs).await;
+}

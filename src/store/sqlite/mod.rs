@@ -82,6 +82,8 @@ impl SqliteStore {
         restrict_files(dir, &path)
             .map_err(|e| StoreError::Backend(format!("cannot restrict {}: {e}", path.display())))?;
         writer_conn.execute_batch(SCHEMA)?;
+        // Every statement the writer runs stays prepared (rusqlite keeps 16).
+        writer_conn.set_prepared_statement_cache_capacity(64);
         let reader = open_connection(&path)?;
         let windows = Arc::new(RwLock::new(load_windows(&reader)?));
         let bounds = Arc::new(Bounds {
@@ -186,11 +188,13 @@ impl EventLog for SqliteStore {
         let bounds = self.bounds.clone();
         self.write_then(
             move |conn| {
-                // Looked up first: a conflicting insert would still use up a
-                // sequence number, and subscribers would see a gap.
-                let mut seen = conn.prepare_cached("SELECT 1 FROM dedup WHERE key = ?1")?;
-                let mut remember =
-                    conn.prepare_cached("INSERT INTO dedup (key, seen_ms) VALUES (?1, ?2)")?;
+                // The key first, in a table of its own: a conflicting insert
+                // into events would still use up a sequence number, and
+                // subscribers would see a gap. One statement both checks
+                // and remembers it.
+                let mut remember = conn.prepare_cached(
+                    "INSERT INTO dedup (key, seen_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )?;
                 // The seq comes back from the insert itself: read back
                 // later (last_insert_rowid), it was the windows row's id
                 // whenever the event also opened a window.
@@ -214,11 +218,10 @@ impl EventLog for SqliteStore {
                     let body = serde_json::to_string(&event)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     let key = event.dedup_key();
-                    if seen.exists(params![key])? {
+                    if remember.execute(params![key, received_ms])? == 0 {
                         done.duplicates += 1;
                         continue;
                     }
-                    remember.execute(params![key, received_ms])?;
                     let seq: i64 =
                         insert.query_row(params![key, received_ms, body], |row| row.get(0))?;
                     done.new_events += 1;
@@ -235,7 +238,12 @@ impl EventLog for SqliteStore {
                         event,
                     }));
                 }
-                done.head = head(conn)?;
+                // The last seq inserted is the head (AUTOINCREMENT only
+                // grows); read only when nothing was new.
+                done.head = match stored.last() {
+                    Some(e) => e.seq,
+                    None => head(conn)?,
+                };
                 Ok((done, stored))
             },
             move |(done, stored)| {

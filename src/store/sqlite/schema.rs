@@ -89,12 +89,11 @@ pub(super) fn restrict_files(dir: &Path, db: &Path) -> std::io::Result<()> {
 
 pub(super) fn head(conn: &Connection) -> Result<u64, StoreError> {
     // AUTOINCREMENT keeps the highest seq ever used here, even once pruned.
+    // Cached: it is read after every write, and preparing it each time
+    // cost more than the insert it follows.
     let seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
-            [],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+        .query_row([], |row| row.get(0))
         .optional()?;
     Ok(seq.unwrap_or(0) as u64)
 }

@@ -15,17 +15,25 @@ pub(super) type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// Runs inside the batch's transaction; its finisher runs after the commit.
 pub(super) type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 
+/// Runs a statement with no result, prepared once per connection: parsing
+/// `SAVEPOINT` and `RELEASE` again for every job cost more than a small
+/// insert.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// A failed job is rolled back alone; the others in its batch still commit.
 pub(super) fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<R, StoreError>,
 ) -> Result<R, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    run(conn, "SAVEPOINT job")?;
     let result = f(conn);
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO job")?;
+        run(conn, "ROLLBACK TO job")?;
     }
-    conn.execute_batch("RELEASE job")?;
+    run(conn, "RELEASE job")?;
     result
 }
 
@@ -42,7 +50,7 @@ pub(super) fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, observer: 
                 Err(_) => break,
             }
         }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let begun = run(&conn, "BEGIN IMMEDIATE");
         let finishers: Vec<Finish> = match begun {
             Ok(()) => batch.into_iter().map(|job| job(&conn)).collect(),
             Err(e) => {
@@ -53,12 +61,12 @@ pub(super) fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, observer: 
             }
         };
         let started = std::time::Instant::now();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let committed = run(&conn, "COMMIT").map_err(|e| e.to_string());
         if let Some(observe) = observer.get() {
             observe(started.elapsed().as_secs_f64());
         }
         if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(&conn, "ROLLBACK");
         }
         for finish in finishers {
             finish(committed.clone().map_err(StoreError::Backend));
