@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::clock::UnixMs;
+use crate::conversation::record::Recorder;
 use crate::model::event::InboundEvent;
 use crate::model::window::{Window, WindowFacts};
 use crate::store::{Ingested, Store, StoreError, StoredEvent};
@@ -129,6 +130,8 @@ pub struct Inbox {
     write_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Each live subscription's position, for the lag metric.
     positions: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
+    /// Stores what the gateway sent, many sends to a write.
+    recorder: Recorder,
 }
 
 impl Inbox {
@@ -143,14 +146,15 @@ impl Inbox {
     ) -> Result<Arc<Self>, StoreError> {
         store.bounds().await?;
         Ok(Arc::new(Self {
-            store,
-            clock,
+            store: store.clone(),
+            clock: clock.clone(),
             closing: watch::Sender::new(false),
             max_subscribers,
             stall_timeout,
             subscribers: Arc::new(AtomicUsize::new(0)),
             write_failed_at: std::sync::Mutex::default(),
             positions: std::sync::Mutex::default(),
+            recorder: Recorder::start(store.clone(), clock.clone()),
         }))
     }
 
@@ -217,9 +221,7 @@ impl Inbox {
     /// failed write is logged, not the send's failure (Graph has it), and
     /// not a reason to refuse webhooks (`/readyz` follows those writes).
     pub async fn record(&self, event: InboundEvent) {
-        if let Err(e) = self.store.ingest(vec![event], self.clock.now_ms()).await {
-            tracing::error!(error = %e, "could not record a sent message");
-        }
+        self.recorder.record(event).await
     }
 
     /// Whether the last write went through, or failed long enough ago to

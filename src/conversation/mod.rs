@@ -4,3 +4,4 @@
 
 pub mod inbox;
 pub mod payload;
+pub mod record;

@@ -384,7 +384,8 @@ impl Guard {
                     .unwrap_or_default(),
                 key_id: origin.key_id.clone(),
                 priority: priority.as_str().to_owned(),
-                body_json: String::from_utf8_lossy(body).into_owned(),
+                // The body was encoded from Rust strings: always UTF-8.
+                body_json: String::from_utf8(body.to_vec()).unwrap_or_default(),
             }),
         );
         self.inbox.record(event).await;
