@@ -148,16 +148,8 @@ fn start_role(mut cmd: Command) -> Launched {
 }
 
 fn role(name: &str, upstream: SocketAddr, callgrind_out: Option<&std::path::Path>) -> Command {
-    let program = std::env::current_exe().unwrap();
-    let mut cmd = match callgrind_out {
-        Some(out) => {
-            let wrapper = support::callgrind(out);
-            let mut c = Command::new(&wrapper[0]);
-            c.args(&wrapper[1..]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
+    let wrapper = callgrind_out.map(support::callgrind).unwrap_or_default();
+    let mut cmd = support::wrapped(&std::env::current_exe().unwrap(), &wrapper);
     cmd.env(ROLE, name).env(UPSTREAM, upstream.to_string());
     if name.ends_with("mimalloc") {
         cmd.env("BENCH_MIMALLOC", "1");

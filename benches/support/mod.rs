@@ -54,6 +54,19 @@ pub fn callgrind(out: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// `program`, run by `wrapper` (a program and its arguments) when that is
+/// not empty.
+pub fn wrapped(program: &std::path::Path, wrapper: &[String]) -> std::process::Command {
+    match wrapper.split_first() {
+        Some((runner, args)) => {
+            let mut c = std::process::Command::new(runner);
+            c.args(args).arg(program);
+            c
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
 /// The release gateway (run by `wrapper`, a program and its arguments, when
 /// not empty) serving [`ACCOUNT`] with its Graph at `upstream`: `serve` on
 /// loopback ports the system picks, a fresh data directory (returned, to
@@ -63,16 +76,9 @@ pub fn gateway_command(
     upstream: SocketAddr,
     wrapper: &[String],
 ) -> (std::process::Command, tempfile::TempDir) {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
+    let mut cmd = wrapped(BIN.as_ref(), wrapper);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         .env("MESSENGER_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")

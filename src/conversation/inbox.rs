@@ -145,16 +145,17 @@ impl Inbox {
         stall_timeout: Duration,
     ) -> Result<Arc<Self>, StoreError> {
         store.bounds().await?;
+        let recorder = Recorder::start(store.clone(), clock.clone());
         Ok(Arc::new(Self {
-            store: store.clone(),
-            clock: clock.clone(),
+            store,
+            clock,
             closing: watch::Sender::new(false),
             max_subscribers,
             stall_timeout,
             subscribers: Arc::new(AtomicUsize::new(0)),
             write_failed_at: std::sync::Mutex::default(),
             positions: std::sync::Mutex::default(),
-            recorder: Recorder::start(store.clone(), clock.clone()),
+            recorder,
         }))
     }
 
@@ -215,9 +216,9 @@ impl Inbox {
     }
 
     /// Records an event of the gateway's own (a message or reaction Graph
-    /// accepted) in the stream. Committed with whatever else is being
-    /// written (the store's group commit), before the send is answered: a
-    /// send acknowledged is in the record, ahead of any later event. A
+    /// accepted) in the stream, committed with the others recorded
+    /// meanwhile (see [`Recorder`]), before the send is answered: a send
+    /// acknowledged is in the record, ahead of any later event. A
     /// failed write is logged, not the send's failure (Graph has it), and
     /// not a reason to refuse webhooks (`/readyz` follows those writes).
     pub async fn record(&self, event: InboundEvent) {

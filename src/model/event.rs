@@ -7,6 +7,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock::UnixMs;
+use crate::model::message::Priority;
 
 /// 2010-01-01T00:00:00Z. No event is dated before it (Instagram Direct
 /// began in 2013): an earlier time is a test value or seconds read as
@@ -135,8 +136,7 @@ pub struct SentMessage {
     /// The API key of the caller (empty when keys are off).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_id: String,
-    /// `interactive` or `bulk`.
-    pub priority: String,
+    pub priority: Priority,
     /// The Graph request body as sent: `recipient`, `message`, any `tag`.
     pub body_json: String,
 }

@@ -330,8 +330,9 @@ pub struct Sent {
     pub queued_ms: u64,
 }
 
-/// Who waits for a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Who waits for a send. Stored as `interactive` or `bulk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// A person is waiting: takes budget first.
     #[default]

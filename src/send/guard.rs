@@ -367,7 +367,11 @@ impl Guard {
         origin: &Origin,
         priority: Priority,
     ) {
-        let Some(mid) = sent.message_id.as_ref().filter(|_| self.policy.record_sent) else {
+        if !self.policy.record_sent {
+            return;
+        }
+        // Sender actions have no message id; they are recorded apart.
+        let Some(mid) = &sent.message_id else {
             return;
         };
         let event = InboundEvent::new(
@@ -383,7 +387,7 @@ impl Guard {
                     .map(|r| r.as_str().to_owned())
                     .unwrap_or_default(),
                 key_id: origin.key_id.clone(),
-                priority: priority.as_str().to_owned(),
+                priority,
                 // The body was encoded from Rust strings: always UTF-8.
                 body_json: String::from_utf8(body.to_vec()).unwrap_or_default(),
             }),

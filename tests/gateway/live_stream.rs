@@ -232,20 +232,6 @@ async fn send_meanwhile(gw: &TestGateway, n: usize) {
     }
 }
 
-/// Every event after `after`, the gateway's own sends too.
-async fn all_after(gw: &TestGateway, after: u64) -> tonic::Streaming<pb::InboundEvent> {
-    gw.client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after,
-            include_outbound: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// One run of the property with `seed`, on the gateway `gw` (fresh store).
 async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: usize) {
     let mut model = Model::new(seed);
@@ -260,10 +246,10 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
         .mount(&gw.graph)
         .await;
 
-    let mut live = all_after(gw, 0).await;
+    let mut live = gw.all_events_after(0).await;
     tokio::join!(post_concurrently(gw, bodies), send_meanwhile(gw, sends));
     let got = next_events(&mut live, n).await;
-    let mut replay = all_after(gw, 0).await;
+    let mut replay = gw.all_events_after(0).await;
     let stored = next_events(&mut replay, n).await;
     crate::support::assert_quiet(&mut replay).await;
     crate::support::assert_quiet(&mut live).await;
@@ -280,7 +266,7 @@ async fn the_live_stream_is_the_store(gw: &TestGateway, seed: u64, deliveries: u
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     for _ in 0..3 {
         let k = rng.random_range(0..n);
-        let mut resumed = all_after(gw, k as u64).await;
+        let mut resumed = gw.all_events_after(k as u64).await;
         let tail = next_events(&mut resumed, n - k).await;
         assert_eq!(tail, stored[k..], "seed {seed}: resumed after {k}");
         crate::support::assert_quiet(&mut resumed).await;

@@ -12,19 +12,6 @@ use crate::support::*;
 
 const KEY: &str = "mgw_sender_secret_0123456789abcdefghijklmnopqrstu";
 
-async fn outbound_after(gw: &TestGateway, after: u64) -> tonic::Streaming<pb::InboundEvent> {
-    gw.client()
-        .await
-        .subscribe(pb::SubscribeRequest {
-            after,
-            include_outbound: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn sent_of(event: &pb::InboundEvent) -> &pb::OutboundMessage {
     match &event.event {
         Some(Event::Sent(sent)) => sent,
@@ -39,21 +26,7 @@ async fn a_message_graph_accepted_is_streamed_as_outbound_with_who_sent_it() {
         .start()
         .await;
     gw.graph_answers(ok_reply()).await;
-    let subscribe = || async {
-        gw.client()
-            .await
-            .subscribe(with_key(
-                pb::SubscribeRequest {
-                    include_outbound: true,
-                    ..Default::default()
-                },
-                KEY,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let mut live = subscribe().await;
+    let mut live = gw.all_events_as(KEY).await;
     let answer = gw
         .client()
         .await
@@ -86,7 +59,7 @@ async fn a_message_graph_accepted_is_streamed_as_outbound_with_who_sent_it() {
     assert!(!sent.body_json.contains(TOKEN));
 
     // A resume from 0 reads the same event from the store, same seq.
-    let replayed = next_events(&mut subscribe().await, 1).await;
+    let replayed = next_events(&mut gw.all_events_as(KEY).await, 1).await;
     assert_eq!(replayed[0], event);
 }
 
@@ -95,7 +68,7 @@ async fn a_subscriber_that_does_not_ask_sees_only_what_meta_delivered() {
     let gw = TestGateway::start().await;
     gw.graph_answers(ok_reply()).await;
     let mut plain = gw.events_after(0).await;
-    let mut both = outbound_after(&gw, 0).await;
+    let mut both = gw.all_events_after(0).await;
     gw.send_text().await.unwrap();
     let sent = next_events(&mut both, 1).await.remove(0);
     assert!(matches!(sent.event, Some(Event::Sent(_))));
@@ -123,7 +96,7 @@ async fn a_send_graph_refused_is_not_recorded() {
         "(#551) This person isn't available right now.",
     ))
     .await;
-    let mut both = outbound_after(&gw, 0).await;
+    let mut both = gw.all_events_after(0).await;
     gw.send_text().await.unwrap_err();
     assert_quiet(&mut both).await;
 }
@@ -136,7 +109,7 @@ async fn a_reaction_sent_with_send_action_is_recorded_and_a_typing_indicator_is_
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"recipient_id": USER})))
         .mount(&gw.graph)
         .await;
-    let mut both = outbound_after(&gw, 0).await;
+    let mut both = gw.all_events_after(0).await;
     let mut client = gw.client().await;
     client
         .send_action(pb::SendActionRequest {
@@ -179,7 +152,7 @@ async fn with_recording_off_nothing_sent_is_recorded() {
         .start()
         .await;
     gw.graph_answers(ok_reply()).await;
-    let mut both = outbound_after(&gw, 0).await;
+    let mut both = gw.all_events_after(0).await;
     gw.send_text().await.unwrap();
     assert_quiet(&mut both).await;
 }
@@ -195,22 +168,7 @@ async fn a_key_scoped_to_another_account_sees_none_of_this_accounts_sends() {
         .start()
         .await;
     gw.graph_answers(ok_reply()).await;
-    let gw = &gw;
-    let subscribe = |key: &'static str| async move {
-        gw.client()
-            .await
-            .subscribe(with_key(
-                pb::SubscribeRequest {
-                    include_outbound: true,
-                    ..Default::default()
-                },
-                key,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-    };
-    let (mut mine, mut theirs) = (subscribe(KEY).await, subscribe(OTHER).await);
+    let (mut mine, mut theirs) = (gw.all_events_as(KEY).await, gw.all_events_as(OTHER).await);
     gw.client()
         .await
         .send(with_key(text_to(USER, "for the crm only"), KEY))

@@ -4,6 +4,7 @@
 use crate::accounts::{AccountEntry, TokenState};
 use crate::clock::UnixMs;
 use crate::model::event::{EventKind, MessageEvent, SentMessage};
+use crate::model::message::Priority;
 use crate::model::window::{Window, WindowState};
 use crate::store::StoredEvent;
 
@@ -84,9 +85,9 @@ fn message_to_pb(m: MessageEvent) -> pb::InboundMessage {
 }
 
 fn sent_to_pb(m: SentMessage) -> pb::OutboundMessage {
-    let priority = match m.priority.as_str() {
-        "bulk" => pb::Priority::Bulk,
-        _ => pb::Priority::Interactive,
+    let priority = match m.priority {
+        Priority::Bulk => pb::Priority::Bulk,
+        Priority::Interactive => pb::Priority::Interactive,
     };
     // The text is read back from the body: parsed here, for a subscriber
     // that asked, not on the send path.

@@ -63,7 +63,7 @@ async fn a_sent_message_is_kept_whole_in_the_stream_and_opens_no_window() {
                 mid: "m.sent".into(),
                 request_id: "r-1".into(),
                 key_id: "crm".into(),
-                priority: "bulk".into(),
+                priority: crate::model::message::Priority::Bulk,
                 body_json: r#"{"recipient":{"id":"U"},"message":{"text":"hé \"quoted\""}}"#.into(),
             }),
         );

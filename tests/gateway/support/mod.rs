@@ -290,12 +290,51 @@ impl TestGateway {
 
     /// Every event after `after`, then new ones, over a fresh client.
     pub async fn events_after(&self, after: u64) -> tonic::Streaming<pb::InboundEvent> {
-        self.client()
-            .await
-            .subscribe(pb::SubscribeRequest {
+        self.subscribe(
+            pb::SubscribeRequest {
                 after,
                 ..Default::default()
-            })
+            },
+            None,
+        )
+        .await
+    }
+
+    /// As `events_after`, the gateway's own sends too.
+    pub async fn all_events_after(&self, after: u64) -> tonic::Streaming<pb::InboundEvent> {
+        self.subscribe(
+            pb::SubscribeRequest {
+                after,
+                include_outbound: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Every event the holder of API key `secret` may see, the gateway's
+    /// own sends too.
+    pub async fn all_events_as(&self, secret: &str) -> tonic::Streaming<pb::InboundEvent> {
+        let request = pb::SubscribeRequest {
+            include_outbound: true,
+            ..Default::default()
+        };
+        self.subscribe(request, Some(secret)).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: pb::SubscribeRequest,
+        key: Option<&str>,
+    ) -> tonic::Streaming<pb::InboundEvent> {
+        let request = match key {
+            Some(secret) => with_key(request, secret),
+            None => tonic::Request::new(request),
+        };
+        self.client()
+            .await
+            .subscribe(request)
             .await
             .unwrap()
             .into_inner()
