@@ -205,6 +205,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MESSENGER_GATEWAY_RECORD_SENT", default_value_t = true,
           action = clap::ArgAction::Set, value_name = "BOOL")]
     record_sent: bool,
+    /// How long a send whose Graph answer was lost (DELIVERY_UNKNOWN) waits
+    /// for Instagram's echo of it before it is resolved as not seen.
+    #[arg(long, env = "MESSENGER_GATEWAY_ECHO_HORIZON", default_value = "10m")]
+    echo_horizon: Duration,
     /// How long inbound events are kept for Subscribe, such as 7d or 36h.
     #[arg(long, env = "MESSENGER_GATEWAY_EVENT_RETENTION",
           default_value_t = DEFAULT_EVENT_RETENTION.into())]
@@ -341,6 +345,7 @@ impl ServeArgs {
                 window: self.window_policy,
                 auto_human_agent: self.auto_human_agent,
                 record_sent: self.record_sent,
+                echo_horizon: self.echo_horizon.into(),
             },
             serve: ServeOptions {
                 shutdown_grace: self.shutdown_grace.into(),

@@ -51,6 +51,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub account: String,
     pub kind: String,
@@ -157,6 +162,7 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ResultLabels, Counter>,
     pub webhook_items_rejected: Family<ReasonLabels, Counter>,
     pub events_stored: Family<EventLabels, Counter>,
+    unknown_sends: Family<OutcomeLabels, Counter>,
     subscribers: Gauge,
     subscriber_lag: Gauge,
     store_commit: Histogram,
@@ -191,6 +197,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             webhook_items_rejected: Family::default(),
             events_stored: Family::default(),
+            unknown_sends: Family::default(),
             subscribers: Gauge::default(),
             subscriber_lag: Gauge::default(),
             store_commit: Seconds.new_metric(),
@@ -252,6 +259,11 @@ impl Metrics {
             "events_stored",
             "Inbound events newly stored, by account and kind",
             metrics.events_stored.clone(),
+        );
+        registry.register(
+            "unknown_sends",
+            "Sends whose Graph answer was lost, as they went: kept pending, then settled as sent by their echo or not seen within the horizon",
+            metrics.unknown_sends.clone(),
         );
         registry.register(
             "subscribers",
@@ -393,6 +405,15 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// A send whose answer was lost: `pending`, `sent` or `not_seen`.
+    pub fn unknown_sends(&self, outcome: &'static str, n: usize) {
+        self.unknown_sends
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n as u64);
     }
 
     pub fn store_committed(&self, seconds: f64) {

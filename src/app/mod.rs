@@ -106,7 +106,9 @@ impl Application {
             inbox.clone(),
             settings.guard,
             accounts.min_send_budget(),
+            metrics.clone(),
         );
+        tokio::spawn(guard.clone().settle_expired_periodically());
         let reloader = Arc::new(Reloader {
             keys: keys.clone(),
             certificates: grpc_tls.iter().chain(&webhook_tls).cloned().collect(),

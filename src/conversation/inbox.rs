@@ -516,7 +516,10 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::conversation::payload::parse_delivery;
-    use crate::store::{EventLog, ReplicaSet, RequestLog, SqliteStore, TokenStore, WindowStore};
+    use crate::store::{
+        EventLog, ReplicaSet, RequestLog, SendLedger, SendRecord, SqliteStore, TokenStore,
+        WindowStore,
+    };
 
     fn message(mid: &str) -> Vec<InboundEvent> {
         vec![crate::store::contract::message(mid, 1)]
@@ -609,6 +612,13 @@ mod tests {
         async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError> {
             self.inner.start_request(id, token).await
         }
+        async fn request_state(
+            &self,
+            id: &str,
+            now: UnixMs,
+        ) -> Result<Option<crate::store::Claim>, StoreError> {
+            self.inner.request_state(id, now).await
+        }
         async fn settle_request(
             &self,
             id: &str,
@@ -616,6 +626,29 @@ mod tests {
             o: Option<crate::store::RecordedOutcome>,
         ) -> Result<(), StoreError> {
             self.inner.settle_request(id, token, o).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SendLedger for HandFed {
+        async fn keep_send(&self, r: SendRecord) -> Result<(), StoreError> {
+            self.inner.keep_send(r).await
+        }
+        async fn send_by_id(&self, id: &str) -> Result<Option<SendRecord>, StoreError> {
+            self.inner.send_by_id(id).await
+        }
+        async fn send_by_request(&self, s: &str) -> Result<Option<SendRecord>, StoreError> {
+            self.inner.send_by_request(s).await
+        }
+        async fn expire_sends(&self, now: UnixMs) -> Result<usize, StoreError> {
+            self.inner.expire_sends(now).await
+        }
+        async fn message(
+            &self,
+            a: &str,
+            mid: &str,
+        ) -> Result<Option<crate::store::MessageRecord>, StoreError> {
+            self.inner.message(a, mid).await
         }
     }
 

@@ -261,10 +261,15 @@ async fn take_delivery(hook: &Hook, request: Request<Body>) -> Result<&'static s
     let ingested = tokio::time::timeout(STORE_DEADLINE, hook.inbox.ingest(events))
         .await
         .map_err(|_| WebhookError::StoreTooSlow)??;
+    if ingested.resolved > 0 {
+        hook.metrics.unknown_sends("sent", ingested.resolved);
+    }
     tracing::debug!(
         events = count,
         new = ingested.new_events,
         duplicates = ingested.duplicates,
+        joined = ingested.joined,
+        resolved = ingested.resolved,
         head = ingested.head,
         "webhook delivery stored"
     );

@@ -278,6 +278,14 @@ pub enum SendError {
     /// so this one is not sent.
     #[error("{0}")]
     MaybeDeliveredBefore(String),
+    /// Graph may have the message and did not say (or an earlier send
+    /// under this `request_id` did not): the gateway keeps it as pending
+    /// send `send_id` until Instagram's echo of it, or its horizon, tells.
+    #[error("{cause}; kept as pending send {send_id}: GetSend tells what became of it")]
+    Unsettled {
+        send_id: String,
+        cause: Box<SendError>,
+    },
     /// The gateway's own store failed; nothing was sent.
     #[error("the gateway's store is unavailable: {0}")]
     Store(String),
@@ -304,7 +312,9 @@ impl SendError {
             SendError::InvalidRequest(_) => Reason::InvalidRequest,
             SendError::Failed { failure, .. } => failure.reason(),
             SendError::OutsideWindow { .. } => Reason::OutsideMessagingWindow,
-            SendError::MaybeDeliveredBefore(_) => Reason::DeliveryUnknown,
+            SendError::MaybeDeliveredBefore(_) | SendError::Unsettled { .. } => {
+                Reason::DeliveryUnknown
+            }
             SendError::Store(_) => Reason::StoreUnavailable,
             SendError::Overloaded { .. } => Reason::Overloaded,
         }
@@ -313,6 +323,7 @@ impl SendError {
     pub fn attempts(&self) -> u32 {
         match self {
             SendError::Failed { attempts, .. } => *attempts,
+            SendError::Unsettled { cause, .. } => cause.attempts(),
             _ => 0,
         }
     }
@@ -320,6 +331,7 @@ impl SendError {
     pub fn failure(&self) -> Option<&Failure> {
         match self {
             SendError::Failed { failure, .. } => Some(failure),
+            SendError::Unsettled { cause, .. } => cause.failure(),
             _ => None,
         }
     }

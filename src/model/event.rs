@@ -139,6 +139,24 @@ pub struct SentMessage {
     pub priority: Priority,
     /// The Graph request body as sent: `recipient`, `message`, any `tag`.
     pub body_json: String,
+    /// The gateway's id for a send whose Graph answer was lost (see
+    /// `store::SendRecord`); empty for a send Graph answered.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub send_id: String,
+    /// Graph's answer was lost, and Instagram's echo of the message told
+    /// its `mid`: this event was recorded when the echo arrived.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed_by_echo: bool,
+}
+
+impl MessageEvent {
+    /// See [`crate::model::message::content_key`].
+    pub fn content_key(&self) -> Option<String> {
+        crate::model::message::content_key(
+            &self.text,
+            self.attachments.iter().map(|a| a.kind.as_str()),
+        )
+    }
 }
 
 /// A story a message answers: its id, and a URL that dies with the story.
@@ -159,6 +177,22 @@ pub struct Attachment {
     pub reel_video_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ig_post_media_id: String,
+}
+
+/// The dedup key of the `sent` event of message `mid`: how an echo finds
+/// the send it copies.
+pub fn sent_key(account: &str, mid: &str) -> String {
+    format!("{account}:sent:{mid}")
+}
+
+/// The dedup key of the echo of message `mid`.
+pub fn echo_key(account: &str, mid: &str) -> String {
+    format!("{account}:echo:{mid}")
+}
+
+/// The dedup key of the person's message `mid`.
+pub fn message_key(account: &str, mid: &str) -> String {
+    format!("{account}:message:{mid}")
 }
 
 impl EventKind {
@@ -254,11 +288,14 @@ impl InboundEvent {
         let a = &self.account_id;
         match &self.kind {
             EventKind::Message(m) if !m.mid.is_empty() => {
-                let tag = if m.deleted { "deleted" } else { "message" };
-                format!("{a}:{tag}:{}", m.mid)
+                if m.deleted {
+                    format!("{a}:deleted:{}", m.mid)
+                } else {
+                    message_key(a, &m.mid)
+                }
             }
-            EventKind::Echo(m) if !m.mid.is_empty() => format!("{a}:echo:{}", m.mid),
-            EventKind::Sent(m) if !m.mid.is_empty() => format!("{a}:sent:{}", m.mid),
+            EventKind::Echo(m) if !m.mid.is_empty() => echo_key(a, &m.mid),
+            EventKind::Sent(m) if !m.mid.is_empty() => sent_key(a, &m.mid),
             EventKind::Postback { mid, .. } if !mid.is_empty() => format!("{a}:postback:{mid}"),
             EventKind::Edit { mid, num_edit, .. } if !mid.is_empty() => {
                 format!("{a}:edit:{mid}:{num_edit}")

@@ -298,6 +298,39 @@ pub struct OutgoingMessage {
     pub human_agent: bool,
 }
 
+/// What a message and its echo have in common, so that a send whose Graph
+/// answer was lost can be matched with the echo Instagram sends of it: its
+/// text, else the kinds of its attachments. `None` for content an echo is
+/// not known to repeat (stickers, shares, templates): never matched.
+pub fn content_key<'a>(text: &str, attachment_kinds: impl Iterator<Item = &'a str>) -> Option<String> {
+    if !text.is_empty() {
+        return Some(format!("text:{text}"));
+    }
+    let kinds: Vec<&str> = attachment_kinds.collect();
+    (!kinds.is_empty()).then(|| format!("attachments:{}", kinds.join(",")))
+}
+
+impl OutgoingMessage {
+    /// What its echo will repeat (see [`content_key`]).
+    pub fn content_key(&self) -> Option<String> {
+        match &self.content {
+            Content::Text { text, .. } => {
+                content_key(text.as_str(), std::iter::empty())
+            }
+            Content::Attachments(list) => content_key(
+                "",
+                list.iter().map(|a| match a.kind {
+                    AttachmentKind::Image => "image",
+                    AttachmentKind::Video => "video",
+                    AttachmentKind::Audio => "audio",
+                    AttachmentKind::File => "file",
+                }),
+            ),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderAction {
     TypingOn,

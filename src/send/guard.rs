@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::clock::{UnixMs, rfc3339};
 use crate::conversation::inbox::Inbox;
 use crate::graph;
+use crate::metrics::Metrics;
 use crate::model::error::{FieldViolation, Reason, SendError};
 use crate::model::event::{EventKind, InboundEvent, SentMessage};
 use crate::model::message::{
@@ -21,7 +22,7 @@ use crate::model::message::{
 };
 use crate::model::window::{Decision, WindowPolicy};
 use crate::send::budget::{Budget, CallStart};
-use crate::store::{Claim, RecordedOutcome, Store, StoreError};
+use crate::store::{Claim, RecordedOutcome, SendRecord, SendState, Store, StoreError};
 
 /// The account a send goes out as, as the guard sees it. The account
 /// entry (`accounts::AccountEntry`) implements it around its deliverer, and
@@ -54,6 +55,9 @@ pub struct GuardPolicy {
     pub auto_human_agent: bool,
     /// Each message and reaction Graph accepted becomes an outbound event.
     pub record_sent: bool,
+    /// How long a send whose Graph answer was lost waits for its echo
+    /// before it is resolved as not seen.
+    pub echo_horizon: std::time::Duration,
 }
 
 impl Default for GuardPolicy {
@@ -62,6 +66,7 @@ impl Default for GuardPolicy {
             window: WindowPolicy::default(),
             auto_human_agent: false,
             record_sent: true,
+            echo_horizon: std::time::Duration::from_secs(10 * 60),
         }
     }
 }
@@ -75,6 +80,36 @@ pub struct Origin {
     pub key_id: String,
     pub request_id: Option<RequestId>,
 }
+
+/// The key a `request_id` is claimed and asked about under: the caller,
+/// the account and the id. A request_id is printable ASCII, so a control
+/// character keeps them apart.
+pub fn request_scope(key_id: &str, account: &str, request_id: &RequestId) -> String {
+    format!("{key_id}\u{1f}{account}\u{1f}{}", request_id.as_str())
+}
+
+/// What became of a send, as `GetSend` answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendFate {
+    /// Graph answered with the message id, or its echo told it.
+    Sent {
+        sent: Sent,
+        send_id: String,
+        confirmed_by_echo: bool,
+    },
+    /// Graph may have it; no echo yet (or its call is under way).
+    Pending { record: Option<SendRecord> },
+    /// No echo came within the horizon.
+    NotSeen { record: SendRecord },
+    /// Not sent: the reason and Graph's or the gateway's words.
+    Failed { record: SendRecord },
+    /// The call began and the gateway stopped before its answer: nothing
+    /// can tell whether Graph has it.
+    Unknown,
+}
+
+/// How often a repeat of a pending send looks for its echo.
+const ECHO_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long after its claim a `request_id` on a shared store may still be
 /// settling on another replica (a send within any caller's deadline): a
@@ -103,6 +138,7 @@ pub struct Guard {
     min_send_budget: std::time::Duration,
     /// Keyed by the caller's scope, the account and the `request_id`.
     pending: Mutex<HashMap<String, Pending>>,
+    metrics: Arc<Metrics>,
 }
 
 impl From<StoreError> for SendError {
@@ -117,6 +153,7 @@ impl Guard {
         inbox: Arc<Inbox>,
         policy: GuardPolicy,
         min_send_budget: std::time::Duration,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -124,7 +161,28 @@ impl Guard {
             policy,
             min_send_budget,
             pending: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// Resolves, every so often, each pending send past its horizon as not
+    /// seen (`GetSend` answers so from the horizon on anyway; this keeps
+    /// the count, and the echo matching, to live sends).
+    pub async fn settle_expired_periodically(self: Arc<Self>) {
+        let every = (self.policy.echo_horizon / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(30),
+        );
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.store.expire_sends(self.inbox.now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => self.metrics.unknown_sends("not_seen", n),
+                Err(e) => tracing::warn!(error = %e, "could not resolve expired pending sends"),
+            }
+        }
     }
 
     /// Refuses at once, as not sent, a send with too little of its deadline
@@ -188,17 +246,10 @@ impl Guard {
         }
         let Some(request_id) = &origin.request_id else {
             return self
-                .send_checked(account, Encoded::new(message), &origin, deadline)
+                .send_checked(account, Encoded::new(message), &origin, "", deadline)
                 .await;
         };
-        // A request_id is printable ASCII, so a control character keeps
-        // the caller, the account and the id apart.
-        let id = format!(
-            "{}\u{1f}{}\u{1f}{}",
-            origin.key_id,
-            account.id(),
-            request_id.as_str()
-        );
+        let id = request_scope(&origin.key_id, account.id(), request_id);
         let message = Encoded::new(message);
         let fingerprint = hex::encode(Sha256::digest(&message.body));
         let done = {
@@ -222,8 +273,15 @@ impl Guard {
         };
         match done {
             // A repeat while the first is under way here: wait for it.
-            Err(mut first) => match first.wait_for(Option::is_some).await {
-                Ok(outcome) => outcome.clone().expect("waited for Some"),
+            Err(mut first) => match first
+                .wait_for(Option::is_some)
+                .await
+                .map(|outcome| outcome.clone().expect("waited for Some"))
+            {
+                Ok(Err(SendError::Unsettled { send_id, .. })) => {
+                    self.await_echo(&send_id, &deadline).await
+                }
+                Ok(outcome) => outcome,
                 Err(_) => Err(SendError::MaybeDeliveredBefore(
                     "the first send under this request_id stopped before it finished; it may have been delivered".into(),
                 )),
@@ -301,6 +359,9 @@ impl Guard {
             Claim::Claimed { token } => token,
             Claim::Conflict => return Err(conflict()),
             Claim::Recorded(RecordedOutcome::Sent(sent)) => return Ok(sent),
+            Claim::Recorded(RecordedOutcome::Pending { send_id }) => {
+                return self.await_echo(&send_id, &deadline).await;
+            }
             Claim::Recorded(RecordedOutcome::MaybeDelivered) => {
                 return Err(SendError::MaybeDeliveredBefore(
                     "the first send under this request_id reached Graph with no answer; it may have been delivered, so it is not sent again".into(),
@@ -324,9 +385,14 @@ impl Guard {
             token,
             started: AtomicBool::new(false),
         }));
-        let result = self.send_checked(account, message, origin, deadline).await;
+        let result = self
+            .send_checked(account, message, origin, id, deadline)
+            .await;
         let outcome = match &result {
             Ok(sent) => Some(RecordedOutcome::Sent(sent.clone())),
+            Err(SendError::Unsettled { send_id, .. }) => Some(RecordedOutcome::Pending {
+                send_id: send_id.clone(),
+            }),
             Err(e) if e.reason() == Reason::DeliveryUnknown => {
                 Some(RecordedOutcome::MaybeDelivered)
             }
@@ -341,21 +407,159 @@ impl Guard {
     }
 
     /// The window check, the send, remembering a window refusal, and
-    /// recording what Graph accepted.
+    /// recording what became of it: what Graph accepted as an outbound
+    /// event; a send whose answer was lost as pending (its echo may tell);
+    /// a failure under a `request_id` (`scope`), so a caller can ask.
     async fn send_checked(
         &self,
         account: &impl Outlet,
         message: Encoded,
         origin: &Origin,
+        scope: &str,
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let priority = deadline.priority;
-        let result = self.window_checked(account, message, deadline).await;
-        if let Ok((sent, body)) = &result {
-            self.record_sent(account.id(), sent, body, origin, priority)
-                .await;
+        let user = match &message.message.recipient {
+            Recipient::User(user) => user.as_str().to_owned(),
+            Recipient::Comment(_) => String::new(),
+        };
+        let content_key = message.message.content_key();
+        let (body, result) = self.window_checked(account, message, deadline).await;
+        let error = match result {
+            Ok(sent) => {
+                self.record_sent(account.id(), &sent, &body, origin, priority)
+                    .await;
+                return Ok(sent);
+            }
+            Err(e) => e,
+        };
+        let now = self.inbox.now_ms();
+        let state = match error.reason() {
+            Reason::DeliveryUnknown => SendState::Pending,
+            _ if scope.is_empty() => return Err(error),
+            reason => SendState::Failed {
+                reason: reason.as_str().to_owned(),
+                message: error.to_string(),
+            },
+        };
+        let record = SendRecord {
+            send_id: hex::encode(rand::random::<[u8; 12]>()),
+            account: account.id().to_owned(),
+            user,
+            scope: scope.to_owned(),
+            request_id: origin
+                .request_id
+                .as_ref()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+            key_id: origin.key_id.clone(),
+            priority,
+            content_key,
+            body_json: String::from_utf8(body.to_vec()).unwrap_or_default(),
+            created_ms: now,
+            expires_ms: now + self.policy.echo_horizon.as_millis() as i64,
+            state,
+        };
+        let send_id = record.send_id.clone();
+        let pending = record.state == SendState::Pending;
+        if let Err(e) = self.store.keep_send(record).await {
+            tracing::error!(error = %e, "could not keep a send's record");
+            return Err(error);
         }
-        result.map(|(sent, _)| sent)
+        if !pending {
+            return Err(error);
+        }
+        self.metrics.unknown_sends("pending", 1);
+        Err(SendError::Unsettled {
+            send_id,
+            cause: Box::new(error),
+        })
+    }
+
+    /// Waits, within the caller's deadline, for Instagram's echo to settle
+    /// pending send `send_id`, and answers as the first send would have.
+    async fn await_echo(&self, send_id: &str, budget: &Budget) -> Result<Sent, SendError> {
+        let unsettled = |why: &str| SendError::Unsettled {
+            send_id: send_id.to_owned(),
+            cause: Box::new(SendError::MaybeDeliveredBefore(format!(
+                "the first send under this request_id reached Graph with no answer and {why}; it is not sent again"
+            ))),
+        };
+        loop {
+            let Some(record) = self.store.send_by_id(send_id).await? else {
+                return Err(unsettled("its record is gone"));
+            };
+            let now = self.inbox.now_ms();
+            match record.state {
+                SendState::Sent { mid, .. } => {
+                    return Ok(Sent {
+                        message_id: Some(mid),
+                        recipient_id: record.user,
+                        graph_calls: 0,
+                        queued_ms: 0,
+                    });
+                }
+                SendState::Pending if now <= record.expires_ms => {}
+                _ => return Err(unsettled("no echo of it came in time")),
+            }
+            let in_time = budget
+                .deadline
+                .is_none_or(|d| Instant::now() + ECHO_POLL + self.min_send_budget < d);
+            if !in_time || budget.cancelled.is_cancelled() {
+                return Err(unsettled("no echo of it has come yet"));
+            }
+            tokio::time::sleep(ECHO_POLL).await;
+        }
+    }
+
+    /// What became of a send of `account`: by the gateway's `send_id`, or
+    /// by the caller's `request_id` within its `key_id`'s scope. `None`:
+    /// no such send is remembered.
+    pub async fn send_fate(
+        &self,
+        account: &str,
+        key_id: &str,
+        request_id: Option<&RequestId>,
+        send_id: Option<&str>,
+    ) -> Result<Option<SendFate>, StoreError> {
+        let now = self.inbox.now_ms();
+        if let Some(send_id) = send_id {
+            let record = self.store.send_by_id(send_id).await?;
+            // Another account's send is not this caller's to see.
+            let record = record.filter(|r| r.account == account);
+            return Ok(record.map(|r| fate_of(r, now)));
+        }
+        let Some(request_id) = request_id else {
+            return Ok(None);
+        };
+        let scope = request_scope(key_id, account, request_id);
+        match self.store.request_state(&scope, now).await? {
+            Some(Claim::Recorded(RecordedOutcome::Sent(sent))) => {
+                return Ok(Some(SendFate::Sent {
+                    sent,
+                    send_id: String::new(),
+                    confirmed_by_echo: false,
+                }));
+            }
+            Some(Claim::Recorded(RecordedOutcome::Pending { send_id })) => {
+                let record = self.store.send_by_id(&send_id).await?;
+                return Ok(Some(match record {
+                    Some(r) => fate_of(r, now),
+                    None => SendFate::Unknown,
+                }));
+            }
+            Some(Claim::Recorded(RecordedOutcome::MaybeDelivered)) => {
+                return Ok(Some(SendFate::Unknown));
+            }
+            Some(_) => return Ok(Some(SendFate::Pending { record: None })),
+            None => {}
+        }
+        // Released claims leave their failure in the ledger.
+        Ok(self
+            .store
+            .send_by_request(&scope)
+            .await?
+            .map(|r| fate_of(r, now)))
     }
 
     /// Records a sent message in the inbox's stream.
@@ -390,19 +594,22 @@ impl Guard {
                 priority,
                 // The body was encoded from Rust strings: always UTF-8.
                 body_json: String::from_utf8(body.to_vec()).unwrap_or_default(),
+                send_id: String::new(),
+                confirmed_by_echo: false,
             }),
         );
         self.inbox.record(event).await;
     }
 
     /// The window check, the send, and remembering a window refusal;
-    /// answers what Graph said and the body posted.
+    /// answers the body posted (or that would have been) and what Graph
+    /// said.
     async fn window_checked(
         &self,
         account: &impl Outlet,
         message: Encoded,
         deadline: Budget,
-    ) -> Result<(Sent, Bytes), SendError> {
+    ) -> (Bytes, Result<Sent, SendError>) {
         let Encoded {
             mut message,
             mut body,
@@ -410,14 +617,15 @@ impl Guard {
         let Recipient::User(user) = &message.recipient else {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
-            let sent = account
-                .send_message(&message, body.clone(), deadline)
-                .await?;
-            return Ok((sent, body));
+            let sent = account.send_message(&message, body.clone(), deadline).await;
+            return (body, sent);
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
-        let window = self.inbox.window(account.id(), &user).await?;
+        let window = match self.inbox.window(account.id(), &user).await {
+            Ok(window) => window,
+            Err(e) => return (body, Err(e.into())),
+        };
         match window.decide(
             message.human_agent,
             self.policy.window,
@@ -444,7 +652,7 @@ impl Guard {
                     detail,
                 };
                 account.refused("message", &user, &error);
-                return Err(error);
+                return (body, Err(error));
             }
         }
         let result = account.send_message(&message, body.clone(), deadline).await;
@@ -457,7 +665,7 @@ impl Guard {
         {
             tracing::warn!(error = %e, "could not remember a window refusal");
         }
-        result.map(|sent| (sent, body))
+        (body, result)
     }
 }
 
@@ -472,6 +680,29 @@ impl Encoded {
     fn new(message: OutgoingMessage) -> Self {
         let body = graph::encode_message(&message);
         Self { message, body }
+    }
+}
+
+/// A kept send record as `GetSend` answers it: a pending send past its
+/// horizon is not seen, whether or not the sweep has marked it yet.
+fn fate_of(record: SendRecord, now: UnixMs) -> SendFate {
+    match &record.state {
+        SendState::Sent { mid, .. } => SendFate::Sent {
+            sent: Sent {
+                message_id: Some(mid.clone()),
+                recipient_id: record.user.clone(),
+                graph_calls: 0,
+                queued_ms: 0,
+            },
+            send_id: record.send_id.clone(),
+            confirmed_by_echo: true,
+        },
+        SendState::Pending if now > record.expires_ms => SendFate::NotSeen { record },
+        SendState::Pending => SendFate::Pending {
+            record: Some(record),
+        },
+        SendState::NotSeen { .. } => SendFate::NotSeen { record },
+        SendState::Failed { .. } => SendFate::Failed { record },
     }
 }
 

@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub(crate) mod contract;
 mod postgres;
+mod record;
 mod sqlite;
 
 pub use postgres::PgStore;
@@ -34,12 +35,18 @@ pub struct StoredEvent {
     pub event: InboundEvent,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingested {
     pub new_events: usize,
     pub duplicates: usize,
     /// The highest sequence number now stored.
     pub head: u64,
+    /// Echoes of messages this gateway sent, joined to their `sent` events
+    /// (marked echoed) instead of being stored again.
+    pub joined: usize,
+    /// Echoes that settled a send whose Graph answer was lost: each is
+    /// stored as that send's `sent` event (counted in `new_events` too).
+    pub resolved: usize,
 }
 
 /// How a send under a `request_id` ended, as remembered for repeats.
@@ -49,6 +56,9 @@ pub enum RecordedOutcome {
     /// The request reached Graph but its outcome is unknown: it may have been
     /// delivered, so it is never sent again under this id.
     MaybeDelivered,
+    /// As `MaybeDelivered`, kept in the [`SendLedger`] as `send_id`: an
+    /// echo may still tell that it was delivered.
+    Pending { send_id: String },
 }
 
 /// The `outcome` column of a claim whose Graph call has not started; NULL
@@ -103,7 +113,11 @@ pub const REQUEST_ID_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub trait EventLog: Send + Sync + 'static {
     /// Durably records new events (skipping ones already kept, by
     /// [`InboundEvent::dedup_key`]) and the windows they open, in one step.
-    /// Event times are taken as given: the core caps them before.
+    /// Event times are taken as given: the core caps them before. In the
+    /// same step (see `record`): an echo of a message this gateway sent is
+    /// joined to its `sent` event, not stored; an echo matching a pending
+    /// send resolves it and is stored as its `sent` event; a read marks the
+    /// thread read up to its message; a reaction is attached to its message.
     async fn ingest(
         &self,
         events: Vec<InboundEvent>,
@@ -159,6 +173,11 @@ pub trait RequestLog: Send + Sync + 'static {
     /// Durably marks that the Graph call of claim `token` may start now;
     /// `false`: the claim was taken over, and the call must not be made.
     async fn start_request(&self, id: &str, token: UnixMs) -> Result<bool, StoreError>;
+
+    /// What is remembered of `id`, without claiming it: its outcome, or
+    /// `Unsettled` while its send waits or is under way; `None` when
+    /// unknown or older than [`REQUEST_ID_TTL`].
+    async fn request_state(&self, id: &str, now: UnixMs) -> Result<Option<Claim>, StoreError>;
 
     /// Records how the send of claim `token` ended, or (`None`) releases
     /// the id because nothing was delivered, so a retry under it may send
@@ -218,11 +237,112 @@ pub trait ReplicaSet: Send + Sync + 'static {
     }
 }
 
-/// The whole store, in five roles (each with its part of the contract
+/// What became of the gateway's sends beyond Graph's answer, and of each
+/// message in a thread: sends whose answer was lost (pending until their
+/// echo or their horizon) or that failed, so a caller can ask; and each
+/// message's echo, reads and reactions, which [`EventLog::ingest`] notes
+/// as those events arrive.
+#[async_trait::async_trait]
+pub trait SendLedger: Send + Sync + 'static {
+    /// Keeps (or replaces) a send's record.
+    async fn keep_send(&self, record: SendRecord) -> Result<(), StoreError>;
+
+    /// A send by the id the gateway gave it.
+    async fn send_by_id(&self, send_id: &str) -> Result<Option<SendRecord>, StoreError>;
+
+    /// The newest send kept under a `request_id` scope (see
+    /// [`SendRecord::scope`]).
+    async fn send_by_request(&self, scope: &str) -> Result<Option<SendRecord>, StoreError>;
+
+    /// Resolves every pending send whose horizon passed before `now` as
+    /// not seen; answers how many.
+    async fn expire_sends(&self, now: UnixMs) -> Result<usize, StoreError>;
+
+    /// A message of the thread record by its `mid`: what the person sent,
+    /// what this gateway sent, or an echo of what was sent elsewhere, with
+    /// what is known of it since.
+    async fn message(&self, account: &str, mid: &str) -> Result<Option<MessageRecord>, StoreError>;
+}
+
+/// A send whose fate the gateway tracks beyond the call: one whose Graph
+/// answer was lost (pending), or one that failed under a `request_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendRecord {
+    pub send_id: String,
+    pub account: String,
+    /// The person's IGSID; empty for a private reply.
+    pub user: String,
+    /// The `request_id` claim's key (caller, account, id), empty without
+    /// one: a caller asks only within its own scope.
+    pub scope: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub priority: crate::model::message::Priority,
+    /// What its echo will repeat; `None`: never matched by an echo.
+    pub content_key: Option<String>,
+    /// The Graph body as posted.
+    pub body_json: String,
+    pub created_ms: UnixMs,
+    /// Past this, a pending send with no echo is resolved as not seen.
+    pub expires_ms: UnixMs,
+    pub state: SendState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SendState {
+    /// Graph may have it; no echo yet.
+    Pending,
+    /// Its echo arrived: Instagram delivered it as `mid`.
+    Sent { mid: String, at_ms: UnixMs },
+    /// No echo came within the horizon: most likely never delivered.
+    NotSeen { at_ms: UnixMs },
+    /// It was not sent, for this reason (an ErrorInfo reason).
+    Failed { reason: String, message: String },
+}
+
+impl SendState {
+    /// The column value queries select on.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SendState::Pending => "pending",
+            SendState::Sent { .. } => "sent",
+            SendState::NotSeen { .. } => "not_seen",
+            SendState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A message as the record holds it, and what happened to it since.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRecord {
+    /// The `message`, `sent` or `echo` event.
+    pub event: StoredEvent,
+    /// When its echo arrived (an outbound message).
+    pub echoed_ms: Option<UnixMs>,
+    /// When the person read it or a later message (an outbound message).
+    pub read_ms: Option<UnixMs>,
+    /// Each side's reaction to it, as it stands.
+    pub reactions: Vec<ReactionMark>,
+}
+
+/// One party's reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionMark {
+    /// Who reacted: the person's IGSID or the account's id.
+    pub by: String,
+    pub reaction: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub emoji: String,
+}
+
+/// The whole store, in six roles (each with its part of the contract
 /// suite, both backends implementing all), plus what spans them: pruning,
 /// and whether it is shared and reachable. Consumers hold `Arc<dyn Store>`.
 #[async_trait::async_trait]
-pub trait Store: EventLog + WindowStore + RequestLog + TokenStore + ReplicaSet {
+pub trait Store:
+    EventLog + WindowStore + RequestLog + TokenStore + ReplicaSet + SendLedger
+{
     /// Drops events received before `events_before`, request ids claimed
     /// before `now - REQUEST_ID_TTL`, and windows closed for good.
     async fn prune(&self, now: UnixMs, events_before: UnixMs) -> Result<Pruned, StoreError>;
@@ -239,6 +359,27 @@ pub trait Store: EventLog + WindowStore + RequestLog + TokenStore + ReplicaSet {
     fn reachable(&self) -> watch::Receiver<bool> {
         watch::channel(true).1
     }
+}
+
+/// A claim row as [`RequestLog::request_state`] answers it. (Both
+/// backends.)
+fn request_state_of(
+    id: &str,
+    claimed_ms: UnixMs,
+    outcome: Option<String>,
+    now: UnixMs,
+) -> Result<Option<Claim>, StoreError> {
+    if claimed_ms < now - REQUEST_ID_TTL.as_millis() as i64 {
+        return Ok(None);
+    }
+    Ok(Some(match outcome {
+        None => Claim::Unsettled { claimed_ms },
+        Some(q) if q == QUEUED => Claim::Unsettled { claimed_ms },
+        Some(outcome) => Claim::Recorded(
+            serde_json::from_str(&outcome)
+                .map_err(|e| StoreError::Corrupt(format!("request id {id}: {e}")))?,
+        ),
+    }))
 }
 
 /// When an event opened its window: a clock ahead of ours cannot stretch

@@ -158,10 +158,15 @@ impl From<SendError> for Status {
         {
             metadata.insert("windowClosedAt".to_owned(), rfc3339(*at));
         }
+        if let SendError::Unsettled { send_id, .. } = &error {
+            metadata.insert("sendId".to_owned(), send_id.clone());
+        }
         let (retry, violations): (_, &[FieldViolation]) = match &error {
             SendError::InvalidRequest(violations) => (None, violations),
             SendError::Failed { retry_after, .. } => (*retry_after, &[]),
-            SendError::OutsideWindow { .. } | SendError::MaybeDeliveredBefore(_) => (None, &[]),
+            SendError::OutsideWindow { .. }
+            | SendError::MaybeDeliveredBefore(_)
+            | SendError::Unsettled { .. } => (None, &[]),
             SendError::Store(_) => (Some(STORE_RETRY), &[]),
             SendError::Overloaded { retry_after, .. } => (Some(*retry_after), &[]),
         };

@@ -9,6 +9,7 @@
 //! subscribers, whichever replica took the events in.
 
 mod connect;
+mod ledger;
 mod listen;
 mod requests;
 mod schema;
@@ -427,6 +428,7 @@ impl Store for PgStore {
                 &[&(now - REQUEST_ID_TTL.as_millis() as i64)],
             )
             .await? as usize;
+        ledger::prune(&tx, events_before).await?;
         // Past 7 days nothing here can reopen or narrow a window.
         pruned.windows = tx
             .execute(

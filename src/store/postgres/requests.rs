@@ -104,6 +104,20 @@ impl RequestLog for PgStore {
         Ok(started == 1)
     }
 
+    async fn request_state(&self, id: &str, now: UnixMs) -> Result<Option<Claim>, StoreError> {
+        let client = self.shared.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT claimed_ms, outcome FROM request_ids WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        match row {
+            Some(row) => super::super::request_state_of(id, row.get(0), row.get(1), now),
+            None => Ok(None),
+        }
+    }
+
     async fn settle_request(
         &self,
         id: &str,

@@ -116,6 +116,42 @@ END
 $$;
 ",
     ),
+    (
+        5,
+        // The thread record beside the events (see `store::record`).
+        "
+CREATE TABLE message_state (
+    account TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    echoed_ms BIGINT,
+    reactions TEXT,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (account, mid)
+);
+CREATE INDEX message_state_updated ON message_state (updated_ms);
+CREATE TABLE threads (
+    account TEXT NOT NULL,
+    \"user\" TEXT NOT NULL,
+    read_through_ms BIGINT,
+    read_at_ms BIGINT,
+    PRIMARY KEY (account, \"user\")
+);
+CREATE TABLE sends (
+    send_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    account TEXT NOT NULL,
+    \"user\" TEXT NOT NULL,
+    content_key TEXT,
+    state TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX sends_scope ON sends (scope, created_ms);
+CREATE INDEX sends_pending ON sends (account, \"user\", state, content_key);
+CREATE INDEX sends_expiring ON sends (state, expires_ms);
+",
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; this one

@@ -5,11 +5,13 @@
 //! module above); one transaction for many deliveries pays one commit
 //! (one fsync, one counter lock) and a few round trips for all of them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
+use super::ledger::{self, Slot};
 use super::windows::WindowRow;
 use crate::clock::UnixMs;
 use crate::model::event::InboundEvent;
@@ -97,25 +99,19 @@ async fn commit_in_time(shared: &Shared, batch: &[Job]) -> Result<Committed, Sto
 fn answer(shared: &Shared, batch: Vec<Job>, (outcomes, windows, head): Committed) {
     let any_new = outcomes
         .iter()
-        .any(|o| o.as_ref().is_ok_and(|(new, _)| *new > 0));
+        .any(|o| o.as_ref().is_ok_and(|done| done.new_events > 0));
     if any_new {
         shared.put_windows(windows);
         shared.publish.notify_one();
     }
     for (job, outcome) in batch.into_iter().zip(outcomes) {
-        let _ = job
-            .done
-            .send(outcome.map(|(new_events, duplicates)| Ingested {
-                new_events,
-                duplicates,
-                head,
-            }));
+        let _ = job.done.send(outcome.map(|done| Ingested { head, ..done }));
     }
 }
 
-/// Each delivery's (new, duplicate) counts, the window rows changed, and
-/// the head after the commit.
-type Committed = (Vec<Result<(usize, usize), StoreError>>, Vec<WindowRow>, u64);
+/// Each delivery's counts (its head set by `answer`), the window rows
+/// changed, and the head after the commit.
+type Committed = (Vec<Result<Ingested, StoreError>>, Vec<WindowRow>, u64);
 
 /// The batch's events as the columns `ingest_events` takes.
 #[derive(Default)]
@@ -128,33 +124,60 @@ struct Columns {
     opened: Vec<Option<i64>>,
 }
 
-async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError> {
-    // Each delivery's events, in order; one that cannot be written fails
-    // alone, before the database sees the batch.
-    let mut columns = Columns::default();
-    let mut spans = Vec::with_capacity(batch.len());
-    for job in batch {
-        match encode(&job.events) {
-            Ok(bodies) => {
-                spans.push(Ok(job.events.len()));
-                for (event, body) in job.events.iter().zip(bodies) {
-                    columns.keys.push(event.dedup_key());
-                    columns.bodies.push(body);
-                    columns.received.push(job.received_ms);
-                    columns.accounts.push(event.account_id.clone());
-                    columns.users.push(event.user_id().to_owned());
-                    columns.opened.push(
-                        event
-                            .opens_window()
-                            .then(|| opened_at(event, job.received_ms)),
-                    );
-                }
-            }
-            Err(e) => spans.push(Err(e)),
-        }
+impl Columns {
+    fn push(&mut self, event: &InboundEvent, body: String, received_ms: UnixMs) {
+        self.keys.push(event.dedup_key());
+        self.bodies.push(body);
+        self.received.push(received_ms);
+        self.accounts.push(event.account_id.clone());
+        self.users.push(event.user_id().to_owned());
+        self.opened.push(
+            event
+                .opens_window()
+                .then(|| opened_at(event, received_ms)),
+        );
     }
+}
+
+/// One delivery of the batch: its events as they will be stored (an echo
+/// that settled a pending send is its `sent` event now), what becomes of
+/// each, and how many pending sends it settled.
+struct Plan {
+    events: Vec<InboundEvent>,
+    slots: Vec<Slot>,
+    resolved: usize,
+    received_ms: UnixMs,
+}
+
+async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError> {
     let mut client = shared.writer_pool.get().await?;
     let tx = client.transaction().await?;
+    // The counter lock first (`ingest_events` takes it again): what the
+    // record looks up below then includes every batch committed before
+    // this one, whichever replica took it in.
+    tx.execute("SELECT 1 FROM meta WHERE key = 'head' FOR UPDATE", &[])
+        .await?;
+    let mut columns = Columns::default();
+    let mut batch_keys = HashSet::new();
+    let mut plans = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut events = job.events.clone();
+        let (slots, resolved) =
+            ledger::before_storing(&tx, &mut events, job.received_ms, &mut batch_keys).await?;
+        for (event, slot) in events.iter().zip(&slots) {
+            if matches!(slot, Slot::Stored) {
+                let body =
+                    serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                columns.push(event, body, job.received_ms);
+            }
+        }
+        plans.push(Plan {
+            events,
+            slots,
+            resolved,
+            received_ms: job.received_ms,
+        });
+    }
     let rows = tx
         .query(
             "SELECT o_seq, o_account, o_user, o_version, o_inbound, o_standard, o_human_agent
@@ -173,32 +196,43 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
     let mut highest: Option<i64> = None;
     let mut rows = rows.iter();
     let mut outcomes = Vec::with_capacity(batch.len());
-    for span in spans {
-        let Ok(n) = span else {
-            outcomes.push(span.map(|_| (0, 0)));
-            continue;
+    let mut new = Vec::new();
+    for plan in &plans {
+        let mut done = Ingested {
+            resolved: plan.resolved,
+            ..Ingested::default()
         };
-        let (mut new_events, mut duplicates) = (0, 0);
-        for row in rows.by_ref().take(n) {
-            let Some(seq) = row.get::<_, Option<i64>>(0) else {
-                duplicates += 1;
-                continue;
-            };
-            highest = highest.max(Some(seq));
-            new_events += 1;
-            if let Some(account) = row.get::<_, Option<String>>(1) {
-                windows.push(WindowRow {
-                    account,
-                    user: row.get(2),
-                    version: row.get(3),
-                    last_inbound_ms: row.get(4),
-                    standard_refused_ms: row.get(5),
-                    human_agent_refused_ms: row.get(6),
-                });
+        for (event, slot) in plan.events.iter().zip(&plan.slots) {
+            match slot {
+                Slot::Duplicate => done.duplicates += 1,
+                Slot::Joined => done.joined += 1,
+                Slot::Stored => {
+                    let Some(row) = rows.next() else {
+                        return Err(StoreError::Backend("ingest_events answered too few rows".into()));
+                    };
+                    let Some(seq) = row.get::<_, Option<i64>>(0) else {
+                        done.duplicates += 1;
+                        continue;
+                    };
+                    highest = highest.max(Some(seq));
+                    done.new_events += 1;
+                    new.push((event, plan.received_ms));
+                    if let Some(account) = row.get::<_, Option<String>>(1) {
+                        windows.push(WindowRow {
+                            account,
+                            user: row.get(2),
+                            version: row.get(3),
+                            last_inbound_ms: row.get(4),
+                            standard_refused_ms: row.get(5),
+                            human_agent_refused_ms: row.get(6),
+                        });
+                    }
+                }
             }
         }
-        outcomes.push(Ok((new_events, duplicates)));
+        outcomes.push(Ok(done));
     }
+    ledger::after_storing(&tx, &new).await?;
     // Our counter lock is held to commit: the highest seq we took is the
     // head.
     let head = match highest {
@@ -210,11 +244,4 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
     };
     tx.commit().await?;
     Ok((outcomes, windows, head))
-}
-
-fn encode(events: &[InboundEvent]) -> Result<Vec<String>, StoreError> {
-    events
-        .iter()
-        .map(|e| serde_json::to_string(e).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect()
 }

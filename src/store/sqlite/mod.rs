@@ -26,6 +26,7 @@ use crate::clock::UnixMs;
 use crate::model::event::InboundEvent;
 use crate::model::window::{HUMAN_AGENT_MS, WindowFacts};
 
+mod ledger;
 mod requests;
 mod schema;
 mod tokens;
@@ -208,13 +209,20 @@ impl EventLog for SqliteStore {
                        MAX(COALESCE(last_inbound_ms, 0), excluded.last_inbound_ms),
                        standard_refused_ms = NULL, human_agent_refused_ms = NULL",
                 )?;
-                let mut done = Ingested {
-                    new_events: 0,
-                    duplicates: 0,
-                    head: 0,
-                };
+                let mut done = Ingested::default();
                 let mut stored = Vec::new();
-                for event in events {
+                for mut event in events {
+                    match ledger::before_storing(conn, &mut event, received_ms)? {
+                        ledger::Before::Duplicate => {
+                            done.duplicates += 1;
+                            continue;
+                        }
+                        ledger::Before::Joined => {
+                            done.joined += 1;
+                            continue;
+                        }
+                        ledger::Before::Store { resolved } => done.resolved += resolved as usize,
+                    }
                     let body = serde_json::to_string(&event)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     let key = event.dedup_key();
@@ -225,6 +233,7 @@ impl EventLog for SqliteStore {
                     let seq: i64 =
                         insert.query_row(params![key, received_ms, body], |row| row.get(0))?;
                     done.new_events += 1;
+                    ledger::after_storing(conn, &event, received_ms)?;
                     if event.opens_window() {
                         open.execute(params![
                             event.account_id,
@@ -373,6 +382,7 @@ impl Store for SqliteStore {
                         "DELETE FROM request_ids WHERE claimed_ms < ?1",
                         params![now - REQUEST_ID_TTL.as_millis() as i64],
                     )?;
+                    ledger::prune(conn, events_before)?;
                     // Past 7 days nothing here can reopen or narrow a window.
                     pruned.windows = conn.execute(
                         "DELETE FROM windows WHERE MAX(COALESCE(last_inbound_ms, 0),

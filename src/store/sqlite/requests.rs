@@ -79,6 +79,21 @@ impl RequestLog for SqliteStore {
         .await
     }
 
+    async fn request_state(&self, id: &str, now: UnixMs) -> Result<Option<Claim>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let row: Option<(i64, Option<String>)> = conn
+                .prepare_cached("SELECT claimed_ms, outcome FROM request_ids WHERE id = ?1")?
+                .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            match row {
+                Some((claimed, outcome)) => super::super::request_state_of(&id, claimed, outcome, now),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn settle_request(
         &self,
         id: &str,

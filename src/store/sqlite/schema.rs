@@ -42,6 +42,37 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER,
     refreshed_ms INTEGER NOT NULL
 );
+-- The thread record beside the events: each message's echo and
+-- reactions, each thread's read mark, and sends whose fate is tracked.
+CREATE TABLE IF NOT EXISTS message_state (
+    account TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    echoed_ms INTEGER,
+    reactions TEXT,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (account, mid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS threads (
+    account TEXT NOT NULL,
+    user TEXT NOT NULL,
+    read_through_ms INTEGER,
+    read_at_ms INTEGER,
+    PRIMARY KEY (account, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sends (
+    send_id TEXT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    account TEXT NOT NULL,
+    user TEXT NOT NULL,
+    content_key TEXT,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_scope ON sends(scope, created_ms);
+CREATE INDEX IF NOT EXISTS sends_pending ON sends(account, user, state, content_key);
+CREATE INDEX IF NOT EXISTS sends_expiring ON sends(state, expires_ms);
 -- Stores from before the dedup table kept keys only beside their events.
 INSERT OR IGNORE INTO dedup (key, seen_ms) SELECT dedup_key, received_ms FROM events;
 ";
