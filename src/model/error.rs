@@ -96,10 +96,14 @@ pub enum Reason {
     /// A `Subscribe` stream took no event for too long while its queue was
     /// full: it was ended; resume with `after` = its last seq.
     SubscriberTooSlow,
+    /// `GetSend`: no send is remembered under that id.
+    SendNotFound,
+    /// `GetMessage`: the record holds no such message.
+    MessageNotFound,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidRequest,
         Reason::OutsideMessagingWindow,
         Reason::RecipientUnavailable,
@@ -123,7 +127,14 @@ impl Reason {
         Reason::ShuttingDown,
         Reason::DeadlineExceeded,
         Reason::SubscriberTooSlow,
+        Reason::SendNotFound,
+        Reason::MessageNotFound,
     ];
+
+    /// The reason named `name` (as [`Reason::as_str`] spells it).
+    pub fn named(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,6 +161,8 @@ impl Reason {
             Reason::ShuttingDown => "SHUTTING_DOWN",
             Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Reason::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            Reason::SendNotFound => "SEND_NOT_FOUND",
+            Reason::MessageNotFound => "MESSAGE_NOT_FOUND",
         }
     }
 }

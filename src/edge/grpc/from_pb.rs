@@ -904,3 +904,49 @@ mod largest {
         assert_eq!(prescan_send_request(&[0xff, 0xff, 0xff]), Ok(()));
     }
 }
+
+/// How `GetSend` names a send.
+#[derive(Debug, PartialEq)]
+pub enum SendLookup {
+    Request(RequestId),
+    Send(String),
+}
+
+/// The send a `GetSendRequest` names: exactly one of its two ids.
+pub fn send_lookup_from_pb(r: &pb::GetSendRequest) -> Result<SendLookup, Vec<FieldViolation>> {
+    match (r.request_id.is_empty(), r.send_id.is_empty()) {
+        (false, true) => RequestId::parse(&r.request_id)
+            .map(SendLookup::Request)
+            .map_err(|e| vec![FieldViolation::new("request_id", e)]),
+        // The gateway's send ids are hex; anything else names no send.
+        (true, false) if r.send_id.len() <= 64 && r.send_id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(SendLookup::Send(r.send_id.clone()))
+        }
+        (true, false) => Err(vec![FieldViolation::new(
+            "send_id",
+            "must be a send id as a DELIVERY_UNKNOWN answer gave it (hex, at most 64 characters)",
+        )]),
+        _ => Err(vec![
+            FieldViolation::new("request_id", "set exactly one of request_id and send_id"),
+            FieldViolation::new("send_id", "set exactly one of request_id and send_id"),
+        ]),
+    }
+}
+
+/// A message id as `GetMessage` takes it: printable ASCII, as webhooks'
+/// mids are checked.
+pub fn mid_from_pb(mid: &str) -> Result<String, Vec<FieldViolation>> {
+    if mid.is_empty()
+        || mid.len() > crate::model::event::MAX_MID_BYTES
+        || !mid.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(vec![FieldViolation::new(
+            "message_id",
+            format!(
+                "must be a message id: 1 to {} printable ASCII characters",
+                crate::model::event::MAX_MID_BYTES
+            ),
+        )]);
+    }
+    Ok(mid.to_owned())
+}

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::accounts::{self, AccountEntry, AccountError, Registry};
 use crate::conversation::inbox::Inbox;
 use crate::edge::auth::{AuthError, Caller, Keys, Operation};
-use crate::model::error::{FieldViolation, SendError};
+use crate::model::error::{FieldViolation, Reason, SendError};
 use crate::model::event::InboundEvent;
 use crate::model::message::Priority;
 use crate::model::message::{Igsid, Sent};
@@ -425,6 +425,57 @@ impl pb::messenger_server::Messenger for MessengerService {
             .map(|a| to_pb::account_to_pb(a))
             .collect();
         Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
+
+    async fn get_send(
+        &self,
+        request: Request<pb::GetSendRequest>,
+    ) -> Result<Response<pb::GetSendResponse>, Status> {
+        let given = &request.get_ref().account_id;
+        let (caller, account) = self.authorize_for(&request, Operation::Send, given)?;
+        let lookup = from_pb::send_lookup_from_pb(request.get_ref())
+            .map_err(|v| Status::from(SendError::InvalidRequest(v)))?;
+        let (request_id, send_id) = match &lookup {
+            from_pb::SendLookup::Request(r) => (Some(r), None),
+            from_pb::SendLookup::Send(s) => (None, Some(s.as_str())),
+        };
+        let fate = self
+            .guard
+            .send_fate(&account.id, caller.request_scope(), request_id, send_id)
+            .await?;
+        match fate {
+            Some(fate) => Ok(Response::new(to_pb::send_fate_to_pb(
+                account.id.clone(),
+                fate,
+            ))),
+            None => Err(status::failure(
+                Reason::SendNotFound,
+                "no send of this account is remembered under that id (request ids are kept 24 hours, send records as long as the events)",
+                Default::default(),
+                None,
+                &[],
+            )),
+        }
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let given = &request.get_ref().account_id;
+        let (_, account) = self.authorize_for(&request, Operation::Subscribe, given)?;
+        let mid = from_pb::mid_from_pb(&request.get_ref().message_id)
+            .map_err(|v| Status::from(SendError::InvalidRequest(v)))?;
+        match self.inbox.store().message(&account.id, &mid).await? {
+            Some(record) => Ok(Response::new(to_pb::message_record_to_pb(record))),
+            None => Err(status::failure(
+                Reason::MessageNotFound,
+                "the record holds no message of this account with that id (or it was pruned)",
+                Default::default(),
+                None,
+                &[],
+            )),
+        }
     }
 }
 

@@ -43,7 +43,10 @@ fn code_of(reason: Reason) -> Code {
         | Reason::RecipientUnavailable
         | Reason::AccessTokenInvalid
         | Reason::PermissionMissing => Code::FailedPrecondition,
-        Reason::RecipientNotFound | Reason::AccountNotFound => Code::NotFound,
+        Reason::RecipientNotFound
+        | Reason::AccountNotFound
+        | Reason::SendNotFound
+        | Reason::MessageNotFound => Code::NotFound,
         Reason::RateLimited
         | Reason::Overloaded
         | Reason::MessageTooLarge

@@ -6,9 +6,11 @@ use crate::clock::UnixMs;
 use crate::model::event::{EventKind, MessageEvent, SentMessage};
 use crate::model::message::Priority;
 use crate::model::window::{Window, WindowState};
-use crate::store::StoredEvent;
+use crate::model::error::Reason;
+use crate::send::guard::SendFate;
+use crate::store::{MessageRecord, SendState, StoredEvent};
 
-use super::pb;
+use super::{pb, status};
 
 pub fn timestamp(ms: UnixMs) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -102,6 +104,107 @@ fn sent_to_pb(m: SentMessage) -> pb::OutboundMessage {
         priority: priority as i32,
         text,
         body_json: m.body_json,
+        send_id: m.send_id,
+        confirmed_by_echo: m.confirmed_by_echo,
+    }
+}
+
+/// What `GetSend` answers of a send's fate.
+pub fn send_fate_to_pb(account_id: String, fate: SendFate) -> pb::GetSendResponse {
+    let mut out = pb::GetSendResponse {
+        account_id,
+        ..Default::default()
+    };
+    let record = match fate {
+        SendFate::Sent {
+            sent,
+            send_id,
+            confirmed_by_echo,
+        } => {
+            out.state = pb::SendState::Sent as i32;
+            out.message_id = sent.message_id.unwrap_or_default();
+            out.recipient_id = sent.recipient_id;
+            out.send_id = send_id;
+            out.confirmed_by_echo = confirmed_by_echo;
+            None
+        }
+        SendFate::Pending { record } => {
+            out.state = pb::SendState::Pending as i32;
+            record
+        }
+        SendFate::NotSeen { record } => {
+            out.state = pb::SendState::NotSeen as i32;
+            Some(record)
+        }
+        SendFate::Failed { record } => {
+            out.state = pb::SendState::Failed as i32;
+            Some(record)
+        }
+        SendFate::Unknown => {
+            out.state = pb::SendState::Unknown as i32;
+            None
+        }
+    };
+    if let Some(record) = record {
+        out.send_id = record.send_id;
+        out.request_id = record.request_id;
+        out.recipient_id = record.user;
+        out.created_at = Some(timestamp(record.created_ms));
+        match record.state {
+            SendState::Sent { mid, at_ms } => {
+                out.message_id = mid;
+                out.resolved_at = Some(timestamp(at_ms));
+            }
+            SendState::NotSeen { at_ms } => out.resolved_at = Some(timestamp(at_ms)),
+            // Not yet swept: it went unseen at its horizon.
+            SendState::Pending if out.state == pb::SendState::NotSeen as i32 => {
+                out.resolved_at = Some(timestamp(record.expires_ms));
+            }
+            SendState::Pending => {}
+            SendState::Failed { reason, message } => {
+                let code = Reason::named(&reason)
+                    .map(|r| status::failure(r, "", Default::default(), None, &[]).code())
+                    .unwrap_or(tonic::Code::Unknown);
+                out.error = Some(tonic_types::pb::Status {
+                    code: code as i32,
+                    message: format!("{reason}: {message}"),
+                    details: Vec::new(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What `GetMessage` answers of a message of the record.
+pub fn message_record_to_pb(record: MessageRecord) -> pb::GetMessageResponse {
+    let (direction, sent_by_gateway, request_id) = match &record.event.event.kind {
+        EventKind::Sent(m) => (pb::Direction::Outbound, true, m.request_id.clone()),
+        EventKind::Echo(_) => (pb::Direction::Outbound, false, String::new()),
+        _ => (pb::Direction::Inbound, false, String::new()),
+    };
+    let status = match (direction, record.read_ms) {
+        (pb::Direction::Inbound, _) => pb::MessageStatus::Received,
+        (_, Some(_)) => pb::MessageStatus::Read,
+        (_, None) => pb::MessageStatus::Sent,
+    };
+    pb::GetMessageResponse {
+        direction: direction as i32,
+        status: status as i32,
+        event: Some(event_to_pb(record.event)),
+        sent_by_gateway,
+        echoed_at: record.echoed_ms.map(timestamp),
+        read_at: record.read_ms.map(timestamp),
+        reactions: record
+            .reactions
+            .into_iter()
+            .map(|r| pb::MessageReaction {
+                by: r.by,
+                reaction: r.reaction,
+                emoji: r.emoji,
+            })
+            .collect(),
+        request_id,
     }
 }
 
