@@ -236,6 +236,20 @@ impl Messenger for Baseline {
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+
+    async fn get_send(
+        &self,
+        _: Request<pb::GetSendRequest>,
+    ) -> Result<Response<pb::GetSendResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
+
+    async fn get_message(
+        &self,
+        _: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
 }
 
 impl Baseline {

@@ -302,7 +302,10 @@ pub struct OutgoingMessage {
 /// answer was lost can be matched with the echo Instagram sends of it: its
 /// text, else the kinds of its attachments. `None` for content an echo is
 /// not known to repeat (stickers, shares, templates): never matched.
-pub fn content_key<'a>(text: &str, attachment_kinds: impl Iterator<Item = &'a str>) -> Option<String> {
+pub fn content_key<'a>(
+    text: &str,
+    attachment_kinds: impl Iterator<Item = &'a str>,
+) -> Option<String> {
     if !text.is_empty() {
         return Some(format!("text:{text}"));
     }
@@ -314,9 +317,7 @@ impl OutgoingMessage {
     /// What its echo will repeat (see [`content_key`]).
     pub fn content_key(&self) -> Option<String> {
         match &self.content {
-            Content::Text { text, .. } => {
-                content_key(text.as_str(), std::iter::empty())
-            }
+            Content::Text { text, .. } => content_key(text.as_str(), std::iter::empty()),
             Content::Attachments(list) => content_key(
                 "",
                 list.iter().map(|a| match a.kind {

@@ -94,8 +94,9 @@ pub enum SendFate {
     /// Graph answered with the message id, or its echo told it.
     Sent {
         sent: Sent,
-        send_id: String,
         confirmed_by_echo: bool,
+        /// The record it was settled from, when its answer was lost.
+        record: Option<SendRecord>,
     },
     /// Graph may have it; no echo yet (or its call is under way).
     Pending { record: Option<SendRecord> },
@@ -537,8 +538,8 @@ impl Guard {
             Some(Claim::Recorded(RecordedOutcome::Sent(sent))) => {
                 return Ok(Some(SendFate::Sent {
                     sent,
-                    send_id: String::new(),
                     confirmed_by_echo: false,
+                    record: None,
                 }));
             }
             Some(Claim::Recorded(RecordedOutcome::Pending { send_id })) => {
@@ -694,8 +695,8 @@ fn fate_of(record: SendRecord, now: UnixMs) -> SendFate {
                 graph_calls: 0,
                 queued_ms: 0,
             },
-            send_id: record.send_id.clone(),
             confirmed_by_echo: true,
+            record: Some(record),
         },
         SendState::Pending if now > record.expires_ms => SendFate::NotSeen { record },
         SendState::Pending => SendFate::Pending {

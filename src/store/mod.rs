@@ -58,7 +58,9 @@ pub enum RecordedOutcome {
     MaybeDelivered,
     /// As `MaybeDelivered`, kept in the [`SendLedger`] as `send_id`: an
     /// echo may still tell that it was delivered.
-    Pending { send_id: String },
+    Pending {
+        send_id: String,
+    },
 }
 
 /// The `outcome` column of a claim whose Graph call has not started; NULL

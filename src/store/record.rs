@@ -21,9 +21,14 @@ pub(super) enum Effect {
         content_key: Option<String>,
     },
     /// This gateway's message `mid`: already echoed if its echo came first.
-    Sent { mid: String },
+    Sent {
+        mid: String,
+    },
     /// The person read the thread up to `mid`.
-    Read { user: String, mid: String },
+    Read {
+        user: String,
+        mid: String,
+    },
     /// A reaction to `mid` by `by`; `None` takes it back.
     React {
         mid: String,
@@ -141,8 +146,9 @@ pub(super) fn react(
 pub(super) fn reactions(kept: Option<&str>) -> Result<Vec<ReactionMark>, StoreError> {
     match kept {
         None | Some("") => Ok(Vec::new()),
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| StoreError::Corrupt(format!("reactions: {e}"))),
+        Some(json) => {
+            serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("reactions: {e}")))
+        }
     }
 }
 
@@ -157,7 +163,10 @@ pub(super) struct MessageRow {
 }
 
 pub(super) fn message_record(row: MessageRow) -> Result<MessageRecord, StoreError> {
-    let outbound = matches!(row.event.event.kind, EventKind::Sent(_) | EventKind::Echo(_));
+    let outbound = matches!(
+        row.event.event.kind,
+        EventKind::Sent(_) | EventKind::Echo(_)
+    );
     let read = outbound
         && row
             .read_through_ms
@@ -186,7 +195,10 @@ mod tests {
             .into_iter()
             .map(|m| (m.by, m.reaction))
             .collect();
-        assert_eq!(by, [("A".into(), "like".into()), ("U".into(), "wow".into())]);
+        assert_eq!(
+            by,
+            [("A".into(), "like".into()), ("U".into(), "wow".into())]
+        );
         let gone = react(Some(&again), "U", &None).unwrap();
         assert_eq!(reactions(Some(&gone)).unwrap().len(), 1);
     }

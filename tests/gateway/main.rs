@@ -13,6 +13,7 @@ mod inbound;
 mod live_stream;
 mod metrics;
 mod outbound;
+mod outcomes;
 mod pacing;
 mod payloads;
 mod processes;

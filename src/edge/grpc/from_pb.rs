@@ -919,7 +919,9 @@ pub fn send_lookup_from_pb(r: &pb::GetSendRequest) -> Result<SendLookup, Vec<Fie
             .map(SendLookup::Request)
             .map_err(|e| vec![FieldViolation::new("request_id", e)]),
         // The gateway's send ids are hex; anything else names no send.
-        (true, false) if r.send_id.len() <= 64 && r.send_id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+        (true, false)
+            if r.send_id.len() <= 64 && r.send_id.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
             Ok(SendLookup::Send(r.send_id.clone()))
         }
         (true, false) => Err(vec![FieldViolation::new(

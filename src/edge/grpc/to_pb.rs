@@ -3,10 +3,10 @@
 
 use crate::accounts::{AccountEntry, TokenState};
 use crate::clock::UnixMs;
+use crate::model::error::Reason;
 use crate::model::event::{EventKind, MessageEvent, SentMessage};
 use crate::model::message::Priority;
 use crate::model::window::{Window, WindowState};
-use crate::model::error::Reason;
 use crate::send::guard::SendFate;
 use crate::store::{MessageRecord, SendState, StoredEvent};
 
@@ -118,15 +118,14 @@ pub fn send_fate_to_pb(account_id: String, fate: SendFate) -> pb::GetSendRespons
     let record = match fate {
         SendFate::Sent {
             sent,
-            send_id,
             confirmed_by_echo,
+            record,
         } => {
             out.state = pb::SendState::Sent as i32;
             out.message_id = sent.message_id.unwrap_or_default();
             out.recipient_id = sent.recipient_id;
-            out.send_id = send_id;
             out.confirmed_by_echo = confirmed_by_echo;
-            None
+            record
         }
         SendFate::Pending { record } => {
             out.state = pb::SendState::Pending as i32;

@@ -65,6 +65,7 @@ async fn a_sent_message_is_kept_whole_in_the_stream_and_opens_no_window() {
                 key_id: "crm".into(),
                 priority: crate::model::message::Priority::Bulk,
                 body_json: r#"{"recipient":{"id":"U"},"message":{"text":"hé \"quoted\""}}"#.into(),
+                ..SentMessage::default()
             }),
         );
         let stored = store

@@ -4,6 +4,7 @@
 //! skip it silently). What spans the roles (pruning) is here.
 
 mod events;
+mod ledger;
 mod replicas;
 mod requests;
 mod tokens;

@@ -295,7 +295,11 @@ impl SendLedger for PgStore {
             let gone = record::not_seen(record::decode_send(row.get(0))?, now);
             tx.execute(
                 "UPDATE sends SET state = $2, body = $3 WHERE send_id = $1",
-                &[&gone.send_id, &gone.state.name(), &record::encode_send(&gone)?],
+                &[
+                    &gone.send_id,
+                    &gone.state.name(),
+                    &record::encode_send(&gone)?,
+                ],
             )
             .await?;
         }
@@ -312,9 +316,11 @@ impl SendLedger for PgStore {
         ];
         let Some(row) = client
             .query_opt(
+                // The gateway's own record of a send before an echo that
+                // beat Graph's answer.
                 "SELECT seq, received_ms, body FROM events WHERE dedup_key = ANY($1)
-                 ORDER BY seq LIMIT 1",
-                &[&keys],
+                 ORDER BY dedup_key = $2 DESC, seq LIMIT 1",
+                &[&keys, &keys[0]],
             )
             .await?
         else {

@@ -131,11 +131,8 @@ impl Columns {
         self.received.push(received_ms);
         self.accounts.push(event.account_id.clone());
         self.users.push(event.user_id().to_owned());
-        self.opened.push(
-            event
-                .opens_window()
-                .then(|| opened_at(event, received_ms)),
-        );
+        self.opened
+            .push(event.opens_window().then(|| opened_at(event, received_ms)));
     }
 }
 
@@ -208,7 +205,9 @@ async fn commit(shared: &Shared, batch: &[Job]) -> Result<Committed, StoreError>
                 Slot::Joined => done.joined += 1,
                 Slot::Stored => {
                     let Some(row) = rows.next() else {
-                        return Err(StoreError::Backend("ingest_events answered too few rows".into()));
+                        return Err(StoreError::Backend(
+                            "ingest_events answered too few rows".into(),
+                        ));
                     };
                     let Some(seq) = row.get::<_, Option<i64>>(0) else {
                         done.duplicates += 1;

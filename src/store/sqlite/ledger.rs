@@ -95,7 +95,11 @@ pub(super) fn before_storing(
 }
 
 /// The time of outbound message `mid`, if the record holds it.
-fn outbound_time(conn: &Connection, account: &str, mid: &str) -> Result<Option<UnixMs>, StoreError> {
+fn outbound_time(
+    conn: &Connection,
+    account: &str,
+    mid: &str,
+) -> Result<Option<UnixMs>, StoreError> {
     let [sent, echo] = record::outbound_keys(account, mid);
     let body: Option<String> = conn
         .prepare_cached("SELECT body FROM events WHERE dedup_key IN (?1, ?2) LIMIT 1")?
@@ -135,7 +139,9 @@ pub(super) fn after_storing(
         }
         Effect::React { mid, by, reaction } => {
             let kept: Option<Option<String>> = conn
-                .prepare_cached("SELECT reactions FROM message_state WHERE account = ?1 AND mid = ?2")?
+                .prepare_cached(
+                    "SELECT reactions FROM message_state WHERE account = ?1 AND mid = ?2",
+                )?
                 .query_row(params![account, mid], |row| row.get(0))
                 .optional()?;
             let marks = record::react(kept.flatten().as_deref(), &by, &reaction)?;
@@ -224,7 +230,9 @@ impl SendLedger for SqliteStore {
     async fn expire_sends(&self, now: UnixMs) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let bodies: Vec<String> = conn
-                .prepare_cached("SELECT body FROM sends WHERE state = 'pending' AND expires_ms < ?1")?
+                .prepare_cached(
+                    "SELECT body FROM sends WHERE state = 'pending' AND expires_ms < ?1",
+                )?
                 .query_map(params![now], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
             for body in &bodies {
@@ -246,8 +254,10 @@ impl SendLedger for SqliteStore {
         self.read(move |conn| {
             let found: Option<(i64, i64, String)> = conn
                 .prepare_cached(
+                    // The gateway's own record of a send before an echo
+                    // that beat Graph's answer.
                     "SELECT seq, received_ms, body FROM events WHERE dedup_key IN (?1, ?2, ?3)
-                     ORDER BY seq LIMIT 1",
+                     ORDER BY dedup_key = ?1 DESC, seq LIMIT 1",
                 )?
                 .query_row(
                     params![

@@ -87,7 +87,9 @@ impl RequestLog for SqliteStore {
                 .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             match row {
-                Some((claimed, outcome)) => super::super::request_state_of(&id, claimed, outcome, now),
+                Some((claimed, outcome)) => {
+                    super::super::request_state_of(&id, claimed, outcome, now)
+                }
                 None => Ok(None),
             }
         })

@@ -438,6 +438,21 @@ impl TestGateway {
         metric_at(&format!("http://{}", self.admin), name).await
     }
 
+    /// One series of `name`: the sum of those whose labels include `label`
+    /// (such as `outcome="sent"`).
+    pub async fn metric_with(&self, name: &str, label: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn graph_calls(&self) -> usize {
         self.graph
             .received_requests()
