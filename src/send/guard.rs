@@ -274,19 +274,21 @@ impl Guard {
         };
         match done {
             // A repeat while the first is under way here: wait for it.
-            Err(mut first) => match first
-                .wait_for(Option::is_some)
-                .await
-                .map(|outcome| outcome.clone().expect("waited for Some"))
-            {
-                Ok(Err(SendError::Unsettled { send_id, .. })) => {
-                    self.await_echo(&send_id, &deadline).await
+            Err(mut first) => {
+                // The watch's guard is dropped before anything else is awaited.
+                let outcome = match first.wait_for(Option::is_some).await {
+                    Ok(outcome) => outcome.clone().expect("waited for Some"),
+                    Err(_) => return Err(SendError::MaybeDeliveredBefore(
+                        "the first send under this request_id stopped before it finished; it may have been delivered".into(),
+                    )),
+                };
+                match outcome {
+                    Err(SendError::Unsettled { send_id, .. }) => {
+                        self.await_echo(&send_id, &deadline).await
+                    }
+                    outcome => outcome,
                 }
-                Ok(outcome) => outcome,
-                Err(_) => Err(SendError::MaybeDeliveredBefore(
-                    "the first send under this request_id stopped before it finished; it may have been delivered".into(),
-                )),
-            },
+            }
             Ok(tx) => {
                 let _forget = Forget(&self.pending, &id);
                 // Boxed: only sends with a request_id pay for its state.
