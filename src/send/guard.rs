@@ -112,6 +112,16 @@ pub enum SendFate {
 /// How often a repeat of a pending send looks for its echo.
 const ECHO_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+impl Origin {
+    /// The caller's `request_id`, empty without one.
+    fn request_id_text(&self) -> String {
+        self.request_id
+            .as_ref()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// How long after its claim a `request_id` on a shared store may still be
 /// settling on another replica (a send within any caller's deadline): a
 /// repeat in that time waits for the outcome.
@@ -450,11 +460,7 @@ impl Guard {
             account: account.id().to_owned(),
             user,
             scope: scope.to_owned(),
-            request_id: origin
-                .request_id
-                .as_ref()
-                .map(|r| r.as_str().to_owned())
-                .unwrap_or_default(),
+            request_id: origin.request_id_text(),
             key_id: origin.key_id.clone(),
             priority,
             content_key,
@@ -588,11 +594,7 @@ impl Guard {
             self.inbox.now_ms(),
             EventKind::Sent(SentMessage {
                 mid: mid.clone(),
-                request_id: origin
-                    .request_id
-                    .as_ref()
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_default(),
+                request_id: origin.request_id_text(),
                 key_id: origin.key_id.clone(),
                 priority,
                 // The body was encoded from Rust strings: always UTF-8.

@@ -441,16 +441,7 @@ impl TestGateway {
     /// One series of `name`: the sum of those whose labels include `label`
     /// (such as `outcome="sent"`).
     pub async fn metric_with(&self, name: &str, label: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_at_with(&format!("http://{}", self.admin), name, label).await
     }
 
     pub async fn graph_calls(&self) -> usize {
@@ -474,6 +465,11 @@ impl TestGateway {
 /// The sum of a counter or gauge's samples on the `/metrics` of the admin
 /// port at `admin` (`http://host:port`), labels aside.
 pub async fn metric_at(admin: &str, name: &str) -> f64 {
+    metric_at_with(admin, name, "").await
+}
+
+/// The sum of `name`'s series whose labels include `label`.
+pub async fn metric_at_with(admin: &str, name: &str, label: &str) -> f64 {
     let text = reqwest::get(format!("{admin}/metrics"))
         .await
         .unwrap()
@@ -481,7 +477,7 @@ pub async fn metric_at(admin: &str, name: &str) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
