@@ -432,12 +432,8 @@ impl Guard {
         deadline: Budget,
     ) -> Result<Sent, SendError> {
         let priority = deadline.priority;
-        let user = match &message.message.recipient {
-            Recipient::User(user) => user.as_str().to_owned(),
-            Recipient::Comment(_) => String::new(),
-        };
-        let content_key = message.message.content_key();
-        let (body, result) = self.window_checked(account, message, deadline).await;
+        let (Encoded { message, body }, result) =
+            self.window_checked(account, message, deadline).await;
         let error = match result {
             Ok(sent) => {
                 self.record_sent(account.id(), &sent, &body, origin, priority)
@@ -455,6 +451,11 @@ impl Guard {
                 message: error.to_string(),
             },
         };
+        // Only a send that failed pays for what its record needs.
+        let user = match &message.recipient {
+            Recipient::User(user) => user.as_str().to_owned(),
+            Recipient::Comment(_) => String::new(),
+        };
         let record = SendRecord {
             send_id: hex::encode(rand::random::<[u8; 12]>()),
             account: account.id().to_owned(),
@@ -463,7 +464,7 @@ impl Guard {
             request_id: origin.request_id_text(),
             key_id: origin.key_id.clone(),
             priority,
-            content_key,
+            content_key: message.content_key(),
             body_json: String::from_utf8(body.to_vec()).unwrap_or_default(),
             created_ms: now,
             expires_ms: now + self.policy.echo_horizon.as_millis() as i64,
@@ -614,7 +615,7 @@ impl Guard {
         account: &impl Outlet,
         message: Encoded,
         deadline: Budget,
-    ) -> (Bytes, Result<Sent, SendError>) {
+    ) -> (Encoded, Result<Sent, SendError>) {
         let Encoded {
             mut message,
             mut body,
@@ -623,13 +624,13 @@ impl Guard {
             // Private replies follow the comment's own 7-day rule, which
             // Graph enforces.
             let sent = account.send_message(&message, body.clone(), deadline).await;
-            return (body, sent);
+            return (Encoded { message, body }, sent);
         };
         let user = user.as_str().to_owned();
         let now = self.inbox.now_ms();
         let window = match self.inbox.window(account.id(), &user).await {
             Ok(window) => window,
-            Err(e) => return (body, Err(e.into())),
+            Err(e) => return (Encoded { message, body }, Err(e.into())),
         };
         match window.decide(
             message.human_agent,
@@ -657,7 +658,7 @@ impl Guard {
                     detail,
                 };
                 account.refused("message", &user, &error);
-                return (body, Err(error));
+                return (Encoded { message, body }, Err(error));
             }
         }
         let result = account.send_message(&message, body.clone(), deadline).await;
@@ -670,7 +671,7 @@ impl Guard {
         {
             tracing::warn!(error = %e, "could not remember a window refusal");
         }
-        (body, result)
+        (Encoded { message, body }, result)
     }
 }
 
